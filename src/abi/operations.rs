@@ -1,0 +1,209 @@
+//! The catalogue of connector operations: their ids, and which definition
+//! schema each input field and each output is checked against.
+//!
+//! Operation ids are `group.name` (`discovery.repository`,
+//! `linked.pre_snapshot`, `virtual.start`); a data migration is
+//! `upgrade.<definition>@<id>` (`upgrade.source_config@1.1`).
+//!
+//! Inputs are JSON objects. A field named after a definition (`repository`,
+//! `source_config`, `linked_source`, `virtual_source`, `snapshot`,
+//! `snapshot_parameters`) holds a document of that definition; other fields
+//! (`environment`, `mount`, ...) are host-owned.
+
+/// The six definitions a connector declares schemas for, by manifest key.
+pub const DEFINITIONS: [&str; 6] = [
+    "repository",
+    "source_config",
+    "linked_source",
+    "virtual_source",
+    "snapshot",
+    "snapshot_parameters",
+];
+
+/// The operation groups and the operations each may hold (migrations aside).
+pub const GROUPS: [(&str, &[&str]); 3] = [
+    ("discovery", &["repository", "source_config"]),
+    (
+        "linked",
+        &[
+            "mount_specification",
+            "pre_snapshot",
+            "post_snapshot",
+            "start_staging",
+            "stop_staging",
+            "status",
+            "worker",
+            "source_size",
+        ],
+    ),
+    (
+        "virtual",
+        &[
+            "mount_specification",
+            "configure",
+            "reconfigure",
+            "unconfigure",
+            "cleanup",
+            "start",
+            "stop",
+            "status",
+            "pre_snapshot",
+            "post_snapshot",
+            "initialize",
+            "source_size",
+        ],
+    ),
+];
+
+/// Definitions that can carry data migrations (`upgrade.<definition>@<id>`).
+pub const MIGRATABLE: [&str; 5] = [
+    "repository",
+    "source_config",
+    "linked_source",
+    "virtual_source",
+    "snapshot",
+];
+
+/// What an operation's output must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// An array of documents of a definition (discovery).
+    ListOf(&'static str),
+    /// One document of a definition.
+    One(&'static str),
+    /// `{"status": "ACTIVE" | "INACTIVE"}`.
+    Status,
+    /// A non-negative integer (bytes).
+    Size,
+    /// Any JSON object (host-owned shape, checked by the workflow using it).
+    Object,
+}
+
+/// A parsed operation id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationId {
+    pub group: String,
+    pub name: String,
+    /// For `upgrade.<definition>@<id>`: the migration id.
+    pub migration: Option<String>,
+}
+
+impl OperationId {
+    /// Parses `group.name` or `upgrade.<definition>@<id>`, checking it against
+    /// the catalogue. The error says what is wrong with the id.
+    pub fn parse(id: &str) -> Result<Self, String> {
+        let (group, rest) = id
+            .split_once('.')
+            .ok_or_else(|| format!("operation id {id:?} is not of the form group.name"))?;
+        if group == "upgrade" {
+            let (definition, migration) = rest.split_once('@').ok_or_else(|| {
+                format!("migration {id:?} is not of the form upgrade.<definition>@<id>")
+            })?;
+            if !MIGRATABLE.contains(&definition) {
+                return Err(format!(
+                    "migration {id:?} names {definition:?}, which is not one of {}",
+                    MIGRATABLE.join(", ")
+                ));
+            }
+            check_migration_id(migration)?;
+            return Ok(Self {
+                group: group.into(),
+                name: definition.into(),
+                migration: Some(migration.into()),
+            });
+        }
+        let names = GROUPS
+            .iter()
+            .find(|(g, _)| *g == group)
+            .map(|(_, names)| *names)
+            .ok_or_else(|| {
+                format!("operation {id:?} is in unknown group {group:?} (discovery, linked, virtual, upgrade)")
+            })?;
+        if !names.contains(&rest) {
+            return Err(format!(
+                "operation {id:?}: {group} has no operation {rest:?} (known: {})",
+                names.join(", ")
+            ));
+        }
+        Ok(Self {
+            group: group.into(),
+            name: rest.into(),
+            migration: None,
+        })
+    }
+
+    /// What the output of this operation must be.
+    pub fn output(&self) -> Output {
+        match (self.group.as_str(), self.name.as_str()) {
+            ("discovery", "repository") => Output::ListOf("repository"),
+            ("discovery", "source_config") => Output::ListOf("source_config"),
+            ("upgrade", _) => Output::Object,
+            (_, "post_snapshot") => Output::One("snapshot"),
+            ("virtual", "configure" | "reconfigure" | "initialize") => Output::One("source_config"),
+            (_, "status") => Output::Status,
+            (_, "source_size") => Output::Size,
+            _ => Output::Object,
+        }
+    }
+}
+
+/// A migration id is dotted numeric: `1`, `1.2`, `2024.3.1`.
+pub fn check_migration_id(id: &str) -> Result<(), String> {
+    if !id.is_empty()
+        && id
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "migration id {id:?} is not dotted numeric (like 1.2.0)"
+        ))
+    }
+}
+
+/// Orders migration ids numerically part by part (`1.10` after `1.9`).
+pub fn compare_migration_ids(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |s: &str| -> Vec<u64> {
+        s.split('.')
+            .map(|p| p.parse().unwrap_or(u64::MAX))
+            .collect()
+    };
+    parts(a).cmp(&parts(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_operations_and_migrations() {
+        let op = OperationId::parse("linked.pre_snapshot").expect("known op");
+        assert_eq!(op.output(), Output::Object);
+        assert_eq!(
+            OperationId::parse("virtual.post_snapshot")
+                .expect("known")
+                .output(),
+            Output::One("snapshot")
+        );
+        let m = OperationId::parse("upgrade.source_config@1.10").expect("migration");
+        assert_eq!(m.migration.as_deref(), Some("1.10"));
+    }
+
+    #[test]
+    fn rejects_unknown_groups_names_and_bad_migration_ids() {
+        assert!(OperationId::parse("linked.configure").is_err());
+        assert!(OperationId::parse("foo.bar").is_err());
+        assert!(OperationId::parse("nodot").is_err());
+        assert!(OperationId::parse("upgrade.environment@1").is_err());
+        assert!(OperationId::parse("upgrade.snapshot@1.x").is_err());
+    }
+
+    #[test]
+    fn migration_ids_order_numerically() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare_migration_ids("1.9", "1.10"), Less);
+        assert_eq!(compare_migration_ids("2", "1.99"), Greater);
+        assert_eq!(compare_migration_ids("1.0", "1.0"), Equal);
+    }
+}

@@ -1,0 +1,178 @@
+//! Printing: aligned tables for people, JSON (`--output json`) for programs.
+
+use comfy_table::{presets::NOTHING, Table};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::host::environment::Environment;
+use crate::host::inventory::{Repository, SourceConfig};
+use crate::host::package::Package;
+use crate::host::registry::Installed;
+use crate::host::store::display_time;
+use crate::host::Problem;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+pub struct Out {
+    format: Format,
+}
+
+impl Out {
+    pub fn new(format: Format) -> Self {
+        Self { format }
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.format == Format::Json
+    }
+
+    pub fn json(&self, value: &impl Serialize) -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string_pretty(value)?);
+        Ok(())
+    }
+
+    /// A one-line result for people, or its JSON form.
+    pub fn message(&self, text: &str, value: Value) -> anyhow::Result<()> {
+        match self.format {
+            Format::Json => self.json(&value),
+            Format::Table => {
+                println!("{text}");
+                Ok(())
+            }
+        }
+    }
+
+    fn table<T: Serialize>(
+        &self,
+        items: &[T],
+        header: &[&str],
+        row: impl Fn(&T) -> Vec<String>,
+    ) -> anyhow::Result<()> {
+        if self.is_json() {
+            return self.json(&items);
+        }
+        let mut t = Table::new();
+        t.load_preset(NOTHING)
+            .set_header(header.iter().map(|h| h.to_uppercase()));
+        for item in items {
+            t.add_row(row(item));
+        }
+        println!("{t}");
+        Ok(())
+    }
+
+    pub fn connectors(&self, items: &[Installed]) -> anyhow::Result<()> {
+        self.table(
+            items,
+            &["name", "version", "build", "id", "installed", "library"],
+            |c| {
+                vec![
+                    c.name.clone(),
+                    c.version.clone(),
+                    c.build_number.clone(),
+                    c.id.clone(),
+                    display_time(c.installed_at),
+                    c.library_path.display().to_string(),
+                ]
+            },
+        )
+    }
+
+    pub fn environments(&self, items: &[Environment]) -> anyhow::Result<()> {
+        self.table(
+            items,
+            &["name", "kind", "user", "refreshed", "scratch"],
+            |e| {
+                vec![
+                    e.name.clone(),
+                    e.kind.clone(),
+                    e.os_user.clone(),
+                    e.refreshed_at
+                        .map(display_time)
+                        .unwrap_or_else(|| "never".into()),
+                    e.scratch.display().to_string(),
+                ]
+            },
+        )
+    }
+
+    pub fn repositories(&self, items: &[Repository]) -> anyhow::Result<()> {
+        self.table(
+            items,
+            &["id", "env", "name", "version", "bin dir", "state"],
+            |r| {
+                vec![
+                    r.id.to_string(),
+                    r.environment.clone(),
+                    r.name.clone(),
+                    text(&r.document, "version"),
+                    text(&r.document, "bin_dir"),
+                    r.state.clone(),
+                ]
+            },
+        )
+    }
+
+    pub fn source_configs(&self, items: &[SourceConfig]) -> anyhow::Result<()> {
+        self.table(
+            items,
+            &[
+                "id",
+                "env",
+                "repo",
+                "data directory",
+                "port",
+                "running",
+                "origin",
+                "state",
+            ],
+            |s| {
+                vec![
+                    s.id.to_string(),
+                    s.environment.clone(),
+                    s.repository_id.to_string(),
+                    text(&s.document, "data_directory"),
+                    text(&s.document, "port"),
+                    text(&s.document, "running"),
+                    s.origin.clone(),
+                    s.state.clone(),
+                ]
+            },
+        )
+    }
+
+    pub fn validation(&self, package: &Package, problems: &[Problem]) -> anyhow::Result<()> {
+        if self.is_json() {
+            return self.json(&serde_json::json!({
+                "path": package.origin,
+                "library": package.library,
+                "valid": problems.is_empty(),
+                "problems": problems,
+            }));
+        }
+        if problems.is_empty() {
+            let name = text(&package.manifest_value, "name");
+            let version = text(&package.manifest_value, "version");
+            let library = package
+                .library
+                .as_ref()
+                .map(|l| l.display().to_string())
+                .unwrap_or_default();
+            println!("connector {name} {version} is valid (library {library})");
+        }
+        // Problems are printed by the error that follows.
+        Ok(())
+    }
+}
+
+fn text(doc: &Value, key: &str) -> String {
+    match doc.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(v) => v.to_string(),
+    }
+}

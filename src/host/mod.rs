@@ -1,0 +1,25 @@
+//! The engine: loads connectors through their libraries and runs the
+//! workflows of the contract around them.
+//!
+//! - [`package`]: a connector on disk (directory or `connector.json`) and its validation.
+//! - [`loader`]: the handshake, the `abi_stable` root module, schema-checked calls.
+//! - [`definitions`]: the connector's compiled schemas.
+//! - [`registry`]: installed connectors (no downgrades).
+//! - [`environment`]: environments, commands as their OS user, the platform a connector gets.
+//! - [`inventory`]: repositories and source configs, merged by identity.
+//! - [`store`]: the SQLite metadata store.
+//!
+//! Nothing here imports `crate::connector`: the engine reaches the connector
+//! only through a loaded library.
+
+pub mod definitions;
+pub mod environment;
+pub mod error;
+pub mod files;
+pub mod inventory;
+pub mod loader;
+pub mod package;
+pub mod registry;
+pub mod store;
+
+pub use error::{Error, Problem, Result};

@@ -1,0 +1,281 @@
+//! The JSON contract: example documents through the connector's schemas,
+//! and `pgvirt connector validate` on good and broken packages.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use pgvirt::host::definitions::Definitions;
+use pgvirt::host::package::PLUGIN_SCHEMA;
+use serde_json::{json, Value};
+
+use crate::support::{connector_copy, edit_json, repo_root, Pgvirt};
+
+/// Compiles the repository's schemas as the host does.
+fn definitions() -> Definitions {
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("plugin.json")).expect("plugin.json"),
+    )
+    .expect("json");
+    let mut schemas = serde_json::Map::new();
+    for (key, file) in manifest["schemas"].as_object().expect("schemas") {
+        let text = std::fs::read_to_string(repo_root().join(file.as_str().expect("path")))
+            .expect("schema file");
+        schemas.insert(
+            key.clone(),
+            serde_json::from_str(&text).expect("schema json"),
+        );
+    }
+    Definitions::compile(&Value::Object(schemas), "plugin.json").expect("schemas compile")
+}
+
+fn documents(dir: &Path) -> Vec<(String, Value)> {
+    let mut docs: Vec<(String, Value)> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json") && !p.ends_with("expect.json"))
+        .map(|p| {
+            let name = p.file_name().expect("name").to_string_lossy().into_owned();
+            let doc = serde_json::from_str(&std::fs::read_to_string(&p).expect("read"))
+                .expect("example is JSON");
+            (name, doc)
+        })
+        .collect();
+    docs.sort_by(|a, b| a.0.cmp(&b.0));
+    docs
+}
+
+/// Problems of a document: the definition's schema, or plugin.schema.json.
+fn problems(defs: &Definitions, definition: &str, doc: &Value) -> Vec<String> {
+    if definition == "plugin" {
+        let schema: Value = serde_json::from_str(PLUGIN_SCHEMA).expect("plugin schema");
+        let v = jsonschema::draft7::new(&schema).expect("compiles");
+        return v
+            .iter_errors(doc)
+            .map(|e| pgvirt::host::definitions::problem("doc", &e).at)
+            .collect();
+    }
+    defs.problems(definition, doc, "doc")
+        .into_iter()
+        .map(|p| p.at)
+        .collect()
+}
+
+#[test]
+fn every_example_document_validates_as_its_folder_says() {
+    let defs = definitions();
+    let examples = repo_root().join("tests/examples");
+    let mut checked = 0;
+    for definition in [
+        "repository",
+        "source_config",
+        "linked_source",
+        "virtual_source",
+        "snapshot",
+        "snapshot_parameters",
+        "plugin",
+    ] {
+        let dir = examples.join(definition);
+        let valid = documents(&dir.join("valid"));
+        assert!(!valid.is_empty(), "{definition}: no valid examples");
+        for (name, doc) in valid {
+            let p = problems(&defs, definition, &doc);
+            assert!(
+                p.is_empty(),
+                "{definition}/valid/{name} should be valid: {p:?}"
+            );
+            checked += 1;
+        }
+        let expect: BTreeMap<String, String> = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("invalid/expect.json")).expect("invalid/expect.json"),
+        )
+        .expect("expect.json maps file to pointer");
+        let invalid = documents(&dir.join("invalid"));
+        assert!(!invalid.is_empty(), "{definition}: no invalid examples");
+        for (name, doc) in invalid {
+            let p = problems(&defs, definition, &doc);
+            assert!(
+                !p.is_empty(),
+                "{definition}/invalid/{name} should be invalid"
+            );
+            let pointer = expect.get(&name).unwrap_or_else(|| {
+                panic!("{definition}/invalid/expect.json has no entry for {name}")
+            });
+            // Unknown properties are reported at the property itself.
+            let at_parent = format!("doc#{pointer}");
+            assert!(
+                p.iter()
+                    .any(|at| at == &at_parent || at.starts_with(&format!("{at_parent}/"))),
+                "{definition}/invalid/{name}: expected a problem at {pointer}, got {p:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "only {checked} examples checked");
+}
+
+#[test]
+fn secrets_are_marked_password_in_the_schemas() {
+    let defs = definitions();
+    assert!(defs
+        .secret_fields("linked_source")
+        .contains(&"replication_password".to_owned()));
+    assert!(defs
+        .secret_fields("source_config")
+        .contains(&"password".to_owned()));
+}
+
+#[test]
+fn the_repository_is_a_valid_connector() {
+    let p = Pgvirt::new();
+    let out = p.json(&[
+        "connector",
+        "validate",
+        repo_root().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out["valid"], json!(true), "{out}");
+    assert_eq!(out["problems"], json!([]));
+}
+
+fn validate_fails(dir: &Path) -> String {
+    Pgvirt::new().fails(&["connector", "validate", dir.to_str().expect("utf-8")])
+}
+
+#[test]
+fn a_manifest_with_an_unknown_key_is_named() {
+    let pkg = connector_copy();
+    edit_json(&pkg.path().join("plugin.json"), |m| {
+        m["frobnicate"] = json!(true);
+    });
+    let err = validate_fails(pkg.path());
+    assert!(err.contains("plugin.json#/frobnicate"), "{err}");
+    assert!(err.contains("unknown property"), "{err}");
+}
+
+#[test]
+fn a_schema_with_a_wrong_type_is_named() {
+    let pkg = connector_copy();
+    edit_json(&pkg.path().join("schema/snapshot.json"), |s| {
+        s["properties"]["timeline"]["type"] = json!("integr");
+    });
+    let err = validate_fails(pkg.path());
+    assert!(
+        err.contains("schema/snapshot.json#/properties/timeline/type"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_operation_declared_but_not_exported_is_named() {
+    let pkg = connector_copy();
+    edit_json(&pkg.path().join("plugin.json"), |m| {
+        m["operations"]["linked"] = json!(["status"]);
+    });
+    let err = validate_fails(pkg.path());
+    assert!(
+        err.contains("plugin.json#/operations/linked/0: declares operation linked.status, which the library does not export"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_malformed_manifest_names_line_and_column() {
+    let pkg = connector_copy();
+    std::fs::write(pkg.path().join("plugin.json"), "{\n  \"id\": \n}").expect("write");
+    let err = validate_fails(pkg.path());
+    assert!(err.contains("plugin.json:3:1"), "{err}");
+}
+
+#[test]
+fn pack_then_install_then_reinstall_the_same_version() {
+    let p = Pgvirt::new();
+    let out = p.dir().join("dist");
+    p.ok(&[
+        "connector",
+        "pack",
+        repo_root().to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    let bundle: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("connector.json")).expect("connector.json"),
+    )
+    .expect("json");
+    assert_eq!(bundle["format"], json!("pgvirt-connector/1"));
+    assert_eq!(bundle["library"]["file"], json!("libpgvirt.so"));
+    assert_eq!(bundle["schemas"].as_object().expect("inlined").len(), 6);
+    assert!(out.join("libpgvirt.so").is_file());
+    // The packed file validates on its own.
+    p.ok(&[
+        "connector",
+        "validate",
+        out.join("connector.json").to_str().expect("utf-8"),
+    ]);
+
+    let json_path = out.join("connector.json");
+    let first = p.json(&["connector", "install", json_path.to_str().expect("utf-8")]);
+    assert_eq!(first["previous_version"], Value::Null);
+    let again = p.json(&["connector", "install", json_path.to_str().expect("utf-8")]);
+    assert_eq!(again["previous_version"], json!("0.1.0+1"));
+    let list = p.json(&["connector", "list"]);
+    assert_eq!(list.as_array().expect("list").len(), 1, "{list}");
+}
+
+#[test]
+fn a_tampered_library_fails_the_packed_checksum() {
+    let p = Pgvirt::new();
+    let out = p.dir().join("dist");
+    p.ok(&[
+        "connector",
+        "pack",
+        repo_root().to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    let lib = out.join("libpgvirt.so");
+    let mut bytes = std::fs::read(&lib).expect("read");
+    bytes.extend_from_slice(b"tampered");
+    std::fs::write(&lib, bytes).expect("write");
+    let err = p.fails(&[
+        "connector",
+        "install",
+        out.join("connector.json").to_str().expect("utf-8"),
+    ]);
+    assert!(err.contains("#/library/sha256"), "{err}");
+    assert!(p
+        .json(&["connector", "list"])
+        .as_array()
+        .expect("list")
+        .is_empty());
+}
+
+#[test]
+fn a_lower_version_than_the_installed_one_is_refused() {
+    let p = Pgvirt::new();
+    p.ok(&["connector", "install", repo_root().to_str().expect("utf-8")]);
+    // Stand in for a newer release having been installed: the store records
+    // version 9.0.0 for this connector id.
+    let store = pgvirt::host::store::Store::open(&p.store()).expect("store");
+    let manifest: String = store
+        .conn()
+        .query_row("SELECT manifest FROM connectors", [], |r| r.get(0))
+        .expect("row");
+    let mut manifest: Value = serde_json::from_str(&manifest).expect("json");
+    manifest["version"] = json!("9.0.0");
+    store
+        .conn()
+        .execute(
+            "UPDATE connectors SET version = '9.0.0', manifest = ?1",
+            [manifest.to_string()],
+        )
+        .expect("update");
+    drop(store);
+    let err = p.fails(&["connector", "install", repo_root().to_str().expect("utf-8")]);
+    assert!(err.contains("downgrades are not supported"), "{err}");
+    assert!(err.contains("9.0.0"), "{err}");
+    let list = p.json(&["connector", "list"]);
+    assert_eq!(
+        list[0]["version"],
+        json!("9.0.0"),
+        "the installed record is untouched"
+    );
+}

@@ -1,0 +1,8 @@
+//! The integration tests: one binary, themed modules, real parts (PostgreSQL
+//! clusters, the built connector library, the `pgvirt` binary).
+
+mod support;
+
+mod boundary;
+mod contract;
+mod discovery;
