@@ -7,9 +7,12 @@
 //! and turns every panic into an [`OperationError`] before it can reach the
 //! boundary.
 
+mod cluster;
 mod discovery;
+mod linked;
 mod platform;
 mod registry;
+mod source;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::{discovery, Platform};
+use super::{discovery, linked, Platform};
 use crate::abi::OperationError;
 
 /// An operation: JSON input in, JSON output or an error out.
@@ -15,4 +15,12 @@ pub(super) type Handler = fn(&Platform, &Value) -> Result<Value, OperationError>
 pub(super) const REGISTRY: &[(&str, Handler)] = &[
     ("discovery.repository", discovery::repository),
     ("discovery.source_config", discovery::source_config),
+    ("linked.mount_specification", linked::mount_specification),
+    ("linked.pre_snapshot", linked::pre_snapshot),
+    ("linked.post_snapshot", linked::post_snapshot),
+    ("linked.start_staging", linked::start_staging),
+    ("linked.stop_staging", linked::stop_staging),
+    ("linked.status", linked::status),
+    ("linked.worker", linked::worker),
+    ("linked.source_size", linked::source_size),
 ];

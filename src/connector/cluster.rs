@@ -1,0 +1,128 @@
+//! A PostgreSQL cluster on an environment, driven through the platform:
+//! `pg_ctl`, `psql` and `pg_controldata` from the repository's bin directory,
+//! run as the environment user. Inputs reach the scripts as variables (and
+//! psql variables, quoted by psql itself), never pasted into script text.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::platform::{str_field, Platform};
+use crate::abi::{CommandRequest, OperationError};
+
+/// Where a cluster lives and how to reach it.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub bin_dir: String,
+    pub data_dir: String,
+    pub port: u16,
+    /// Directory of its unix socket.
+    pub socket_dir: String,
+    /// Its server log file.
+    pub log_file: String,
+}
+
+impl Cluster {
+    /// The repository's bin directory, from an operation's input.
+    pub fn bin_dir(input: &Value) -> Result<String, OperationError> {
+        let repo = input
+            .get("repository")
+            .ok_or_else(|| OperationError::new("invalid_input", "input has no `repository`"))?;
+        Ok(str_field(repo, "bin_dir", "repository")?.to_owned())
+    }
+
+    fn request(&self, script: &str, extra: Vec<(String, String)>) -> CommandRequest {
+        let mut variables = BTreeMap::new();
+        variables.insert("BIN".to_owned(), self.bin_dir.clone());
+        variables.insert("PGDATA_DIR".to_owned(), self.data_dir.clone());
+        variables.insert("PORT".to_owned(), self.port.to_string());
+        variables.insert("SOCKET_DIR".to_owned(), self.socket_dir.clone());
+        variables.insert("LOG_FILE".to_owned(), self.log_file.clone());
+        variables.extend(extra);
+        CommandRequest {
+            command: script.to_owned(),
+            variables,
+            ..CommandRequest::default()
+        }
+    }
+
+    /// Whether a postmaster runs on this data directory.
+    pub fn is_running(&self, platform: &Platform) -> Result<bool, OperationError> {
+        let out = platform.run(&self.request(
+            r#""$BIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1"#,
+            Vec::new(),
+        ))?;
+        Ok(out.exit_code == 0)
+    }
+
+    /// Starts the cluster and waits until it accepts connections.
+    pub fn start(&self, platform: &Platform) -> Result<(), OperationError> {
+        if self.is_running(platform)? {
+            return Ok(());
+        }
+        let script = r#"
+set -u
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+  echo "port $PORT on 127.0.0.1 is already in use" >&2; exit 3
+fi
+mkdir -p "$(dirname -- "$LOG_FILE")"
+"$BIN/pg_ctl" -D "$PGDATA_DIR" -l "$LOG_FILE" -w -t 600 -o "-p $PORT" start >/dev/null || {
+  rc=$?; echo "--- last lines of $LOG_FILE" >&2; tail -n 20 -- "$LOG_FILE" >&2; exit $rc; }
+"#;
+        let out = platform.run(&self.request(script, Vec::new()))?;
+        match out.exit_code {
+            0 => Ok(()),
+            3 => Err(OperationError::new(
+                "conflict",
+                format!("cannot start PostgreSQL on port {}", self.port),
+            )
+            .with_cause(out.stderr.trim().to_owned())
+            .with_action("choose a free port")),
+            code => Err(OperationError::new(
+                "command_failed",
+                format!("PostgreSQL in {} did not start", self.data_dir),
+            )
+            .with_cause(format!("pg_ctl exit code {code}: {}", out.stderr.trim()))),
+        }
+    }
+
+    /// Stops the cluster (fast shutdown) if it runs.
+    pub fn stop(&self, platform: &Platform) -> Result<(), OperationError> {
+        if !self.is_running(platform)? {
+            return Ok(());
+        }
+        platform.run_ok(
+            &format!("stopping PostgreSQL in {}", self.data_dir),
+            &self.request(
+                r#""$BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 300 stop"#,
+                Vec::new(),
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Runs a psql script (static text; inputs as psql variables `:'name'`)
+    /// on database `postgres`; returns the unaligned, tuples-only output.
+    pub fn psql(
+        &self,
+        platform: &Platform,
+        what: &str,
+        script: &str,
+        vars: &[(&str, &str)],
+    ) -> Result<String, OperationError> {
+        let mut extra = vec![("PSQL_SCRIPT".to_owned(), script.to_owned())];
+        let mut args = String::new();
+        for (i, (name, value)) in vars.iter().enumerate() {
+            // The psql variable name is ours (a fixed identifier); the value
+            // travels in the environment and psql quotes it at :'name'.
+            let var = format!("PSQL_VAR_{i}");
+            args.push_str(&format!(" -v \"{name}=${{{var}}}\""));
+            extra.push((var, (*value).to_owned()));
+        }
+        let command = format!(
+            r#"printf '%s\n' "$PSQL_SCRIPT" | "$BIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 -h "$SOCKET_DIR" -p "$PORT" -U "${{PGVIRT_DBUSER:-postgres}}" -d postgres{args} -f -"#
+        );
+        let out = platform.run_ok(what, &self.request(&command, extra))?;
+        Ok(out.stdout)
+    }
+}
