@@ -168,11 +168,11 @@ fn a_schema_with_a_wrong_type_is_named() {
 fn an_operation_declared_but_not_exported_is_named() {
     let pkg = connector_copy();
     edit_json(&pkg.path().join("plugin.json"), |m| {
-        m["operations"]["virtual"] = json!(["status"]);
+        m["operations"]["upgrade"] = json!({"snapshot": ["1.1"]});
     });
     let err = validate_fails(pkg.path());
     assert!(
-        err.contains("plugin.json#/operations/virtual/0: declares operation virtual.status, which the library does not export"),
+        err.contains("plugin.json#/operations/upgrade/snapshot/0: declares operation upgrade.snapshot@1.1, which the library does not export"),
         "{err}"
     );
 }

@@ -50,26 +50,28 @@ fn string_list(value: &Value, at: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
-/// The operation ids of a connector's `REGISTRY` table: the string literal
-/// that opens each `("group.name", handler)` entry.
+/// The operation ids of a connector's `REGISTRY` table: the one string
+/// literal of each `("group.name", handler)` entry, however rustfmt wraps it.
+/// Comment lines do not count.
 pub fn implemented_operations(registry_source: &str) -> Result<BTreeSet<String>, String> {
-    let start = registry_source
-        .find("REGISTRY")
-        .ok_or("no REGISTRY table")?;
+    let start = registry_source.find("REGISTRY").ok_or("no REGISTRY table")?;
     let body = &registry_source[start..];
-    let open = body.find('[').ok_or("the REGISTRY table has no `[`")?;
-    let close = body
-        .find("];")
-        .ok_or("the REGISTRY table has no closing `];`")?;
+    let open = body.find("= &[").ok_or("the REGISTRY table has no `= &[`")?;
+    let close = body.find("];").ok_or("the REGISTRY table has no closing `];`")?;
     let mut ops = BTreeSet::new();
-    for line in body[open + 1..close].lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("(\"") {
-            let end = rest
-                .find('"')
-                .ok_or_else(|| format!("unterminated literal in REGISTRY: {line}"))?;
-            if !ops.insert(rest[..end].to_owned()) {
-                return Err(format!("operation {:?} is registered twice", &rest[..end]));
+    for line in body[open + 4..close].lines().map(str::trim) {
+        if line.starts_with("//") {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(begin) = rest.find('"') {
+            let after = &rest[begin + 1..];
+            let end = after.find('"').ok_or_else(|| format!("unterminated literal in REGISTRY: {line}"))?;
+            let op = &after[..end];
+            if !ops.insert(op.to_owned()) {
+                return Err(format!("operation {op:?} is registered twice"));
             }
+            rest = &after[end + 1..];
         }
     }
     Ok(ops)
@@ -107,7 +109,10 @@ mod tests {
 
     const REGISTRY: &str = r#"
         pub(super) const REGISTRY: &[(&str, Handler)] = &[
-            ("discovery.repository", discovery::repository),
+            (
+                "discovery.repository",
+                discovery::repository,
+            ),
             // ("linked.status", linked::status),
             ("upgrade.snapshot@1.1", upgrade::snapshot_1_1),
         ];
@@ -148,7 +153,7 @@ mod tests {
 
     #[test]
     fn a_duplicate_registration_is_an_error() {
-        let twice = "REGISTRY: &[\n(\"a.b\", x),\n(\"a.b\", y),\n];";
+        let twice = "REGISTRY: &[(&str, H)] = &[\n(\"a.b\", x),\n(\n\"a.b\",\n y),\n];";
         assert!(implemented_operations(twice).is_err());
     }
 }

@@ -87,6 +87,20 @@ enum ConnectorCmd {
     },
     /// List installed connectors.
     List,
+    /// Call one operation of the installed connector with a JSON input, for
+    /// connector developers (`environment` is filled in from --env).
+    Call {
+        /// Operation id, like discovery.repository or linked.status.
+        operation: String,
+        /// Input document (JSON file, or - for standard input).
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// Environment the operation runs on.
+        #[arg(long, default_value = "local")]
+        env: String,
+        #[command(flatten)]
+        connector: ConnectorArg,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -274,6 +288,34 @@ fn connector(
             out.message(&text, serde_json::to_value(&outcome)?)
         }
         ConnectorCmd::List => out.connectors(&registry::list(&open_store()?)?),
+        ConnectorCmd::Call {
+            operation,
+            input,
+            env,
+            connector,
+        } => {
+            let store = open_store()?;
+            let environment = environment::get(&store, &env)?;
+            let c = registry::open(&store, connector.connector.as_deref())?;
+            let mut input = if input.as_os_str() == "-" {
+                serde_json::from_reader(std::io::stdin())
+                    .context("reading the input from standard input")?
+            } else {
+                read_document(&input)?
+            };
+            let obj = input
+                .as_object_mut()
+                .ok_or_else(|| Error::usage("the input must be a JSON object"))?;
+            obj.insert("environment".into(), environment.to_input());
+            let output = c
+                .invoke(
+                    &operation,
+                    &input,
+                    environment::HostPlatform::new(&environment),
+                )
+                .with_context(|| format!("calling {operation}"))?;
+            out.json(&output)
+        }
     }
 }
 

@@ -126,3 +126,80 @@ mkdir -p "$(dirname -- "$LOG_FILE")"
         Ok(out.stdout)
     }
 }
+
+/// The configuration pgvirt owns in a cluster's data directory.
+pub struct ClusterConfig {
+    /// Settings written to `pgvirt.conf`, included last (so they win).
+    pub settings: Vec<(String, String)>,
+    /// Settings commented out where the cluster's own files set them.
+    pub comment_out: Vec<String>,
+    /// The whole `pg_hba.conf`.
+    pub hba: Vec<String>,
+    /// The signal file to leave (`standby.signal`, `recovery.signal`), if any.
+    pub signal: Option<&'static str>,
+    /// A secret file to write with mode 0600: (path, content).
+    pub secret_file: Option<(String, String)>,
+}
+
+impl Cluster {
+    /// Writes `config` into the data directory. Recovery and replication
+    /// settings the cluster's own files carry are commented out, so only
+    /// `pgvirt.conf` decides them.
+    pub fn write_config(
+        &self,
+        platform: &Platform,
+        config: &ClusterConfig,
+    ) -> Result<(), OperationError> {
+        let conf: String = config
+            .settings
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect();
+        let mut extra = vec![
+            (
+                "PGVIRT_CONF".to_owned(),
+                format!("# written by pgvirt (included last: these win)\n{conf}"),
+            ),
+            ("COMMENT_OUT".to_owned(), config.comment_out.join(" ")),
+            (
+                "HBA".to_owned(),
+                format!("# written by pgvirt\n{}\n", config.hba.join("\n")),
+            ),
+            ("SIGNAL".to_owned(), config.signal.unwrap_or("").to_owned()),
+        ];
+        let mut secret = Vec::new();
+        if let Some((file, content)) = &config.secret_file {
+            extra.push(("SECRET_FILE".to_owned(), file.clone()));
+            extra.push(("SECRET_CONTENT".to_owned(), content.clone()));
+            secret.push("SECRET_CONTENT".to_owned());
+        }
+        let script = r#"
+set -eu
+umask 077
+cd -- "$PGDATA_DIR"
+[ -f postgresql.conf ] || : > postgresql.conf
+[ -f pg_ident.conf ] || : > pg_ident.conf
+printf '%s' "$HBA" > pg_hba.conf
+for name in $COMMENT_OUT primary_conninfo primary_slot_name restore_command archive_command \
+    recovery_target recovery_target_lsn recovery_target_name recovery_target_time recovery_target_xid \
+    recovery_target_inclusive recovery_target_action recovery_target_timeline; do
+  for f in postgresql.conf postgresql.auto.conf; do
+    [ -f "$f" ] && sed -i -E "s/^([[:space:]]*${name}[[:space:]]*(=|[[:space:]]))/#pgvirt# \1/" "$f"
+  done
+done
+printf '%s' "$PGVIRT_CONF" > pgvirt.conf
+grep -qx "include 'pgvirt.conf'" postgresql.conf || printf '\n%s\n' "include 'pgvirt.conf'" >> postgresql.conf
+rm -f standby.signal recovery.signal
+[ -n "$SIGNAL" ] && : > "$SIGNAL"
+if [ -n "${SECRET_FILE:-}" ]; then printf '%s\n' "$SECRET_CONTENT" > "$SECRET_FILE"; chmod 0600 "$SECRET_FILE"; fi
+exit 0
+"#;
+        let mut request = self.request(script, extra);
+        request.secret_variables = secret;
+        platform.run_ok(
+            &format!("writing the configuration of {}", self.data_dir),
+            &request,
+        )?;
+        Ok(())
+    }
+}

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::cluster::Cluster;
+use super::cluster::{Cluster, ClusterConfig};
 use super::platform::{field, str_field, Platform};
 use super::source::Source;
 use crate::abi::{CommandRequest, OperationError};
@@ -586,10 +586,16 @@ fn write_staging_config(
         let command = format!("cp {}/%f %p", shell_quote(archive));
         settings.push(("restore_command".into(), conf_quote(&command)));
     }
-    let mut comment_out: Vec<String> = ["data_directory", "external_pid_file", "include_dir"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    let mut comment_out: Vec<String> = [
+        "data_directory",
+        "external_pid_file",
+        "include_dir",
+        "hba_file",
+        "ident_file",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
     if let Some(config) = staging.params.get("staging_config") {
         if let Some(set) = config.get("set").and_then(Value::as_object) {
             for (name, value) in set {
@@ -600,53 +606,17 @@ fn write_staging_config(
             comment_out.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
         }
     }
-    let conf: String = settings
-        .iter()
-        .map(|(k, v)| format!("{k} = {v}\n"))
-        .collect();
-    let mut vars = vec![
-        ("DATA", staging.cluster.data_dir.clone()),
-        (
-            "PGVIRT_CONF",
-            format!("# written by pgvirt: staging settings (last wins)\n{conf}"),
-        ),
-        ("COMMENT_OUT", comment_out.join(" ")),
-        ("OS_USER", String::new()),
-    ];
-    let mut secret = Vec::new();
-    if let Some((file, line)) = &pgpass {
-        vars.push(("PASSFILE", file.clone()));
-        vars.push(("PGPASS_LINE", line.clone()));
-        secret.push("PGPASS_LINE".to_owned());
-    }
-    let script = r#"
-set -eu
-umask 077
-cd -- "$DATA"
-[ -f postgresql.conf ] || : > postgresql.conf
-[ -f pg_ident.conf ] || : > pg_ident.conf
-# Only the environment user reaches staging (socket 0700, trust on it).
-printf '%s\n' '# written by pgvirt: staging is reached through its private socket only' \
-  'local all all trust' > pg_hba.conf
-for name in $COMMENT_OUT; do
-  for f in postgresql.conf postgresql.auto.conf; do
-    [ -f "$f" ] && sed -i -E "s/^([[:space:]]*${name}[[:space:]]*(=|[[:space:]]))/#pgvirt# \1/" "$f"
-  done
-done
-# Settings the source's own files may carry for recovery or replication.
-for f in postgresql.conf postgresql.auto.conf; do
-  [ -f "$f" ] && sed -i -E "s/^([[:space:]]*(primary_conninfo|primary_slot_name|restore_command|recovery_target[a-z_]*)[[:space:]]*(=|[[:space:]]))/#pgvirt# \1/" "$f"
-done
-printf '%s' "$PGVIRT_CONF" > pgvirt.conf
-grep -qx "include 'pgvirt.conf'" postgresql.conf || printf '\n%s\n' "include 'pgvirt.conf'" >> postgresql.conf
-rm -f recovery.signal backup_label.old
-: > standby.signal
-if [ -n "${PASSFILE:-}" ]; then printf '%s\n' "$PGPASS_LINE" > "$PASSFILE"; chmod 0600 "$PASSFILE"; fi
-"#;
-    let mut req = request(script, &vars);
-    req.secret_variables = secret;
-    platform.run_ok("writing the staging configuration", &req)?;
-    Ok(())
+    staging.cluster.write_config(
+        platform,
+        &ClusterConfig {
+            settings,
+            comment_out,
+            // Only the environment user reaches staging (socket 0700, trust on it).
+            hba: vec!["local all all trust".into()],
+            signal: Some("standby.signal"),
+            secret_file: pgpass,
+        },
+    )
 }
 
 /// Waits until the walreceiver streams; an error says when it does not.
@@ -655,10 +625,12 @@ fn wait_for_streaming(
     staging: &Staging,
     seconds: u32,
 ) -> Result<(), OperationError> {
+    // psql does not interpolate inside dollar quotes: pass through a setting.
     let script = r#"
+SELECT set_config('pgvirt.wait_seconds', :'seconds', false) IS NULL;
 DO $$
 BEGIN
-  FOR i IN 1..(:'seconds'::int * 10) LOOP
+  FOR i IN 1..(current_setting('pgvirt.wait_seconds')::int * 10) LOOP
     EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming');
     PERFORM pg_sleep(0.1);
   END LOOP;
@@ -671,7 +643,7 @@ SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), 'not connected');"#;
         script,
         &[("seconds", &secs)],
     )?;
-    let status = status.trim();
+    let status = status.lines().last().unwrap_or_default().trim();
     if status == "streaming" {
         return Ok(());
     }

@@ -13,6 +13,7 @@ mod linked;
 mod platform;
 mod registry;
 mod source;
+mod virtual_db;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::{discovery, linked, Platform};
+use super::{discovery, linked, virtual_db, Platform};
 use crate::abi::OperationError;
 
 /// An operation: JSON input in, JSON output or an error out.
@@ -23,4 +23,19 @@ pub(super) const REGISTRY: &[(&str, Handler)] = &[
     ("linked.status", linked::status),
     ("linked.worker", linked::worker),
     ("linked.source_size", linked::source_size),
+    (
+        "virtual.mount_specification",
+        virtual_db::mount_specification,
+    ),
+    ("virtual.configure", virtual_db::configure),
+    ("virtual.reconfigure", virtual_db::reconfigure),
+    ("virtual.unconfigure", virtual_db::unconfigure),
+    ("virtual.cleanup", virtual_db::cleanup),
+    ("virtual.start", virtual_db::start),
+    ("virtual.stop", virtual_db::stop),
+    ("virtual.status", virtual_db::status),
+    ("virtual.pre_snapshot", virtual_db::pre_snapshot),
+    ("virtual.post_snapshot", virtual_db::post_snapshot),
+    ("virtual.initialize", virtual_db::initialize),
+    ("virtual.source_size", virtual_db::source_size),
 ];

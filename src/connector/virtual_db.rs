@@ -1,0 +1,559 @@
+//! The virtual lifecycle: turn a clone of a snapshot into an independent,
+//! writable PostgreSQL cluster (a VDB), and run it.
+//!
+//! A clone of a staging snapshot is a standby caught mid-backup: its
+//! `pgvirt/backup_label` (written by `linked.pre_snapshot`) goes into the data
+//! directory and the clone recovers to the snapshot's `replayed_lsn`, then
+//! promotes onto a new timeline. Whether a target is needed is read from the
+//! clone's own WAL with `pg_waldump`: when no record follows the LSN, recovery
+//! simply ends there (a target past the end of WAL would be an error).
+//! A VDB snapshot is taken with the VDB cleanly stopped, so its clones start
+//! as they are. Either way nothing of the source's replication survives:
+//! no standby signal, no primary_conninfo or restore_command, no replication
+//! slots, archiving off.
+
+use serde_json::{json, Value};
+
+use super::cluster::{Cluster, ClusterConfig};
+use super::linked::{conf_quote, conf_value, parse_lsn};
+use super::platform::{field, str_field, Platform};
+use crate::abi::{CommandRequest, OperationError};
+
+/// The VDB side of an operation's input.
+struct Vdb {
+    cluster: Cluster,
+    mount: String,
+    params: Value,
+    name: String,
+}
+
+impl Vdb {
+    fn from_input(input: &Value) -> Result<Self, OperationError> {
+        let params = input
+            .get("virtual_source")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let mount = str_field(field(input, "mount")?, "path", "mount")?
+            .trim_end_matches('/')
+            .to_owned();
+        let port = input
+            .pointer("/vdb/port")
+            .or_else(|| params.get("port"))
+            .or_else(|| input.pointer("/source_config/port"))
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| {
+                OperationError::new(
+                    "invalid_input",
+                    "no port for the VDB (vdb.port or virtual_source.port)",
+                )
+            })?;
+        let name = input
+            .pointer("/vdb/name")
+            .and_then(Value::as_str)
+            .unwrap_or("vdb")
+            .to_owned();
+        // A unix socket path is limited to 107 bytes; fall back to /tmp.
+        let socket_dir = if mount.len() + 30 < 100 {
+            format!("{mount}/pgvirt")
+        } else {
+            "/tmp".to_owned()
+        };
+        Ok(Self {
+            cluster: Cluster {
+                bin_dir: Cluster::bin_dir(input)?,
+                data_dir: format!("{mount}/data"),
+                port,
+                socket_dir,
+                log_file: format!("{mount}/pgvirt/postgres.log"),
+            },
+            mount,
+            params,
+            name,
+        })
+    }
+
+    fn files(&self) -> String {
+        format!("{}/pgvirt", self.mount)
+    }
+
+    /// The source config the VDB is known by.
+    fn source_config(&self, major: Option<u64>) -> Value {
+        let mut config = json!({
+            "name": format!("vdb {} (port {})", self.name, self.cluster.port),
+            "data_directory": self.cluster.data_dir,
+            "port": self.cluster.port,
+            "socket_directory": self.cluster.socket_dir,
+            "user": "postgres",
+            "discovered": false,
+        });
+        if let Some(m) = major {
+            config["major_version"] = json!(m);
+        }
+        config
+    }
+
+    fn hba(&self) -> Vec<String> {
+        match self.params.get("pg_hba").and_then(Value::as_array) {
+            Some(entries) if !entries.is_empty() => entries
+                .iter()
+                .map(|e| {
+                    let get = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
+                    [
+                        get("type"),
+                        get("database"),
+                        get("user"),
+                        get("address"),
+                        get("method"),
+                    ]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                })
+                .collect(),
+            // Local connections only; the socket is the environment user's alone.
+            _ => vec!["local all all trust".into()],
+        }
+    }
+
+    /// Writes the VDB's configuration; `recovery` adds the recovery settings.
+    fn write_config(
+        &self,
+        platform: &Platform,
+        recovery: Vec<(String, String)>,
+    ) -> Result<(), OperationError> {
+        let mut settings: Vec<(String, String)> = vec![
+            ("port".into(), self.cluster.port.to_string()),
+            ("listen_addresses".into(), conf_quote("localhost")),
+            (
+                "unix_socket_directories".into(),
+                conf_quote(&self.cluster.socket_dir),
+            ),
+            ("unix_socket_permissions".into(), "0700".into()),
+            (
+                "cluster_name".into(),
+                conf_quote(&format!("pgvirt vdb {}", self.name)),
+            ),
+            ("archive_mode".into(), "off".into()),
+            ("hot_standby".into(), "on".into()),
+            (
+                "hba_file".into(),
+                conf_quote(&format!("{}/pg_hba.conf", self.cluster.data_dir)),
+            ),
+            (
+                "ident_file".into(),
+                conf_quote(&format!("{}/pg_ident.conf", self.cluster.data_dir)),
+            ),
+        ];
+        let signal = if recovery.is_empty() {
+            None
+        } else {
+            Some("recovery.signal")
+        };
+        settings.extend(recovery);
+        let mut comment_out: Vec<String> = [
+            "data_directory",
+            "external_pid_file",
+            "include_dir",
+            "hba_file",
+            "ident_file",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        if let Some(config) = self.params.get("config") {
+            if let Some(set) = config.get("set").and_then(Value::as_object) {
+                settings.extend(set.iter().map(|(k, v)| (k.clone(), conf_value(v))));
+            }
+            if let Some(list) = config.get("comment_out").and_then(Value::as_array) {
+                comment_out.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
+            }
+        }
+        self.cluster.write_config(
+            platform,
+            &ClusterConfig {
+                settings,
+                comment_out,
+                hba: self.hba(),
+                signal,
+                secret_file: None,
+            },
+        )
+    }
+
+    /// Sets the superuser's password, if the parameters carry one. Only a
+    /// SCRAM verifier reaches the server: the password itself is never in
+    /// SQL text, a log, or argv.
+    fn set_password(&self, platform: &Platform) -> Result<(), OperationError> {
+        let Some(password) = self
+            .params
+            .get("superuser_password")
+            .and_then(Value::as_str)
+        else {
+            return Ok(());
+        };
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        self.cluster.psql(
+            platform,
+            "setting the superuser password",
+            "SET log_statement = 'none';\nALTER ROLE CURRENT_USER PASSWORD :'verifier';",
+            &[("verifier", &verifier)],
+        )?;
+        Ok(())
+    }
+}
+
+fn request(command: &str, vars: &[(&str, String)]) -> CommandRequest {
+    CommandRequest {
+        command: command.to_owned(),
+        variables: vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+        ..CommandRequest::default()
+    }
+}
+
+/// `virtual.mount_specification`: where the VDB's dataset goes.
+pub fn mount_specification(_platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    let path = input
+        .pointer("/virtual_source/mount_path")
+        .and_then(Value::as_str)
+        .or_else(|| input.get("default_mount_path").and_then(Value::as_str))
+        .ok_or_else(|| {
+            OperationError::new("invalid_input", "no mount_path and no default_mount_path")
+        })?;
+    Ok(json!({"mounts": [{"path": path}]}))
+}
+
+/// `virtual.configure`: make the freshly cloned snapshot an independent,
+/// running primary; returns the VDB's new source config.
+pub fn configure(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    let snapshot = field(input, "snapshot")?;
+    if snapshot.get("provisionable").and_then(Value::as_bool) != Some(true) {
+        let reason = snapshot
+            .get("not_provisionable_reason")
+            .and_then(Value::as_str)
+            .unwrap_or("it is marked not provisionable");
+        return Err(OperationError::new(
+            "not_provisionable",
+            format!("the snapshot cannot be provisioned: {reason}"),
+        )
+        .with_action("choose a later snapshot of the dSource"));
+    }
+    let vdb = Vdb::from_input(input)?;
+    prepare_clone(platform, &vdb, snapshot)?;
+    vdb.cluster.start(platform)?;
+    wait_promoted(platform, &vdb)?;
+    vdb.set_password(platform)?;
+    Ok(vdb.source_config(snapshot.get("major_version").and_then(Value::as_u64)))
+}
+
+/// `virtual.reconfigure`: bring back a VDB on a re-cloned own snapshot
+/// (rewind) or on its existing data (enable); returns its source config.
+pub fn reconfigure(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    let vdb = Vdb::from_input(input)?;
+    // The engine says whether it just re-cloned a snapshot (rewind) or
+    // kept the existing data (enable).
+    let fresh_clone = input
+        .get("fresh_clone")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if let (Some(snapshot), true) = (input.get("snapshot"), fresh_clone) {
+        prepare_clone(platform, &vdb, snapshot)?;
+    } else {
+        vdb.write_config(platform, Vec::new())?;
+    }
+    vdb.cluster.start(platform)?;
+    wait_promoted(platform, &vdb)?;
+    let major = input
+        .pointer("/source_config/major_version")
+        .or_else(|| input.pointer("/snapshot/major_version"))
+        .and_then(Value::as_u64);
+    Ok(vdb.source_config(major))
+}
+
+/// Cleans a fresh clone of everything that tied it to its parent and writes
+/// its configuration, with recovery settings when it must recover.
+fn prepare_clone(platform: &Platform, vdb: &Vdb, snapshot: &Value) -> Result<(), OperationError> {
+    let script = r#"
+set -eu
+cd -- "$DATA"
+rm -f postmaster.pid postmaster.opts standby.signal recovery.signal backup_label.old tablespace_map.old
+rm -rf pg_replslot/* 2>/dev/null || true
+rm -f -- "$FILES/pgpass"
+if [ -f "$FILES/backup_label" ]; then
+  cp -- "$FILES/backup_label" backup_label
+  [ -f "$FILES/tablespace_map" ] && cp -- "$FILES/tablespace_map" tablespace_map
+  # Does any WAL record follow the snapshot's LSN in this clone's WAL?
+  if [ -n "$TARGET" ] && "$BIN/pg_waldump" -p pg_wal -s "$TARGET" -n 1 >/dev/null 2>&1; then
+    echo target
+  else
+    echo end
+  fi
+else
+  echo clean
+fi
+"#;
+    let target = snapshot
+        .get("replayed_lsn")
+        .and_then(Value::as_str)
+        .filter(|l| parse_lsn(l).is_some())
+        .unwrap_or("")
+        .to_owned();
+    let out = platform.run_ok(
+        "preparing the clone",
+        &request(
+            script,
+            &[
+                ("DATA", vdb.cluster.data_dir.clone()),
+                ("FILES", vdb.files()),
+                ("BIN", vdb.cluster.bin_dir.clone()),
+                ("TARGET", target.clone()),
+            ],
+        ),
+    )?;
+    let recovery: Vec<(String, String)> = match out.stdout.trim() {
+        "clean" => Vec::new(),
+        how => {
+            // No archive: WAL comes only from the clone's own pg_wal.
+            let mut r = vec![
+                ("restore_command".into(), conf_quote("false")),
+                ("recovery_target_action".into(), "promote".into()),
+                ("recovery_target_timeline".into(), conf_quote("current")),
+            ];
+            if how == "target" {
+                r.push(("recovery_target_lsn".into(), conf_quote(&target)));
+                // Stop before the first record past the LSN: exactly the
+                // records staging had replayed when the snapshot was taken.
+                r.push(("recovery_target_inclusive".into(), "off".into()));
+            }
+            r
+        }
+    };
+    vdb.write_config(platform, recovery)
+}
+
+/// Waits until the VDB has left recovery.
+fn wait_promoted(platform: &Platform, vdb: &Vdb) -> Result<(), OperationError> {
+    let out = vdb.cluster.psql(
+        platform,
+        "waiting for the VDB to leave recovery",
+        r#"DO $$
+BEGIN
+  FOR i IN 1..3000 LOOP
+    EXIT WHEN NOT pg_is_in_recovery();
+    PERFORM pg_sleep(0.02);
+  END LOOP;
+END $$;
+SELECT pg_is_in_recovery();"#,
+        &[],
+    )?;
+    if out.lines().last().map(str::trim) == Some("f") {
+        Ok(())
+    } else {
+        Err(OperationError::new(
+            "command_failed",
+            format!("VDB {} did not leave recovery", vdb.name),
+        )
+        .with_action(format!("see {}", vdb.cluster.log_file)))
+    }
+}
+
+/// `virtual.unconfigure`: stop the VDB (before refresh, rewind, disable, delete).
+pub fn unconfigure(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    Vdb::from_input(input)?.cluster.stop(platform)?;
+    Ok(json!({}))
+}
+
+/// `virtual.cleanup`: nothing outside the dataset to remove; the engine
+/// destroys the dataset itself.
+pub fn cleanup(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    Vdb::from_input(input)?.cluster.stop(platform)?;
+    Ok(json!({}))
+}
+
+/// `virtual.start`.
+pub fn start(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    let vdb = Vdb::from_input(input)?;
+    // A crashed postmaster leaves its pid file; pg_ctl handles a stale one.
+    vdb.cluster.start(platform)?;
+    Ok(json!({}))
+}
+
+/// `virtual.stop`.
+pub fn stop(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    Vdb::from_input(input)?.cluster.stop(platform)?;
+    Ok(json!({}))
+}
+
+/// `virtual.status`: ACTIVE when the VDB runs.
+pub fn status(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    let vdb = Vdb::from_input(input)?;
+    let active = vdb.cluster.is_running(platform)?;
+    Ok(json!({"status": if active { "ACTIVE" } else { "INACTIVE" }}))
+}
+
+/// `virtual.pre_snapshot`: record what the snapshot holds, then stop the VDB
+/// cleanly so the files are consistent (it is started again after).
+pub fn pre_snapshot(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    let vdb = Vdb::from_input(input)?;
+    let running = vdb.cluster.is_running(platform)?;
+    if running {
+        let facts = vdb.cluster.psql(
+            platform,
+            "reading the VDB's databases",
+            r#"SELECT json_build_object(
+  'databases', (SELECT json_agg(datname ORDER BY datname) FROM pg_database WHERE NOT datistemplate),
+  'size_bytes', (SELECT sum(pg_database_size(oid))::bigint FROM pg_database),
+  'postgres_version', current_setting('server_version'));"#,
+            &[],
+        )?;
+        platform.run_ok(
+            "recording the VDB's databases",
+            &request(
+                r#"umask 077; printf '%s' "$FACTS" > "$FILES/vdb-facts.json"; : > "$FILES/was-running""#,
+                &[("FILES", vdb.files()), ("FACTS", facts.trim().to_owned())],
+            ),
+        )?;
+        vdb.cluster.stop(platform)?;
+    }
+    platform.run_ok(
+        "marking the snapshot clean",
+        &request(
+            r#"rm -f -- "$FILES/backup_label" "$FILES/tablespace_map"; : > "$FILES/clean""#,
+            &[("FILES", vdb.files())],
+        ),
+    )?;
+    Ok(json!({"was_running": running}))
+}
+
+/// `virtual.post_snapshot`: describe the snapshot, and start the VDB again
+/// if it ran before.
+pub fn post_snapshot(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    let vdb = Vdb::from_input(input)?;
+    let out = platform.run_ok(
+        "reading the VDB's control file",
+        &request(
+            r#"LC_ALL=C "$BIN/pg_controldata" -D "$DATA"; echo "--facts"; cat -- "$FILES/vdb-facts.json" 2>/dev/null; echo; [ -f "$FILES/was-running" ] && echo "--was-running"; rm -f -- "$FILES/was-running"; true"#,
+            &[
+                ("BIN", vdb.cluster.bin_dir.clone()),
+                ("DATA", vdb.cluster.data_dir.clone()),
+                ("FILES", vdb.files()),
+            ],
+        ),
+    )?;
+    let (control, rest) = out
+        .stdout
+        .split_once("--facts")
+        .unwrap_or((&out.stdout, ""));
+    let get = |key: &str| {
+        control
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.trim() == key)
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_default()
+    };
+    let facts: Value = rest
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| json!({}));
+    let version_num: u64 = get("pg_control version number").parse().unwrap_or(0);
+    let major = input
+        .pointer("/source_config/major_version")
+        .and_then(Value::as_u64)
+        .unwrap_or(if version_num >= 1300 { 15 } else { 0 });
+    let meta = json!({
+        "postgres_version": facts.get("postgres_version").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| major.to_string()),
+        "major_version": major,
+        "system_identifier": get("Database system identifier"),
+        "timeline": get("Latest checkpoint's TimeLineID").parse::<u64>().unwrap_or(1),
+        "checkpoint_lsn": get("Latest checkpoint location"),
+        "redo_lsn": get("Latest checkpoint's REDO location"),
+        "checkpoint_time": to_rfc3339(&get("Time of latest checkpoint")),
+        "wal_segment_size": get("Bytes per WAL segment").parse::<u64>().unwrap_or(16 * 1024 * 1024),
+        "databases": facts.get("databases").cloned().filter(Value::is_array).unwrap_or_else(|| json!([])),
+        "size_bytes": facts.get("size_bytes").and_then(Value::as_u64).unwrap_or(0),
+        "ingestion_method": "virtual",
+        "provisionable": true,
+    });
+    if out.stdout.contains("--was-running") {
+        vdb.cluster.start(platform)?;
+    }
+    Ok(meta)
+}
+
+/// `virtual.initialize`: an empty VDB — a new cluster made by initdb.
+pub fn initialize(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    let vdb = Vdb::from_input(input)?;
+    platform.run_ok(
+        "creating an empty cluster",
+        &request(
+            r#"set -eu; umask 077; mkdir -p -- "$FILES"; rm -rf -- "$DATA"
+"$BIN/initdb" -D "$DATA" -U postgres -A trust --no-instructions >/dev/null"#,
+            &[
+                ("BIN", vdb.cluster.bin_dir.clone()),
+                ("DATA", vdb.cluster.data_dir.clone()),
+                ("FILES", vdb.files()),
+            ],
+        ),
+    )?;
+    vdb.write_config(platform, Vec::new())?;
+    vdb.cluster.start(platform)?;
+    vdb.set_password(platform)?;
+    let major = input
+        .pointer("/repository/major_version")
+        .and_then(Value::as_u64);
+    Ok(vdb.source_config(major))
+}
+
+/// `virtual.source_size`: bytes of the VDB's data directory.
+pub fn source_size(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    let vdb = Vdb::from_input(input)?;
+    let out = platform.run_ok(
+        "measuring the VDB",
+        &request(
+            r#"du -sb -- "$DIR" | cut -f1"#,
+            &[("DIR", vdb.cluster.data_dir.clone())],
+        ),
+    )?;
+    Ok(json!(out.stdout.trim().parse::<u64>().unwrap_or(0)))
+}
+
+/// pg_controldata's C-locale time (`Sun Nov 22 09:59:10 2026`, the
+/// environment's zone, UTC on engine hosts) as RFC 3339; else the text.
+fn to_rfc3339(text: &str) -> String {
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    if let [_, mon, day, time, year] = parts.as_slice() {
+        if let (Some(m), Ok(day)) = (months.iter().position(|x| x == mon), day.parse::<u32>()) {
+            return format!("{year}-{:02}-{day:02}T{time}Z", m + 1);
+        }
+    }
+    text.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_rfc3339;
+
+    #[test]
+    fn reads_controldata_times() {
+        assert_eq!(
+            to_rfc3339("Sun Nov 22 09:59:10 2026"),
+            "2026-11-22T09:59:10Z"
+        );
+        assert_eq!(
+            to_rfc3339("Mon Feb  2 00:00:01 2026"),
+            "2026-02-02T00:00:01Z"
+        );
+        assert_eq!(to_rfc3339("garbage"), "garbage");
+    }
+}
