@@ -54,10 +54,16 @@ fn string_list(value: &Value, at: &str) -> Result<Vec<String>, String> {
 /// literal of each `("group.name", handler)` entry, however rustfmt wraps it.
 /// Comment lines do not count.
 pub fn implemented_operations(registry_source: &str) -> Result<BTreeSet<String>, String> {
-    let start = registry_source.find("REGISTRY").ok_or("no REGISTRY table")?;
+    let start = registry_source
+        .find("REGISTRY")
+        .ok_or("no REGISTRY table")?;
     let body = &registry_source[start..];
-    let open = body.find("= &[").ok_or("the REGISTRY table has no `= &[`")?;
-    let close = body.find("];").ok_or("the REGISTRY table has no closing `];`")?;
+    let open = body
+        .find("= &[")
+        .ok_or("the REGISTRY table has no `= &[`")?;
+    let close = body
+        .find("];")
+        .ok_or("the REGISTRY table has no closing `];`")?;
     let mut ops = BTreeSet::new();
     for line in body[open + 4..close].lines().map(str::trim) {
         if line.starts_with("//") {
@@ -66,7 +72,9 @@ pub fn implemented_operations(registry_source: &str) -> Result<BTreeSet<String>,
         let mut rest = line;
         while let Some(begin) = rest.find('"') {
             let after = &rest[begin + 1..];
-            let end = after.find('"').ok_or_else(|| format!("unterminated literal in REGISTRY: {line}"))?;
+            let end = after
+                .find('"')
+                .ok_or_else(|| format!("unterminated literal in REGISTRY: {line}"))?;
             let op = &after[..end];
             if !ops.insert(op.to_owned()) {
                 return Err(format!("operation {op:?} is registered twice"));
