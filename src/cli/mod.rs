@@ -9,8 +9,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
+use crate::host::storage::{Backend, Pool};
 use crate::host::store::{Store, STORE_ENV};
-use crate::host::{environment, inventory, package::Package, registry, Error};
+use crate::host::{
+    dsource, environment, inventory, package::Package, registry, timeflow, vdb, Error,
+};
 use output::{Format, Out};
 
 #[derive(Parser, Debug)]
@@ -56,6 +59,207 @@ enum Command {
     /// Source configs (clusters) found on environments or added by hand.
     #[command(subcommand)]
     Source(SourceCmd),
+    /// Choose the storage pool (a directory; its filesystem picks the backend).
+    Init {
+        /// Directory of the pool: empty, or an existing pgvirt pool.
+        #[arg(long)]
+        pool: PathBuf,
+        /// Backend: auto, btrfs, reflink or copy.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+    },
+    /// The storage pool: info, datasets, consistency check.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Linked sources: ingest a source cluster, keep it in sync, snapshot it.
+    #[command(subcommand)]
+    Dsource(DsourceCmd),
+    /// Snapshots of dSources and VDBs.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Virtual databases: writable thin clones of snapshots.
+    #[command(subcommand)]
+    Vdb(VdbCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum PoolCmd {
+    /// Which backend is in use and why.
+    Info,
+    /// Datasets and their snapshots, with space held alone and shared.
+    List,
+    /// Find drift between the store and the filesystem; --repair fixes it.
+    Check {
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct LinkedParams {
+    /// A whole linked-source parameters document (JSON); flags add to it.
+    #[arg(long, value_name = "FILE")]
+    params: Option<PathBuf>,
+    /// basebackup_streaming, backup_streaming or backup_log_shipping.
+    #[arg(long)]
+    method: Option<String>,
+    /// Source host (default: 127.0.0.1 for a source on this host).
+    #[arg(long)]
+    source_host: Option<String>,
+    /// Source port (default: the source config's port).
+    #[arg(long)]
+    source_port: Option<u16>,
+    /// Replication user on the source.
+    #[arg(long)]
+    replication_user: Option<String>,
+    /// Environment variable holding the replication password (never a flag value).
+    #[arg(
+        long,
+        value_name = "VAR",
+        default_value = "PGVIRT_REPLICATION_PASSWORD"
+    )]
+    password_env: String,
+    /// Port of the staging cluster.
+    #[arg(long)]
+    staging_port: Option<u16>,
+    /// Where to mount the staging dataset.
+    #[arg(long)]
+    mount_path: Option<String>,
+    /// Customer base backup directory (backup_* methods).
+    #[arg(long)]
+    backup_path: Option<String>,
+    /// WAL archive directory (backup_log_shipping).
+    #[arg(long)]
+    wal_archive_path: Option<String>,
+    /// Replication slot name (default pgvirt_<name>).
+    #[arg(long)]
+    slot: Option<String>,
+    /// Staging setting NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum DsourceCmd {
+    /// Link a source config: ingest it into staging and take the first snapshot.
+    Link {
+        /// Name of the new dSource.
+        name: String,
+        /// Source config id or name (see `pgvirt source list`).
+        #[arg(long)]
+        source: String,
+        /// Staging environment (default: the source's).
+        #[arg(long)]
+        env: Option<String>,
+        #[command(flatten)]
+        params: Box<LinkedParams>,
+    },
+    /// Take a new snapshot (--resync: ingest again from scratch, new timeflow).
+    Sync {
+        name: String,
+        #[arg(long)]
+        resync: bool,
+    },
+    /// Start staging again.
+    Enable { name: String },
+    /// Stop staging and unmount.
+    Disable { name: String },
+    /// Delete (refused while VDBs depend on its snapshots).
+    Delete { name: String },
+    /// State, replication health and the last snapshot.
+    Show { name: String },
+    /// All dSources.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCmd {
+    /// Snapshots of one dSource or VDB, or of all.
+    List {
+        #[arg(long)]
+        dsource: Option<String>,
+        #[arg(long)]
+        vdb: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct VirtualParams {
+    /// A whole virtual-source parameters document (JSON); flags add to it.
+    #[arg(long, value_name = "FILE")]
+    params: Option<PathBuf>,
+    /// Port (default: the first free one of PGVIRT_VDB_PORTS, 6500-6999).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Target environment (default: the parent's).
+    #[arg(long)]
+    env: Option<String>,
+    /// Where to mount the VDB's dataset.
+    #[arg(long)]
+    mount_path: Option<String>,
+    /// Setting NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum VdbCmd {
+    /// Provision a VDB from a dSource's or VDB's snapshot (latest, or NAME@ID).
+    Provision {
+        name: String,
+        #[arg(long)]
+        from: String,
+        #[command(flatten)]
+        params: VirtualParams,
+    },
+    /// Create an empty VDB (a new cluster).
+    CreateEmpty {
+        name: String,
+        #[command(flatten)]
+        params: VirtualParams,
+    },
+    Start {
+        name: String,
+    },
+    Stop {
+        name: String,
+    },
+    /// ACTIVE or INACTIVE.
+    Status {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    Disable {
+        name: String,
+    },
+    /// Delete the VDB: its processes, mounts and clone.
+    Delete {
+        name: String,
+    },
+    /// Refresh to the parent's latest snapshot (or --snapshot ID).
+    Refresh {
+        name: String,
+        #[arg(long)]
+        snapshot: Option<i64>,
+    },
+    /// Rewind to one of the VDB's own snapshots.
+    Rewind {
+        name: String,
+        #[arg(long)]
+        snapshot: i64,
+    },
+    /// Take a snapshot of the VDB.
+    Snapshot {
+        name: String,
+    },
+    /// One VDB, with its connection string.
+    Show {
+        name: String,
+    },
+    /// All VDBs.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -238,6 +442,373 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = open_store()?;
             source(cmd, &out, &store)
         }
+        Command::Init { pool, backend } => {
+            let store = open_store()?;
+            let p = Pool::init(&store, &pool, Backend::parse(&backend)?)
+                .with_context(|| format!("making the pool {}", pool.display()))?;
+            let info = p.info(&store)?;
+            out.message(
+                &format!(
+                    "pool {} ready: {} ({})",
+                    info.path.display(),
+                    info.backend.name(),
+                    info.why
+                ),
+                serde_json::to_value(&info)?,
+            )
+        }
+        Command::Pool(cmd) => {
+            let store = open_store()?;
+            pool_cmd(cmd, &out, &store)
+        }
+        Command::Dsource(cmd) => {
+            let store = open_store()?;
+            dsource_cmd(cmd, &out, &store)
+        }
+        Command::Snapshot(SnapshotCmd::List { dsource, vdb }) => {
+            let store = open_store()?;
+            let list = snapshot_list(&store, dsource.as_deref(), vdb.as_deref())?;
+            out.snapshots(&list)
+        }
+        Command::Vdb(cmd) => {
+            let store = open_store()?;
+            vdb_cmd(cmd, &out, &store)
+        }
+    }
+}
+
+fn pool_cmd(cmd: PoolCmd, out: &Out, store: &Store) -> anyhow::Result<()> {
+    let pool = Pool::open(store)?;
+    match cmd {
+        PoolCmd::Info => {
+            let info = pool.info(store)?;
+            let text = format!(
+                "pool {}\n  filesystem {}\n  backend    {} ({})\n  mounts     {}\n  datasets   {}, snapshots {}",
+                info.path.display(),
+                info.filesystem,
+                info.backend.name(),
+                info.why,
+                info.mounts,
+                info.datasets,
+                info.snapshots
+            );
+            out.message(&text, serde_json::to_value(&info)?)
+        }
+        PoolCmd::List => out.datasets(&pool.list(store)?),
+        PoolCmd::Check { repair } => {
+            let report = pool.check(store, repair)?;
+            let mut text = String::new();
+            for p in &report.problems {
+                text.push_str(&format!("problem: {p}\n"));
+            }
+            for r in &report.repaired {
+                text.push_str(&format!("repaired: {r}\n"));
+            }
+            if text.is_empty() {
+                text = "the store and the filesystem agree".into();
+            }
+            out.message(text.trim_end(), serde_json::to_value(&report)?)?;
+            if !repair && !report.problems.is_empty() {
+                anyhow::bail!(
+                    "{} problem(s) found; run `pgvirt pool check --repair`",
+                    report.problems.len()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// NAME=VALUE pairs as a JSON object of settings (numbers stay numbers).
+fn settings(pairs: &[String], flag: &str) -> anyhow::Result<serde_json::Map<String, Value>> {
+    let mut map = serde_json::Map::new();
+    for pair in pairs {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| Error::usage(format!("{flag} {pair:?} must be NAME=VALUE")))?;
+        let value = v
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| json!(v));
+        map.insert(k.trim().to_owned(), value);
+    }
+    Ok(map)
+}
+
+fn object_from(file: &Option<PathBuf>) -> anyhow::Result<Value> {
+    let doc = match file {
+        Some(f) => read_document(f)?,
+        None => json!({}),
+    };
+    if !doc.is_object() {
+        return Err(Error::usage("--params must hold a JSON object").into());
+    }
+    Ok(doc)
+}
+
+fn linked_params(p: &LinkedParams, store: &Store, source: &str) -> anyhow::Result<Value> {
+    let mut doc = object_from(&p.params)?;
+    let config = inventory::find_source_config(store, source)?;
+    if let Some(m) = &p.method {
+        doc["ingestion_method"] = json!(m);
+    }
+    let method = doc
+        .get("ingestion_method")
+        .and_then(Value::as_str)
+        .unwrap_or("basebackup_streaming")
+        .to_owned();
+    if method != "backup_log_shipping" || p.source_host.is_some() {
+        let mut src = doc.get("source").cloned().unwrap_or_else(|| json!({}));
+        if let Some(h) = &p.source_host {
+            src["host"] = json!(h);
+        } else if src.get("host").is_none() {
+            src["host"] = json!("127.0.0.1");
+        }
+        if let Some(port) = p.source_port {
+            src["port"] = json!(port);
+        } else if src.get("port").is_none() {
+            src["port"] = config.document.get("port").cloned().unwrap_or(json!(5432));
+        }
+        if let Some(u) = &p.replication_user {
+            src["replication_user"] = json!(u);
+        }
+        if let Ok(pw) = std::env::var(&p.password_env) {
+            if !pw.is_empty() {
+                src["replication_password"] = json!(pw);
+            }
+        }
+        doc["source"] = src;
+    }
+    if let Some(port) = p.staging_port {
+        doc["staging_port"] = json!(port);
+    }
+    for (key, val) in [
+        ("mount_path", &p.mount_path),
+        ("backup_path", &p.backup_path),
+        ("wal_archive_path", &p.wal_archive_path),
+    ] {
+        if let Some(v) = val {
+            doc[key] = json!(v);
+        }
+    }
+    if let Some(slot) = &p.slot {
+        doc["replication_slot"] = json!({"name": slot});
+    }
+    if !p.set.is_empty() {
+        doc["staging_config"] = json!({"set": settings(&p.set, "--set")?});
+    }
+    Ok(doc)
+}
+
+fn dsource_cmd(cmd: DsourceCmd, out: &Out, store: &Store) -> anyhow::Result<()> {
+    if let DsourceCmd::List = cmd {
+        return out.dsources(&dsource::list(store)?);
+    }
+    let connector = registry::open(store, None)?;
+    match cmd {
+        DsourceCmd::Link {
+            name,
+            source,
+            env,
+            params,
+        } => {
+            let parameters = linked_params(&params, store, &source)?;
+            let (d, snap) = dsource::link(
+                store,
+                &connector,
+                dsource::LinkRequest {
+                    name: &name,
+                    source_config: &source,
+                    environment: env.as_deref(),
+                    parameters,
+                },
+            )
+            .with_context(|| format!("linking dSource {name}"))?;
+            out.message(
+                &format!(
+                    "linked dSource {} (staging in {}), snapshot {}",
+                    d.name,
+                    d.mount_path.display(),
+                    snap.id
+                ),
+                json!({"dsource": dsource::masked(&d, &connector), "snapshot": snap}),
+            )
+        }
+        DsourceCmd::Sync { name, resync } => {
+            let snap = dsource::sync(store, &connector, &name, resync)
+                .with_context(|| format!("syncing dSource {name}"))?;
+            out.message(
+                &format!("dSource {name}: snapshot {}", snap.id),
+                serde_json::to_value(&snap)?,
+            )
+        }
+        DsourceCmd::Enable { name } => {
+            let d = dsource::enable(store, &connector, &name)
+                .with_context(|| format!("enabling dSource {name}"))?;
+            out.message(
+                &format!("dSource {name} enabled"),
+                serde_json::to_value(dsource::masked(&d, &connector))?,
+            )
+        }
+        DsourceCmd::Disable { name } => {
+            let d = dsource::disable(store, &connector, &name)
+                .with_context(|| format!("disabling dSource {name}"))?;
+            out.message(
+                &format!("dSource {name} disabled"),
+                serde_json::to_value(dsource::masked(&d, &connector))?,
+            )
+        }
+        DsourceCmd::Delete { name } => {
+            dsource::delete(store, &connector, &name)
+                .with_context(|| format!("deleting dSource {name}"))?;
+            out.message(&format!("dSource {name} deleted"), json!({"deleted": name}))
+        }
+        DsourceCmd::Show { name } => {
+            let shown = dsource::show(store, &connector, &name)?;
+            out.json(&shown)
+        }
+        DsourceCmd::List => Ok(()),
+    }
+}
+
+fn snapshot_list(
+    store: &Store,
+    dsource: Option<&str>,
+    vdb: Option<&str>,
+) -> anyhow::Result<Vec<Value>> {
+    let mut containers = Vec::new();
+    match (dsource, vdb) {
+        (Some(d), _) => containers.push(("dsource", dsource::get(store, d)?.id, d.to_owned())),
+        (_, Some(v)) => containers.push(("vdb", vdb::get(store, v)?.id, v.to_owned())),
+        _ => {
+            containers.extend(
+                dsource::list(store)?
+                    .into_iter()
+                    .map(|d| ("dsource", d.id, d.name)),
+            );
+            containers.extend(vdb::list(store)?.into_iter().map(|v| ("vdb", v.id, v.name)));
+        }
+    }
+    let mut list = Vec::new();
+    for (kind, id, name) in containers {
+        for s in timeflow::snapshots(store, kind, id)? {
+            list.push(json!({
+                "id": s.id, "of": kind, "name": name, "timeflow": s.timeflow_id,
+                "created_at": s.created_at, "metadata": s.metadata,
+            }));
+        }
+    }
+    Ok(list)
+}
+
+fn virtual_params(p: &VirtualParams) -> anyhow::Result<Value> {
+    let mut doc = object_from(&p.params)?;
+    if let Some(m) = &p.mount_path {
+        doc["mount_path"] = json!(m);
+    }
+    if !p.set.is_empty() {
+        doc["config"] = json!({"set": settings(&p.set, "--set")?});
+    }
+    Ok(doc)
+}
+
+fn vdb_cmd(cmd: VdbCmd, out: &Out, store: &Store) -> anyhow::Result<()> {
+    if let VdbCmd::List = cmd {
+        return out.vdbs(&vdb::list(store)?);
+    }
+    let connector = registry::open(store, None)?;
+    let shown = |v: &vdb::Vdb, what: &str| -> anyhow::Result<()> {
+        let mut value = serde_json::to_value(v)?;
+        value["connection"] = json!(v.connection_string());
+        out.message(
+            &format!("VDB {} {what}: {}", v.name, v.connection_string()),
+            value,
+        )
+    };
+    match cmd {
+        VdbCmd::Provision { name, from, params } => {
+            let started = std::time::Instant::now();
+            let v = vdb::provision(
+                store,
+                &connector,
+                vdb::ProvisionRequest {
+                    name: &name,
+                    from: &from,
+                    port: params.port,
+                    environment: params.env.as_deref(),
+                    parameters: virtual_params(&params)?,
+                },
+            )
+            .with_context(|| format!("provisioning VDB {name} from {from}"))?;
+            log::info!("provisioned {name} in {:.2?}", started.elapsed());
+            shown(&v, "is ready")
+        }
+        VdbCmd::CreateEmpty { name, params } => {
+            let v = vdb::create_empty(
+                store,
+                &connector,
+                vdb::ProvisionRequest {
+                    name: &name,
+                    from: "",
+                    port: params.port,
+                    environment: params.env.as_deref(),
+                    parameters: virtual_params(&params)?,
+                },
+            )
+            .with_context(|| format!("creating empty VDB {name}"))?;
+            shown(&v, "is ready")
+        }
+        VdbCmd::Start { name } => shown(
+            &vdb::start(store, &connector, &name)
+                .with_context(|| format!("starting VDB {name}"))?,
+            "started",
+        ),
+        VdbCmd::Stop { name } => shown(
+            &vdb::stop(store, &connector, &name).with_context(|| format!("stopping VDB {name}"))?,
+            "stopped",
+        ),
+        VdbCmd::Status { name } => {
+            let status = vdb::status(store, &connector, &name)?;
+            out.message(&status, json!({"name": name, "status": status}))
+        }
+        VdbCmd::Enable { name } => shown(
+            &vdb::enable(store, &connector, &name)
+                .with_context(|| format!("enabling VDB {name}"))?,
+            "enabled",
+        ),
+        VdbCmd::Disable { name } => shown(
+            &vdb::disable(store, &connector, &name)
+                .with_context(|| format!("disabling VDB {name}"))?,
+            "disabled",
+        ),
+        VdbCmd::Delete { name } => {
+            vdb::delete(store, &connector, &name)
+                .with_context(|| format!("deleting VDB {name}"))?;
+            out.message(&format!("VDB {name} deleted"), json!({"deleted": name}))
+        }
+        VdbCmd::Refresh { name, snapshot } => shown(
+            &vdb::refresh(store, &connector, &name, snapshot)
+                .with_context(|| format!("refreshing VDB {name}"))?,
+            "refreshed",
+        ),
+        VdbCmd::Rewind { name, snapshot } => shown(
+            &vdb::rewind(store, &connector, &name, snapshot)
+                .with_context(|| format!("rewinding VDB {name}"))?,
+            "rewound",
+        ),
+        VdbCmd::Snapshot { name } => {
+            let s = vdb::snapshot(store, &connector, &name)
+                .with_context(|| format!("snapshotting VDB {name}"))?;
+            out.message(
+                &format!("VDB {name}: snapshot {}", s.id),
+                serde_json::to_value(&s)?,
+            )
+        }
+        VdbCmd::Show { name } => {
+            let v = vdb::get(store, &name)?;
+            shown(&v, "")
+        }
+        VdbCmd::List => Ok(()),
     }
 }
 

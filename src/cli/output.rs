@@ -4,11 +4,14 @@ use comfy_table::{presets::NOTHING, Table};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::host::dsource::DSource;
 use crate::host::environment::Environment;
 use crate::host::inventory::{Repository, SourceConfig};
 use crate::host::package::Package;
 use crate::host::registry::Installed;
+use crate::host::storage::DatasetInfo;
 use crate::host::store::display_time;
+use crate::host::vdb::Vdb;
 use crate::host::Problem;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -145,6 +148,132 @@ impl Out {
         )
     }
 
+    pub fn datasets(&self, items: &[DatasetInfo]) -> anyhow::Result<()> {
+        self.table(
+            items,
+            &[
+                "dataset",
+                "owner",
+                "state",
+                "own",
+                "shared",
+                "snapshots",
+                "mount",
+            ],
+            |d| {
+                vec![
+                    d.dataset.name.clone(),
+                    d.dataset.owner.clone().unwrap_or_default(),
+                    d.dataset.state.clone(),
+                    bytes(d.space.exclusive),
+                    bytes(d.space.shared),
+                    d.snapshots
+                        .iter()
+                        .map(|s| {
+                            if s.dependents.is_empty() {
+                                s.snapshot.name.clone()
+                            } else {
+                                format!("{} (clones: {})", s.snapshot.name, s.dependents.join(", "))
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    d.mount
+                        .as_ref()
+                        .map(|m| m.display().to_string())
+                        .unwrap_or_default(),
+                ]
+            },
+        )
+    }
+
+    pub fn dsources(&self, items: &[DSource]) -> anyhow::Result<()> {
+        self.table(
+            items,
+            &[
+                "name",
+                "env",
+                "source config",
+                "state",
+                "staging port",
+                "mount",
+            ],
+            |d| {
+                vec![
+                    d.name.clone(),
+                    d.environment.clone(),
+                    d.source_config_id.to_string(),
+                    d.state.clone(),
+                    text(&d.parameters, "staging_port"),
+                    d.mount_path.display().to_string(),
+                ]
+            },
+        )
+    }
+
+    pub fn vdbs(&self, items: &[Vdb]) -> anyhow::Result<()> {
+        if self.is_json() {
+            let with_conn: Vec<Value> = items
+                .iter()
+                .map(|v| {
+                    let mut value = serde_json::to_value(v).unwrap_or(Value::Null);
+                    value["connection"] = Value::String(v.connection_string());
+                    value
+                })
+                .collect();
+            return self.json(&with_conn);
+        }
+        self.table(
+            items,
+            &["name", "env", "parent", "port", "state", "connection"],
+            |v| {
+                vec![
+                    v.name.clone(),
+                    v.environment.clone(),
+                    format!("{} {}", v.parent_kind, v.parent_id),
+                    v.port.to_string(),
+                    v.state.clone(),
+                    v.connection_string(),
+                ]
+            },
+        )
+    }
+
+    pub fn snapshots(&self, items: &[Value]) -> anyhow::Result<()> {
+        self.table(
+            items,
+            &[
+                "id",
+                "of",
+                "name",
+                "timeflow",
+                "taken",
+                "lsn",
+                "provisionable",
+            ],
+            |s| {
+                vec![
+                    text(s, "id"),
+                    text(s, "of"),
+                    text(s, "name"),
+                    text(s, "timeflow"),
+                    s.get("created_at")
+                        .and_then(Value::as_i64)
+                        .map(display_time)
+                        .unwrap_or_default(),
+                    s.pointer("/metadata/replayed_lsn")
+                        .or_else(|| s.pointer("/metadata/checkpoint_lsn"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                    s.pointer("/metadata/provisionable")
+                        .map(Value::to_string)
+                        .unwrap_or_default(),
+                ]
+            },
+        )
+    }
+
     pub fn validation(&self, package: &Package, problems: &[Problem]) -> anyhow::Result<()> {
         if self.is_json() {
             return self.json(&serde_json::json!({
@@ -174,5 +303,20 @@ fn text(doc: &Value, key: &str) -> String {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => String::new(),
         Some(v) => v.to_string(),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }

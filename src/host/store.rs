@@ -70,6 +70,78 @@ const MIGRATIONS: &[&str] = &[
         created_at       INTEGER NOT NULL
     );
     "#,
+    // 2: storage (pool, datasets, their snapshots, mounts), timeflows and
+    // snapshots with connector metadata, retention, VDBs; where dSources live.
+    r#"
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE datasets (
+        id              INTEGER PRIMARY KEY,
+        name            TEXT NOT NULL UNIQUE,
+        path            TEXT NOT NULL,
+        owner           TEXT,
+        origin_snapshot INTEGER REFERENCES dataset_snapshots(id) ON DELETE RESTRICT,
+        state           TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'destroying')),
+        pid             INTEGER,
+        created_at      INTEGER NOT NULL
+    );
+    CREATE TABLE dataset_snapshots (
+        id         INTEGER PRIMARY KEY,
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE RESTRICT,
+        name       TEXT NOT NULL,
+        path       TEXT NOT NULL,
+        state      TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'destroying')),
+        pid        INTEGER,
+        created_at INTEGER NOT NULL,
+        UNIQUE (dataset_id, name)
+    );
+    CREATE TABLE mounts (
+        dataset_id INTEGER PRIMARY KEY REFERENCES datasets(id) ON DELETE RESTRICT,
+        path       TEXT NOT NULL UNIQUE,
+        kind       TEXT NOT NULL CHECK (kind IN ('bind', 'direct'))
+    );
+    CREATE TABLE timeflows (
+        id              INTEGER PRIMARY KEY,
+        container_kind  TEXT NOT NULL CHECK (container_kind IN ('dsource', 'vdb')),
+        container_id    INTEGER NOT NULL,
+        parent_snapshot INTEGER REFERENCES snapshots(id) ON DELETE RESTRICT,
+        created_at      INTEGER NOT NULL
+    );
+    CREATE TABLE snapshots (
+        id                  INTEGER PRIMARY KEY,
+        timeflow_id         INTEGER NOT NULL REFERENCES timeflows(id) ON DELETE RESTRICT,
+        dataset_snapshot_id INTEGER NOT NULL REFERENCES dataset_snapshots(id) ON DELETE RESTRICT,
+        metadata            TEXT NOT NULL,
+        created_at          INTEGER NOT NULL
+    );
+    CREATE TABLE retention (
+        container_kind TEXT NOT NULL,
+        container_id   INTEGER NOT NULL,
+        keep_count     INTEGER,
+        keep_days      INTEGER,
+        PRIMARY KEY (container_kind, container_id)
+    );
+    CREATE TABLE vdbs (
+        id              INTEGER PRIMARY KEY,
+        name            TEXT NOT NULL UNIQUE,
+        environment_id  INTEGER NOT NULL REFERENCES environments(id) ON DELETE RESTRICT,
+        parent_kind     TEXT NOT NULL CHECK (parent_kind IN ('dsource', 'vdb', 'empty')),
+        parent_id       INTEGER NOT NULL,
+        parameters      TEXT NOT NULL,
+        port            INTEGER NOT NULL UNIQUE,
+        dataset         TEXT NOT NULL,
+        mount_path      TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        source_config   TEXT NOT NULL,
+        origin_snapshot INTEGER REFERENCES snapshots(id) ON DELETE RESTRICT,
+        created_at      INTEGER NOT NULL
+    );
+    ALTER TABLE dsources ADD COLUMN environment_id INTEGER REFERENCES environments(id);
+    ALTER TABLE dsources ADD COLUMN dataset TEXT NOT NULL DEFAULT '';
+    ALTER TABLE dsources ADD COLUMN mount_path TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// An open metadata store.
@@ -79,6 +151,25 @@ pub struct Store {
 }
 
 impl Store {
+    /// A setting, if set.
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.optional(self.conn.query_row(
+            "SELECT value FROM settings WHERE key = ?1",
+            [key],
+            |r| r.get(0),
+        ))
+    }
+
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+                [key, value],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Opens (creating if needed) the store at `path` and brings its schema
     /// up to date. The file and its directory are private to the user.
     pub fn open(path: &Path) -> Result<Self> {
@@ -184,6 +275,14 @@ pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch (for unique labels).
+pub fn now_millis() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
         .unwrap_or(0)
 }
 

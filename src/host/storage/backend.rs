@@ -1,0 +1,194 @@
+//! How a pool makes datasets, snapshots and clones on its filesystem.
+//!
+//! - `btrfs`: datasets are subvolumes; a snapshot is a read-only subvolume
+//!   snapshot and a clone a writable one: constant time, ownership kept.
+//! - `reflink`: datasets are directories; snapshots and clones are
+//!   `cp --reflink=always` copies (FICLONE per file: shared extents, no data
+//!   copied) on XFS with reflink or btrfs.
+//! - `copy`: the same with plain copies, for filesystems without either
+//!   (ext4): correct, but every clone is a full copy.
+//!
+//! Copies run with `cp -a` as root (or as the owner), which keeps each file's
+//! owner and mode: there is never a chown pass over a tree.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde::Serialize;
+
+use crate::host::error::{Error, ProcessError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Btrfs,
+    Reflink,
+    Copy,
+}
+
+impl Backend {
+    pub fn parse(text: &str) -> Result<Option<Self>> {
+        match text {
+            "auto" => Ok(None),
+            "btrfs" => Ok(Some(Self::Btrfs)),
+            "reflink" => Ok(Some(Self::Reflink)),
+            "copy" => Ok(Some(Self::Copy)),
+            "zfs" => Err(Error::usage(
+                "the zfs backend is not available in this build (no zfs on this host); use auto, btrfs, reflink or copy",
+            )),
+            other => Err(Error::usage(format!(
+                "unknown backend {other:?} (auto, btrfs, reflink, copy)"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Btrfs => "btrfs",
+            Self::Reflink => "reflink",
+            Self::Copy => "copy",
+        }
+    }
+
+    /// Picks the best backend for `dir` and says why.
+    pub fn detect(dir: &Path) -> Result<(Self, String)> {
+        let fs = filesystem(dir)?;
+        if fs == "btrfs" {
+            return Ok((
+                Self::Btrfs,
+                "the pool is on btrfs: subvolume snapshots".into(),
+            ));
+        }
+        if reflink_works(dir) {
+            return Ok((
+                Self::Reflink,
+                format!("the pool is on {fs}, which clones files by reflink (FICLONE)"),
+            ));
+        }
+        Ok((
+            Self::Copy,
+            format!("the pool is on {fs}, which has neither subvolume snapshots nor reflinks: clones are full copies"),
+        ))
+    }
+
+    /// Checks an override fits the filesystem.
+    pub fn check(self, dir: &Path) -> Result<String> {
+        let fs = filesystem(dir)?;
+        match self {
+            Self::Btrfs if fs != "btrfs" => Err(Error::usage(format!(
+                "the btrfs backend needs a btrfs filesystem; {} is on {fs}",
+                dir.display()
+            ))),
+            Self::Reflink if !reflink_works(dir) => Err(Error::usage(format!(
+                "the reflink backend needs reflink support; {} is on {fs}, which has none",
+                dir.display()
+            ))),
+            _ => Ok(format!("chosen by the user (filesystem {fs})")),
+        }
+    }
+
+    /// Creates an empty dataset at `path`.
+    pub fn create(self, path: &Path) -> Result<()> {
+        match self {
+            Self::Btrfs => run(Command::new("btrfs")
+                .args(["subvolume", "create"])
+                .arg(path)),
+            _ => std::fs::create_dir(path).map_err(|e| Error::io("cannot create dataset", path, e)),
+        }
+    }
+
+    /// Makes `to` a copy of `from`: read-only (`snapshot`) or writable.
+    pub fn copy(self, from: &Path, to: &Path, read_only: bool) -> Result<()> {
+        match self {
+            Self::Btrfs => {
+                let mut cmd = Command::new("btrfs");
+                cmd.args(["subvolume", "snapshot"]);
+                if read_only {
+                    cmd.arg("-r");
+                }
+                run(cmd.arg(from).arg(to))
+            }
+            Self::Reflink => run(Command::new("cp")
+                .args(["-a", "--reflink=always"])
+                .arg(from)
+                .arg(to)),
+            Self::Copy => run(Command::new("cp")
+                .args(["-a", "--reflink=never"])
+                .arg(from)
+                .arg(to)),
+        }
+    }
+
+    /// Removes a dataset or snapshot at `path` (gone already is fine).
+    pub fn destroy(self, path: &Path) -> Result<()> {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Ok(());
+        }
+        if self == Self::Btrfs && is_subvolume(path) {
+            // A read-only snapshot must be made writable to be deleted
+            // with plain permissions; `subvolume delete` needs neither.
+            return run(Command::new("btrfs")
+                .args(["subvolume", "delete"])
+                .arg(path));
+        }
+        std::fs::remove_dir_all(path).map_err(|e| Error::io("cannot remove", path, e))
+    }
+}
+
+fn is_subvolume(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // Subvolume roots have inode 256 on btrfs.
+    std::fs::metadata(path)
+        .map(|m| m.ino() == 256)
+        .unwrap_or(false)
+}
+
+/// The filesystem type of `dir`, by statfs magic.
+pub fn filesystem(dir: &Path) -> Result<String> {
+    let st =
+        nix::sys::statfs::statfs(dir).map_err(|e| Error::io("cannot statfs", dir, e.into()))?;
+    let magic = st.filesystem_type().0 as u64;
+    Ok(match magic {
+        0x9123_683E => "btrfs",
+        0x5846_5342 => "xfs",
+        0xEF53 => "ext4",
+        0x0102_1994 => "tmpfs",
+        0x2FC1_2FC1 => "zfs",
+        0x794C_7630 => "overlayfs",
+        _ => return Ok(format!("unknown (magic {magic:#x})")),
+    }
+    .to_owned())
+}
+
+/// Whether FICLONE works in `dir`: tried on a scratch file.
+fn reflink_works(dir: &Path) -> bool {
+    let Ok(tmp) = tempfile::Builder::new()
+        .prefix(".reflink-probe")
+        .tempdir_in(dir)
+    else {
+        return false;
+    };
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    std::fs::write(&a, b"probe").is_ok() && reflink_copy::reflink(&a, &b).is_ok()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().map_err(|e| {
+        Error::io(
+            "cannot run",
+            Path::new(&format!("{:?}", cmd.get_program())),
+            e,
+        )
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Process(Box::new(ProcessError {
+            command: format!("{cmd:?}").replace('"', ""),
+            exit_code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })))
+    }
+}

@@ -1,0 +1,251 @@
+//! Timeflows: the line of snapshots of one dSource or VDB. Snapshots belong
+//! to a timeflow and carry the connector's metadata; a resync, refresh or
+//! rewind opens a new timeflow that records the snapshot it started from.
+//! Retention (keep N, or keep D days) never removes a snapshot that
+//! something was provisioned from.
+
+use rusqlite::params;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::error::{Error, Result};
+use super::storage::Pool;
+use super::store::{self, Store};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timeflow {
+    pub id: i64,
+    pub container_kind: String,
+    pub container_id: i64,
+    pub parent_snapshot: Option<i64>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub id: i64,
+    pub timeflow_id: i64,
+    pub dataset_snapshot_id: i64,
+    pub metadata: Value,
+    pub created_at: i64,
+}
+
+/// Opens a new timeflow for a container.
+pub fn create(store: &Store, kind: &str, container: i64, parent: Option<i64>) -> Result<Timeflow> {
+    store
+        .conn()
+        .execute(
+            "INSERT INTO timeflows (container_kind, container_id, parent_snapshot, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![kind, container, parent, store::now()],
+        )
+        .map_err(|e| store.err(e))?;
+    let id = store.conn().last_insert_rowid();
+    get(store, id)
+}
+
+fn get(store: &Store, id: i64) -> Result<Timeflow> {
+    store
+        .conn()
+        .query_row(
+            "SELECT id, container_kind, container_id, parent_snapshot, created_at FROM timeflows WHERE id = ?1",
+            [id],
+            timeflow_row,
+        )
+        .map_err(|e| store.err(e))
+}
+
+fn timeflow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Timeflow> {
+    Ok(Timeflow {
+        id: r.get(0)?,
+        container_kind: r.get(1)?,
+        container_id: r.get(2)?,
+        parent_snapshot: r.get(3)?,
+        created_at: r.get(4)?,
+    })
+}
+
+/// The timeflows of a container, oldest first.
+pub fn list(store: &Store, kind: &str, container: i64) -> Result<Vec<Timeflow>> {
+    let mut stmt = store
+        .conn()
+        .prepare(
+            "SELECT id, container_kind, container_id, parent_snapshot, created_at FROM timeflows
+             WHERE container_kind = ?1 AND container_id = ?2 ORDER BY id",
+        )
+        .map_err(|e| store.err(e))?;
+    let rows = stmt
+        .query_map(params![kind, container], timeflow_row)
+        .map_err(|e| store.err(e))?;
+    rows.collect::<rusqlite::Result<_>>()
+        .map_err(|e| store.err(e))
+}
+
+/// The container's current (newest) timeflow.
+pub fn current(store: &Store, kind: &str, container: i64) -> Result<Timeflow> {
+    list(store, kind, container)?
+        .pop()
+        .ok_or_else(|| Error::NotFound(format!("{kind} {container} has no timeflow")))
+}
+
+/// Records a snapshot on a timeflow.
+pub fn add_snapshot(
+    store: &Store,
+    timeflow: i64,
+    dataset_snapshot: i64,
+    metadata: &Value,
+) -> Result<Snapshot> {
+    store
+        .conn()
+        .execute(
+            "INSERT INTO snapshots (timeflow_id, dataset_snapshot_id, metadata, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![timeflow, dataset_snapshot, metadata.to_string(), store::now()],
+        )
+        .map_err(|e| store.err(e))?;
+    snapshot(store, store.conn().last_insert_rowid())
+}
+
+const SNAPSHOT_COLUMNS: &str =
+    "s.id, s.timeflow_id, s.dataset_snapshot_id, s.metadata, s.created_at";
+
+fn snapshot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Snapshot> {
+    Ok(Snapshot {
+        id: r.get(0)?,
+        timeflow_id: r.get(1)?,
+        dataset_snapshot_id: r.get(2)?,
+        metadata: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(Value::Null),
+        created_at: r.get(4)?,
+    })
+}
+
+pub fn snapshot(store: &Store, id: i64) -> Result<Snapshot> {
+    store
+        .optional(store.conn().query_row(
+            &format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots s WHERE s.id = ?1"),
+            [id],
+            snapshot_row,
+        ))?
+        .ok_or_else(|| Error::NotFound(format!("no snapshot {id}")))
+}
+
+/// A container's snapshots, oldest first, across its timeflows.
+pub fn snapshots(store: &Store, kind: &str, container: i64) -> Result<Vec<Snapshot>> {
+    let mut stmt = store
+        .conn()
+        .prepare(&format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots s JOIN timeflows t ON t.id = s.timeflow_id
+             WHERE t.container_kind = ?1 AND t.container_id = ?2 ORDER BY s.id"
+        ))
+        .map_err(|e| store.err(e))?;
+    let rows = stmt
+        .query_map(params![kind, container], snapshot_row)
+        .map_err(|e| store.err(e))?;
+    rows.collect::<rusqlite::Result<_>>()
+        .map_err(|e| store.err(e))
+}
+
+/// Forgets a snapshot record (its storage snapshot is the caller's, who
+/// checked nothing is cloned from it). Timeflows that started from it keep
+/// their history but lose the pointer.
+pub fn remove_snapshot(store: &Store, id: i64) -> Result<()> {
+    store
+        .conn()
+        .execute(
+            "UPDATE timeflows SET parent_snapshot = NULL WHERE parent_snapshot = ?1",
+            [id],
+        )
+        .map_err(|e| store.err(e))?;
+    store
+        .conn()
+        .execute(
+            "UPDATE vdbs SET origin_snapshot = NULL WHERE origin_snapshot = ?1",
+            [id],
+        )
+        .map_err(|e| store.err(e))?;
+    store
+        .conn()
+        .execute("DELETE FROM snapshots WHERE id = ?1", [id])
+        .map_err(|e| store.err(e))?;
+    Ok(())
+}
+
+/// Forgets a container's timeflows (after its snapshots are gone).
+pub fn remove_container(store: &Store, kind: &str, container: i64) -> Result<()> {
+    store
+        .conn()
+        .execute(
+            "DELETE FROM timeflows WHERE container_kind = ?1 AND container_id = ?2",
+            params![kind, container],
+        )
+        .map_err(|e| store.err(e))?;
+    store
+        .conn()
+        .execute(
+            "DELETE FROM retention WHERE container_kind = ?1 AND container_id = ?2",
+            params![kind, container],
+        )
+        .map_err(|e| store.err(e))?;
+    Ok(())
+}
+
+/// Sets a container's retention: keep the newest `keep_count` snapshots,
+/// and/or those younger than `keep_days`.
+pub fn set_retention(
+    store: &Store,
+    kind: &str,
+    container: i64,
+    keep_count: Option<u32>,
+    keep_days: Option<u32>,
+) -> Result<()> {
+    store
+        .conn()
+        .execute(
+            "INSERT INTO retention (container_kind, container_id, keep_count, keep_days) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (container_kind, container_id) DO UPDATE SET keep_count = ?3, keep_days = ?4",
+            params![kind, container, keep_count, keep_days],
+        )
+        .map_err(|e| store.err(e))?;
+    Ok(())
+}
+
+/// Applies retention: removes snapshots beyond the policy, except any that
+/// something depends on (a clone, a timeflow started from it) and the
+/// newest one. Returns the ids removed.
+pub fn apply_retention(store: &Store, pool: &Pool, kind: &str, container: i64) -> Result<Vec<i64>> {
+    let policy: Option<(Option<u32>, Option<u32>)> = store.optional(store.conn().query_row(
+        "SELECT keep_count, keep_days FROM retention WHERE container_kind = ?1 AND container_id = ?2",
+        params![kind, container],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    ))?;
+    let Some((keep_count, keep_days)) = policy else {
+        return Ok(Vec::new());
+    };
+    let all = snapshots(store, kind, container)?;
+    let now = store::now();
+    let mut removed = Vec::new();
+    for (i, s) in all.iter().enumerate() {
+        let from_newest = all.len() - 1 - i;
+        if from_newest == 0 {
+            continue;
+        }
+        let kept_by_count = keep_count.is_some_and(|n| from_newest < n as usize);
+        let kept_by_age = keep_days.is_some_and(|d| now - s.created_at < i64::from(d) * 86_400);
+        if kept_by_count || kept_by_age {
+            continue;
+        }
+        let parent_of_timeflow: bool = store
+            .conn()
+            .query_row(
+                "SELECT count(*) > 0 FROM timeflows WHERE parent_snapshot = ?1",
+                [s.id],
+                |r| r.get(0),
+            )
+            .map_err(|e| store.err(e))?;
+        if parent_of_timeflow || !pool.dependents(store, s.dataset_snapshot_id)?.is_empty() {
+            continue;
+        }
+        remove_snapshot(store, s.id)?;
+        pool.destroy_snapshot(store, s.dataset_snapshot_id)?;
+        removed.push(s.id);
+    }
+    Ok(removed)
+}
