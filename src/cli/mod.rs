@@ -400,9 +400,14 @@ pub fn main() -> i32 {
         2 => "debug",
         _ => "trace",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format_timestamp(None)
-        .init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    if cli.verbose >= 2 {
+        logger.format_timestamp_millis();
+    } else {
+        logger.format_timestamp(None);
+    }
+    logger.init();
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {

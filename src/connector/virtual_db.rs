@@ -287,7 +287,8 @@ if [ -f "$FILES/backup_label" ]; then
   cp -- "$FILES/backup_label" backup_label
   [ -f "$FILES/tablespace_map" ] && cp -- "$FILES/tablespace_map" tablespace_map
   # Does any WAL record follow the snapshot's LSN in this clone's WAL?
-  if [ -n "$TARGET" ] && "$BIN/pg_waldump" -p pg_wal -s "$TARGET" -n 1 >/dev/null 2>&1; then
+  # (pg_waldump waits seconds for a missing segment: look for it first.)
+  if [ -n "$TARGET" ] && [ -f "pg_wal/$SEGMENT" ] && "$BIN/pg_waldump" -p pg_wal -s "$TARGET" -n 1 >/dev/null 2>&1; then
     echo target
   else
     echo end
@@ -311,6 +312,7 @@ fi
                 ("FILES", vdb.files()),
                 ("BIN", vdb.cluster.bin_dir.clone()),
                 ("TARGET", target.clone()),
+                ("SEGMENT", segment_file(snapshot, &target)),
             ],
         ),
     )?;
@@ -333,6 +335,25 @@ fi
         }
     };
     vdb.write_config(platform, recovery)
+}
+
+/// The WAL segment file holding `lsn`, on the snapshot's timeline.
+fn segment_file(snapshot: &Value, lsn: &str) -> String {
+    let timeline = snapshot
+        .get("timeline")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    let size = snapshot
+        .get("wal_segment_size")
+        .and_then(Value::as_u64)
+        .filter(|s| *s > 0)
+        .unwrap_or(16 * 1024 * 1024);
+    let Some(pos) = parse_lsn(lsn) else {
+        return String::new();
+    };
+    let segno = pos / size;
+    let per_id = 0x1_0000_0000 / size;
+    format!("{timeline:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
 }
 
 /// Waits until the VDB has left recovery.
@@ -542,7 +563,19 @@ fn to_rfc3339(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::to_rfc3339;
+    use super::{segment_file, to_rfc3339};
+    use serde_json::json;
+
+    #[test]
+    fn names_wal_segments() {
+        let snap = json!({"timeline": 1, "wal_segment_size": 16777216});
+        assert_eq!(segment_file(&snap, "0/6000000"), "000000010000000000000006");
+        assert_eq!(segment_file(&snap, "1/A6EA6B0"), "00000001000000010000000A");
+        assert_eq!(
+            segment_file(&json!({"timeline": 2}), "0/5FFFFFF"),
+            "000000020000000000000005"
+        );
+    }
 
     #[test]
     fn reads_controldata_times() {
