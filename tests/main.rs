@@ -6,3 +6,4 @@ mod support;
 mod boundary;
 mod contract;
 mod discovery;
+mod vdb;

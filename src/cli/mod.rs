@@ -93,6 +93,36 @@ enum PoolCmd {
         #[arg(long)]
         repair: bool,
     },
+    /// Low-level dataset operations, for operators and tests.
+    #[command(subcommand)]
+    Dataset(DatasetCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum DatasetCmd {
+    /// Create an empty dataset (owned by --owner, mode 0700).
+    Create {
+        name: String,
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Take a read-only snapshot of a dataset.
+    Snapshot { dataset: String, name: String },
+    /// Clone a snapshot (by id) into a new writable dataset.
+    Clone {
+        snapshot: i64,
+        name: String,
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Destroy a dataset (it must have no snapshots).
+    Destroy { name: String },
+    /// Destroy a snapshot (refused, naming them, while clones depend on it).
+    DestroySnapshot { snapshot: i64 },
+    /// Mount a dataset at a path.
+    Mount { name: String, path: PathBuf },
+    /// Unmount a dataset.
+    Unmount { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -500,6 +530,44 @@ fn pool_cmd(cmd: PoolCmd, out: &Out, store: &Store) -> anyhow::Result<()> {
             out.message(&text, serde_json::to_value(&info)?)
         }
         PoolCmd::List => out.datasets(&pool.list(store)?),
+        PoolCmd::Dataset(cmd) => {
+            let owner =
+                |o: &Option<String>| o.as_deref().map(environment::OsUser::lookup).transpose();
+            let value = match cmd {
+                DatasetCmd::Create { name, owner: o } => {
+                    serde_json::to_value(pool.create_dataset(store, &name, owner(&o)?.as_ref())?)?
+                }
+                DatasetCmd::Snapshot { dataset, name } => {
+                    serde_json::to_value(pool.snapshot(store, &dataset, &name)?)?
+                }
+                DatasetCmd::Clone {
+                    snapshot,
+                    name,
+                    owner: o,
+                } => serde_json::to_value(pool.clone_snapshot(
+                    store,
+                    snapshot,
+                    &name,
+                    owner(&o)?.as_ref(),
+                )?)?,
+                DatasetCmd::Destroy { name } => {
+                    pool.destroy_dataset(store, &name)?;
+                    json!({"destroyed": name})
+                }
+                DatasetCmd::DestroySnapshot { snapshot } => {
+                    pool.destroy_snapshot(store, snapshot)?;
+                    json!({"destroyed": snapshot})
+                }
+                DatasetCmd::Mount { name, path } => {
+                    json!({"mounted": pool.mount(store, &name, &path)?})
+                }
+                DatasetCmd::Unmount { name } => {
+                    pool.unmount(store, &name)?;
+                    json!({"unmounted": name})
+                }
+            };
+            out.json(&value)
+        }
         PoolCmd::Check { repair } => {
             let report = pool.check(store, repair)?;
             let mut text = String::new();
@@ -610,6 +678,7 @@ fn dsource_cmd(cmd: DsourceCmd, out: &Out, store: &Store) -> anyhow::Result<()> 
         return out.dsources(&dsource::list(store)?);
     }
     let connector = registry::open(store, None)?;
+    recover(store, &connector)?;
     match cmd {
         DsourceCmd::Link {
             name,
@@ -676,6 +745,15 @@ fn dsource_cmd(cmd: DsourceCmd, out: &Out, store: &Store) -> anyhow::Result<()> 
     }
 }
 
+/// Cleans up after interrupted links and provisions before a new command.
+fn recover(store: &Store, connector: &crate::host::loader::Connector) -> anyhow::Result<()> {
+    if store.setting("pool.path")?.is_some() {
+        vdb::recover(store, connector).context("cleaning up interrupted provisions")?;
+        dsource::recover(store, connector).context("cleaning up interrupted links")?;
+    }
+    Ok(())
+}
+
 fn snapshot_list(
     store: &Store,
     dsource: Option<&str>,
@@ -722,6 +800,7 @@ fn vdb_cmd(cmd: VdbCmd, out: &Out, store: &Store) -> anyhow::Result<()> {
         return out.vdbs(&vdb::list(store)?);
     }
     let connector = registry::open(store, None)?;
+    recover(store, &connector)?;
     let shown = |v: &vdb::Vdb, what: &str| -> anyhow::Result<()> {
         let mut value = serde_json::to_value(v)?;
         value["connection"] = json!(v.connection_string());

@@ -48,10 +48,9 @@ impl Cluster {
 
     /// Whether a postmaster runs on this data directory.
     pub fn is_running(&self, platform: &Platform) -> Result<bool, OperationError> {
-        let out = platform.run(&self.request(
-            r#""$BIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1"#,
-            Vec::new(),
-        ))?;
+        // A killed postmaster not yet reaped (a zombie) is not running,
+        // whatever `pg_ctl status` says.
+        let out = platform.run(&self.request(RUNNING, Vec::new()))?;
         Ok(out.exit_code == 0)
     }
 
@@ -62,12 +61,40 @@ impl Cluster {
         }
         let script = r#"
 set -u
+# A crashed postmaster leaves its pid file; the pid may still name a zombie,
+# which PostgreSQL would take for a live server. Remove a stale file.
+# The same goes for the socket's lock file.
+stale() { # lock file -> exit 0 when the pid it names is gone or a zombie
+  local pid state
+  pid=$(head -n 1 -- "$1" 2>/dev/null) || return 1
+  state=$(sed -E 's/^[0-9]+ \(.*\) ([A-Z]).*/\1/' "/proc/$pid/stat" 2>/dev/null || echo gone)
+  case $state in Z|X|gone|"") return 0;; *) return 1;; esac
+}
+if [ -f "$PGDATA_DIR/postmaster.pid" ] && stale "$PGDATA_DIR/postmaster.pid"; then
+  rm -f -- "$PGDATA_DIR/postmaster.pid"
+fi
+lock="$SOCKET_DIR/.s.PGSQL.$PORT.lock"
+if [ -f "$lock" ] && stale "$lock"; then rm -f -- "$lock" "$SOCKET_DIR/.s.PGSQL.$PORT"; fi
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
   echo "port $PORT on 127.0.0.1 is already in use" >&2; exit 3
 fi
 mkdir -p "$(dirname -- "$LOG_FILE")"
-"$BIN/pg_ctl" -D "$PGDATA_DIR" -l "$LOG_FILE" -w -t 600 -o "-p $PORT" start >/dev/null || {
-  rc=$?; echo "--- last lines of $LOG_FILE" >&2; tail -n 20 -- "$LOG_FILE" >&2; exit $rc; }
+# After a crash, the dead postmaster's children may hold its shared memory
+# for a moment: PostgreSQL then refuses to start. Give them time to exit.
+for attempt in $(seq 1 40); do
+  lines=$(wc -l < "$LOG_FILE" 2>/dev/null || echo 0)
+  if "$BIN/pg_ctl" -D "$PGDATA_DIR" -l "$LOG_FILE" -w -t 600 -o "-p $PORT" start >/dev/null; then
+    # pg_ctl can report success for a server that then stopped at once.
+    "$BIN/pg_isready" -q -h "$SOCKET_DIR" -p "$PORT" -t 10; ready=$?
+    [ "$ready" -le 1 ] && exit 0
+    rc=1
+  else
+    rc=$?
+  fi
+  tail -n +"$((lines + 1))" -- "$LOG_FILE" 2>/dev/null | grep -q "pre-existing shared memory block" || break
+  sleep 0.25
+done
+echo "--- last lines of $LOG_FILE" >&2; tail -n 20 -- "$LOG_FILE" >&2; exit $rc
 "#;
         let out = platform.run(&self.request(script, Vec::new()))?;
         match out.exit_code {
@@ -126,6 +153,15 @@ mkdir -p "$(dirname -- "$LOG_FILE")"
         Ok(out.stdout)
     }
 }
+
+/// Exits 0 when the postmaster of `$PGDATA_DIR` runs (and is no zombie).
+const RUNNING: &str = r#"
+pid=$(head -n 1 -- "$PGDATA_DIR/postmaster.pid" 2>/dev/null) || exit 1
+[ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || exit 1
+state=$(sed -E 's/^[0-9]+ \(.*\) ([A-Z]).*/\1/' "/proc/$pid/stat" 2>/dev/null)
+case $state in Z|X|"") exit 1;; esac
+"$BIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1
+"#;
 
 /// The configuration pgvirt owns in a cluster's data directory.
 pub struct ClusterConfig {

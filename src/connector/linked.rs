@@ -155,7 +155,11 @@ pub fn pre_snapshot(platform: &Platform, input: &Value) -> Result<Value, Operati
         staging.cluster.start(platform)?;
     }
     if staging.streams() {
-        wait_for_streaming(platform, &staging, if resync || !ingested { 60 } else { 5 })?;
+        wait_for_streaming(
+            platform,
+            &staging,
+            if resync || !ingested { 60 } else { 15 },
+        )?;
     }
     consistent_point(platform, &staging)
 }

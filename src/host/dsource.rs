@@ -95,8 +95,8 @@ pub fn link(
     store
         .conn()
         .execute(
-            "INSERT INTO dsources (name, source_config_id, parameters, state, created_at, environment_id, dataset, mount_path)
-             VALUES (?1, ?2, ?3, 'linking', ?4, ?5, ?6, ?7)",
+            "INSERT INTO dsources (name, source_config_id, parameters, state, created_at, environment_id, dataset, mount_path, pid)
+             VALUES (?1, ?2, ?3, 'linking', ?4, ?5, ?6, ?7, ?8)",
             params![
                 request.name,
                 config.id,
@@ -104,7 +104,8 @@ pub fn link(
                 store::now(),
                 env.id,
                 dataset,
-                mount_path.to_string_lossy()
+                mount_path.to_string_lossy(),
+                std::process::id()
             ],
         )
         .map_err(|e| store.err(e))?;
@@ -125,6 +126,34 @@ pub fn link(
             Err(e)
         }
     }
+}
+
+/// Finishes what an interrupted link left: a dSource still `linking` whose
+/// process is gone is removed with everything it made.
+pub fn recover(store: &Store, connector: &Connector) -> Result<Vec<String>> {
+    let mut stmt = store
+        .conn()
+        .prepare("SELECT name, pid FROM dsources WHERE state = 'linking'")
+        .map_err(|e| store.err(e))?;
+    let rows: Vec<(String, Option<i64>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(|e| store.err(e))?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(|e| store.err(e))?;
+    let mut cleaned = Vec::new();
+    for (name, pid) in rows {
+        if pid.is_some_and(super::storage::process_alive) {
+            continue;
+        }
+        let d = get(store, &name)?;
+        let config = inventory::find_source_config(store, &d.source_config_id.to_string())?;
+        let env = environment::get(store, &d.environment)?;
+        let pool = Pool::open(store)?;
+        undo_link(store, connector, &pool, &d, &config, &env);
+        log::warn!("removed dSource {name}, left half-made by an interrupted link");
+        cleaned.push(name);
+    }
+    Ok(cleaned)
 }
 
 /// Best-effort removal of everything a failed link made.

@@ -136,8 +136,10 @@ const MIGRATIONS: &[&str] = &[
         state           TEXT NOT NULL,
         source_config   TEXT NOT NULL,
         origin_snapshot INTEGER REFERENCES snapshots(id) ON DELETE RESTRICT,
+        pid             INTEGER,
         created_at      INTEGER NOT NULL
     );
+    ALTER TABLE dsources ADD COLUMN pid INTEGER;
     ALTER TABLE dsources ADD COLUMN environment_id INTEGER REFERENCES environments(id);
     ALTER TABLE dsources ADD COLUMN dataset TEXT NOT NULL DEFAULT '';
     ALTER TABLE dsources ADD COLUMN mount_path TEXT NOT NULL DEFAULT '';

@@ -251,8 +251,8 @@ fn create(
         .conn()
         .execute(
             "INSERT INTO vdbs (name, environment_id, parent_kind, parent_id, parameters, port, dataset, mount_path,
-                               state, source_config, origin_snapshot, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, 'provisioning', '{}', ?8, ?9)",
+                               state, source_config, origin_snapshot, created_at, pid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, 'provisioning', '{}', ?8, ?9, ?10)",
             params![
                 req.name,
                 env.id,
@@ -262,7 +262,8 @@ fn create(
                 port,
                 mount_path.to_string_lossy(),
                 origin.as_ref().map(|o| o.snapshot.id),
-                store::now()
+                store::now(),
+                std::process::id()
             ],
         )
         .map_err(|e| store.err(e))?;
@@ -297,6 +298,33 @@ fn create(
         Ok(vdb)
     })();
     result.inspect_err(|_| destroy(store, connector, &pool, &vdb.name, &env))
+}
+
+/// Finishes what an interrupted provision left: a VDB still `provisioning`
+/// whose process is gone is removed with everything it made.
+pub fn recover(store: &Store, connector: &Connector) -> Result<Vec<String>> {
+    let mut stmt = store
+        .conn()
+        .prepare("SELECT name, pid FROM vdbs WHERE state = 'provisioning'")
+        .map_err(|e| store.err(e))?;
+    let rows: Vec<(String, Option<i64>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(|e| store.err(e))?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(|e| store.err(e))?;
+    let mut cleaned = Vec::new();
+    for (name, pid) in rows {
+        if pid.is_some_and(super::storage::process_alive) {
+            continue;
+        }
+        let vdb = get(store, &name)?;
+        let env = environment::get(store, &vdb.environment)?;
+        let pool = Pool::open(store)?;
+        destroy(store, connector, &pool, &name, &env);
+        log::warn!("removed VDB {name}, left half-made by an interrupted provision");
+        cleaned.push(name);
+    }
+    Ok(cleaned)
 }
 
 fn default_environment(store: &Store, origin: Option<&Origin>) -> Result<String> {
@@ -385,7 +413,7 @@ fn run_hook(env: &Environment, vdb: &Vdb, name: &str) -> Result<()> {
 }
 
 /// Removes everything of a VDB (best effort): processes, mounts, datasets
-/// without dependents, timeflows, the row.
+/// and snapshots, timeflows, the row.
 fn destroy(store: &Store, connector: &Connector, pool: &Pool, name: &str, env: &Environment) {
     let Ok(vdb) = get(store, name) else { return };
     if !vdb.dataset.is_empty() {
@@ -394,17 +422,50 @@ fn destroy(store: &Store, connector: &Connector, pool: &Pool, name: &str, env: &
         }
         let _ = pool.unmount(store, &vdb.dataset);
     }
-    for s in timeflow::snapshots(store, "vdb", vdb.id).unwrap_or_default() {
-        let _ = timeflow::remove_snapshot(store, s.id);
-        let _ = pool.destroy_snapshot(store, s.dataset_snapshot_id);
-    }
-    for dataset in datasets_of(store, &vdb) {
-        let _ = pool.destroy_dataset(store, &dataset);
+    if let Err(e) = destroy_storage(store, pool, &vdb) {
+        log::warn!("removing the storage of VDB {name}: {e}");
     }
     let _ = timeflow::remove_container(store, "vdb", vdb.id);
     let _ = store
         .conn()
         .execute("DELETE FROM vdbs WHERE id = ?1", [vdb.id]);
+}
+
+/// Destroys a VDB's datasets and snapshots in dependency order: its own
+/// timeflows may be clones of its own snapshots (after a rewind).
+fn destroy_storage(store: &Store, pool: &Pool, vdb: &Vdb) -> Result<()> {
+    let mut datasets = datasets_of(store, vdb);
+    let mut snapshots = timeflow::snapshots(store, "vdb", vdb.id)?;
+    while !datasets.is_empty() || !snapshots.is_empty() {
+        let before = datasets.len() + snapshots.len();
+        datasets.retain(|d| pool.destroy_dataset(store, d).is_err());
+        let mut kept = Vec::new();
+        for s in snapshots {
+            if pool.dependents(store, s.dataset_snapshot_id)?.is_empty() {
+                timeflow::remove_snapshot(store, s.id)?;
+                pool.destroy_snapshot(store, s.dataset_snapshot_id)?;
+            } else {
+                kept.push(s);
+            }
+        }
+        snapshots = kept;
+        if datasets.len() + snapshots.len() == before {
+            // No progress: say what blocks (the first dataset's own error).
+            if let Some(d) = datasets.first() {
+                pool.destroy_dataset(store, d)?;
+            }
+            return Err(Error::Conflict(format!(
+                "VDB {}: snapshots {} still have dependents",
+                vdb.name,
+                snapshots
+                    .iter()
+                    .map(|s| s.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Every dataset a VDB's timeflows lived on.
@@ -420,14 +481,27 @@ fn datasets_of(store: &Store, vdb: &Vdb) -> Vec<String> {
     names
 }
 
+/// Names of datasets outside this VDB that stand on its snapshots.
+fn outside_dependents(store: &Store, pool: &Pool, vdb: &Vdb) -> Result<Vec<String>> {
+    let own = datasets_of(store, vdb);
+    let mut dependents = Vec::new();
+    for s in timeflow::snapshots(store, "vdb", vdb.id)? {
+        dependents.extend(
+            pool.dependents(store, s.dataset_snapshot_id)?
+                .into_iter()
+                .filter(|d| !own.contains(d)),
+        );
+    }
+    dependents.sort();
+    dependents.dedup();
+    Ok(dependents)
+}
+
 /// Deletes a VDB; refused while VDBs were provisioned from its snapshots.
 pub fn delete(store: &Store, connector: &Connector, name: &str) -> Result<()> {
     let vdb = get(store, name)?;
     let pool = Pool::open(store)?;
-    let mut dependents = Vec::new();
-    for s in timeflow::snapshots(store, "vdb", vdb.id)? {
-        dependents.extend(pool.dependents(store, s.dataset_snapshot_id)?);
-    }
+    let dependents = outside_dependents(store, &pool, &vdb)?;
     if !dependents.is_empty() {
         return Err(Error::Conflict(format!(
             "VDB {name} has snapshots that {} depend on; delete those first",
@@ -441,13 +515,7 @@ pub fn delete(store: &Store, connector: &Connector, name: &str) -> Result<()> {
     connector.invoke("virtual.cleanup", &input, HostPlatform::new(&env))?;
     run_hook(&env, &vdb, "post_stop")?;
     pool.unmount(store, &vdb.dataset)?;
-    for s in timeflow::snapshots(store, "vdb", vdb.id)? {
-        timeflow::remove_snapshot(store, s.id)?;
-        pool.destroy_snapshot(store, s.dataset_snapshot_id)?;
-    }
-    for dataset in datasets_of(store, &vdb) {
-        pool.destroy_dataset(store, &dataset)?;
-    }
+    destroy_storage(store, &pool, &vdb)?;
     timeflow::remove_container(store, "vdb", vdb.id)?;
     store
         .conn()

@@ -230,12 +230,17 @@ pub struct Pgvirt {
 
 impl Pgvirt {
     pub fn new() -> Self {
+        // Tests run in parallel, each with its own store: give each its own
+        // VDB port range so two stores never pick the same free port.
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 90;
+        let first = 21000 + k * 100;
         Self {
             dir: tempfile::Builder::new()
                 .prefix("pgvirt-store-")
                 .tempdir()
                 .expect("tempdir"),
-            envs: Vec::new(),
+            envs: vec![("PGVIRT_VDB_PORTS".into(), format!("{first}-{}", first + 99))],
         }
     }
 
@@ -352,4 +357,267 @@ pub fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
         serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
     edit(&mut doc);
     std::fs::write(path, serde_json::to_string_pretty(&doc).expect("encode")).expect("write");
+}
+
+/// A real loop-mounted filesystem (`xfs` with reflink, or `btrfs`), made by
+/// the test and unmounted and detached on drop, even when the test fails.
+pub struct LoopFs {
+    dir: tempfile::TempDir,
+    image: PathBuf,
+    pub mount: PathBuf,
+}
+
+impl LoopFs {
+    pub fn new(kind: &str, megabytes: u64) -> Self {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "loop-mounted filesystems need root (CI and sessions run as root)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("pgvirt-loop-")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
+        let image = dir.path().join(format!("{kind}.img"));
+        let file = std::fs::File::create(&image).expect("image");
+        file.set_len(megabytes * 1024 * 1024).expect("size image");
+        drop(file);
+        let mkfs = match kind {
+            "xfs" => Command::new("mkfs.xfs")
+                .args(["-q", "-m", "reflink=1"])
+                .arg(&image)
+                .output(),
+            "btrfs" => Command::new("mkfs.btrfs").arg("-q").arg(&image).output(),
+            other => panic!("no loop filesystem {other}"),
+        }
+        .unwrap_or_else(|e| panic!("mkfs.{kind} is missing ({e}); run `bash .ci/deps`"));
+        assert!(
+            mkfs.status.success(),
+            "mkfs.{kind}: {}",
+            String::from_utf8_lossy(&mkfs.stderr)
+        );
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).expect("mount point");
+        run_ok(
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&mount),
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod");
+        std::fs::set_permissions(&mount, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+        Self { dir, image, mount }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.mount
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        // Stop anything still running from it, then unmount (lazily if busy);
+        // a loop device set up by `mount -o loop` detaches on unmount.
+        let _ = Command::new("fuser")
+            .args(["-k", "-m"])
+            .arg(&self.mount)
+            .output();
+        let nested: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|m| {
+                m.starts_with(self.mount.to_string_lossy().as_ref()) && Path::new(m) != self.mount
+            })
+            .collect();
+        for m in nested.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(m).output();
+        }
+        let ok = Command::new("umount")
+            .arg(&self.mount)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        }
+        let _ = std::fs::remove_file(&self.image);
+        let _ = &self.dir;
+    }
+}
+
+/// A pool directory on the default filesystem that environment users can
+/// traverse (the pool itself is made by `pgvirt init`).
+pub struct PoolDir {
+    dir: tempfile::TempDir,
+}
+
+impl PoolDir {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("pgvirt-pool-")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod");
+        Self { dir }
+    }
+
+    pub fn pool(&self) -> PathBuf {
+        self.dir.path().join("pool")
+    }
+}
+
+impl Drop for PoolDir {
+    fn drop(&mut self) {
+        // Unmount anything the test left mounted under it.
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        for m in mounts.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(m).output();
+        }
+    }
+}
+
+/// Stops every postgres whose data directory is under `root` (test cleanup).
+pub fn stop_clusters_under(root: &Path) {
+    let root = root.to_string_lossy().into_owned();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_postmaster = args.first().is_some_and(|a| a.ends_with("/postgres"));
+        if let (true, Some(i)) = (is_postmaster, args.iter().position(|a| a == "-D")) {
+            if args.get(i + 1).is_some_and(|d| d.starts_with(&root)) {
+                if let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGQUIT,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A source cluster, a pool and pgvirt set up to link it: what the dSource
+/// and VDB tests start from. Everything it started stops on drop.
+pub struct Stack {
+    pub pgvirt: Pgvirt,
+    pub source: Cluster,
+    pub pool: PoolDir,
+    /// Source config id of the source cluster.
+    pub source_id: String,
+    _fs: Option<LoopFs>,
+}
+
+impl Stack {
+    /// On the default filesystem (copy pool).
+    pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// On a loop-mounted filesystem (`xfs` or `btrfs`).
+    pub fn on(kind: &str) -> Self {
+        Self::build(Some(LoopFs::new(kind, 1024)))
+    }
+
+    fn build(fs: Option<LoopFs>) -> Self {
+        let source = Cluster::start();
+        let pgvirt = Pgvirt::with_local_env();
+        let pool = PoolDir::new();
+        let pool_path = match &fs {
+            Some(fs) => fs.path().join("pool"),
+            None => pool.pool(),
+        };
+        pgvirt.ok(&["init", "--pool", pool_path.to_str().expect("utf-8")]);
+        let refreshed = pgvirt.json(&["env", "refresh", "local"]);
+        let data = std::fs::canonicalize(source.data_dir()).expect("canonical");
+        let source_id = refreshed["source_configs"]
+            .as_array()
+            .expect("configs")
+            .iter()
+            .find(|s| s["document"]["data_directory"] == serde_json::json!(data))
+            .expect("source discovered")["id"]
+            .to_string();
+        Self {
+            pgvirt,
+            source,
+            pool,
+            source_id,
+            _fs: fs,
+        }
+    }
+
+    /// Links the source as dSource `name`.
+    pub fn link(&self, name: &str) -> Value {
+        let port = free_port().to_string();
+        self.pgvirt.json(&[
+            "dsource",
+            "link",
+            name,
+            "--source",
+            &self.source_id,
+            "--staging-port",
+            &port,
+        ])
+    }
+
+    /// Runs SQL on a VDB (by its connection details) as the postgres user.
+    pub fn vdb_sql(&self, vdb: &str, sql: &str) -> String {
+        let v = self.pgvirt.json(&["vdb", "show", vdb]);
+        let host = v["source_config"]["socket_directory"]
+            .as_str()
+            .expect("socket")
+            .to_owned();
+        let port = v["port"].to_string();
+        let out = run_ok(as_pg_user(Path::new(PG_BIN).join("psql")).args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            &host,
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ]));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let root = match &self._fs {
+            Some(fs) => fs.path().to_owned(),
+            None => self.pool.pool(),
+        };
+        stop_clusters_under(&root);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// An order-independent checksum of a table's rows.
+pub const CHECKSUM_SQL: &str =
+    "SELECT md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))) FROM {} t";
+
+pub fn checksum_sql(table: &str) -> String {
+    CHECKSUM_SQL.replace("{}", table)
 }

@@ -681,7 +681,8 @@ fn check_dataset_name(name: &str) -> Result<()> {
     }
 }
 
-fn process_alive(pid: i64) -> bool {
+/// Whether a process with this id exists.
+pub fn process_alive(pid: i64) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };
