@@ -6,4 +6,5 @@ mod support;
 mod boundary;
 mod contract;
 mod discovery;
+mod dsource;
 mod vdb;

@@ -72,7 +72,7 @@ impl Source {
             config.password(pw);
         }
         config.connect(postgres::NoTls).map_err(|e| {
-            let cause = scrub(&e.to_string(), self.password.as_deref());
+            let cause = scrub(&describe(&e), self.password.as_deref());
             let (what, action) = if cause.contains("password authentication failed")
                 || cause.contains("authentication")
             {
@@ -97,7 +97,7 @@ impl Source {
 
     fn query_err(&self, what: &str, e: postgres::Error) -> OperationError {
         OperationError::new("source_error", format!("source {}: {what}", self.where_()))
-            .with_cause(scrub(&e.to_string(), self.password.as_deref()))
+            .with_cause(scrub(&describe(&e), self.password.as_deref()))
     }
 
     /// Connects and checks the user may replicate.
@@ -209,6 +209,21 @@ impl Source {
             esc(self.password.as_deref().unwrap_or(""))
         )
     }
+}
+
+/// The server's own message when there is one ("password authentication
+/// failed for user ..."), else the error and its causes.
+fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_owned();
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
 
 /// Removes a secret from a message, should a library ever echo it.

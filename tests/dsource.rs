@@ -1,0 +1,445 @@
+//! dSources against real source clusters: link under write load, sync,
+//! clones that hold exactly the source's rows as of the snapshot's LSN, and
+//! each fault a new user meets leaving nothing behind.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+
+use crate::support::{checksum_sql, free_port, Stack};
+
+fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').expect("an LSN");
+    (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
+}
+
+/// A writer committing one row per transaction, recording after each commit
+/// the WAL insert position (an upper bound of that commit's record).
+struct Writer {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<(i64, u64)>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (s, l) = (stop.clone(), log.clone());
+        let handle = std::thread::spawn(move || {
+            let mut client = postgres::Config::new()
+                .host("127.0.0.1")
+                .port(port)
+                .user("postgres")
+                .dbname("postgres")
+                .connect(postgres::NoTls)
+                .expect("writer connects");
+            let mut i = 0i64;
+            while !s.load(Ordering::SeqCst) {
+                i += 1;
+                client
+                    .execute("INSERT INTO w VALUES ($1, md5($2))", &[&i, &i.to_string()])
+                    .expect("insert");
+                let row = client
+                    .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+                    .expect("lsn");
+                l.lock().expect("log").push((i, lsn(row.get::<_, &str>(0))));
+            }
+        });
+        Self {
+            stop,
+            log,
+            handle: Some(handle),
+        }
+    }
+
+    fn stop(&mut self) -> Vec<(i64, u64)> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("writer thread");
+        }
+        self.log.lock().expect("log").clone()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Checks a VDB made from `snapshot` holds exactly the rows committed up to
+/// its LSN: every row whose commit is surely at or before it, none surely after.
+fn check_exact(s: &Stack, vdb: &str, snapshot: &Value, log: &[(i64, u64)]) {
+    let at = lsn(snapshot["metadata"]["replayed_lsn"]
+        .as_str()
+        .expect("replayed_lsn"));
+    let count: i64 = s
+        .vdb_sql(vdb, "SELECT count(*) FROM w")
+        .parse()
+        .expect("count");
+    let max: i64 = s
+        .vdb_sql(vdb, "SELECT coalesce(max(id), 0) FROM w")
+        .parse()
+        .expect("max");
+    assert_eq!(count, max, "{vdb}: rows 1..{max} without gaps");
+    // Row i's commit record ends at or before log[i]; row i+1's starts after log[i].
+    let surely_in = log
+        .iter()
+        .filter(|(_, u)| *u <= at)
+        .map(|(i, _)| *i)
+        .max()
+        .unwrap_or(0);
+    let surely_out = log
+        .iter()
+        .filter(|(_, u)| *u >= at)
+        .map(|(i, _)| i + 1)
+        .min()
+        .unwrap_or(i64::MAX);
+    assert!(
+        max >= surely_in,
+        "{vdb}: row {surely_in} committed before {at:X} but the clone stops at {max}"
+    );
+    assert!(
+        max < surely_out,
+        "{vdb}: row {max} committed after {at:X} but is in the clone"
+    );
+    // And those rows are the source's rows, byte for byte.
+    let filter = format!("(SELECT * FROM w WHERE id <= {max})");
+    assert_eq!(
+        s.vdb_sql(vdb, &checksum_sql(&filter)),
+        s.source.psql("postgres", &checksum_sql(&filter))
+    );
+}
+
+#[test]
+fn link_under_write_load_then_each_snapshot_holds_the_source_as_of_its_lsn() {
+    let s = Stack::new();
+    s.source
+        .psql("postgres", "CREATE TABLE w (id bigint PRIMARY KEY, v text)");
+    let mut writer = Writer::start(s.source.port);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let linked = s.link("live");
+    let first = linked["snapshot"].clone();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let second = s.pgvirt.json(&["dsource", "sync", "live"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = writer.stop();
+    assert!(
+        log.len() > 20,
+        "the writer kept writing ({} rows)",
+        log.len()
+    );
+    let third = s.pgvirt.json(&["dsource", "sync", "live"]);
+
+    for (name, snap) in [("at1", &first), ("at2", &second), ("at3", &third)] {
+        assert_eq!(snap["metadata"]["provisionable"], json!(true));
+        s.pgvirt.ok(&[
+            "vdb",
+            "provision",
+            name,
+            "--from",
+            &format!("live@{}", snap["id"]),
+        ]);
+        check_exact(&s, name, snap, &log);
+    }
+    // After the writes stopped, the last snapshot is the whole source.
+    assert_eq!(
+        s.vdb_sql("at3", &checksum_sql("w")),
+        s.source.psql("postgres", &checksum_sql("w"))
+    );
+
+    // The metadata says what it should.
+    let meta = &second["metadata"];
+    assert_eq!(meta["major_version"], json!(15));
+    assert_eq!(meta["ingestion_method"], json!("basebackup_streaming"));
+    assert_eq!(meta["wal_segment_size"], json!(16 * 1024 * 1024));
+    assert_eq!(
+        meta["system_identifier"].as_str().expect("sysid"),
+        s.source.psql(
+            "postgres",
+            "SELECT system_identifier FROM pg_control_system()"
+        )
+    );
+    assert!(meta["databases"]
+        .as_array()
+        .expect("dbs")
+        .contains(&json!("postgres")));
+
+    // Show reports replication health.
+    let shown = s.pgvirt.json(&["dsource", "show", "live"]);
+    assert_eq!(shown["status"], json!("ACTIVE"));
+    assert_eq!(shown["replication"]["connected"], json!(true), "{shown}");
+    assert!(shown["replication"]["lag_bytes"].is_u64(), "{shown}");
+}
+
+/// What must be true after a failed link: nothing of it anywhere.
+fn nothing_left(s: &Stack, staging_port: u16) {
+    assert_eq!(s.pgvirt.json(&["dsource", "list"]), json!([]));
+    assert_eq!(s.pgvirt.json(&["pool", "list"]), json!([]));
+    s.pgvirt.ok(&["pool", "check"]);
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", staging_port)).is_ok(),
+        "no staging process"
+    );
+    assert_eq!(
+        s.source
+            .psql("postgres", "SELECT count(*) FROM pg_replication_slots"),
+        "0",
+        "no slot"
+    );
+}
+
+#[test]
+fn an_unreachable_source_is_reported_and_leaves_nothing() {
+    let s = Stack::new();
+    let staging = free_port();
+    let dead = free_port().to_string();
+    let err = s.pgvirt.fails(&[
+        "dsource",
+        "link",
+        "x",
+        "--source",
+        &s.source_id,
+        "--source-port",
+        &dead,
+        "--staging-port",
+        &staging.to_string(),
+    ]);
+    assert!(err.contains("cannot connect"), "{err}");
+    nothing_left(&s, staging);
+}
+
+#[test]
+fn a_wrong_password_is_reported_never_echoed_and_leaves_nothing() {
+    let s = Stack::new();
+    s.source.psql(
+        "postgres",
+        "CREATE ROLE repl LOGIN REPLICATION PASSWORD 'right-Secret-42'; SELECT pg_reload_conf();",
+    );
+    // Password authentication for repl, ahead of the trust lines.
+    let hba = s.source.data_dir().join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).expect("hba");
+    std::fs::write(&hba, format!("host all repl 127.0.0.1/32 scram-sha-256\nhost replication repl 127.0.0.1/32 scram-sha-256\n{old}")).expect("hba");
+    s.source.psql("postgres", "SELECT pg_reload_conf()");
+
+    let staging = free_port();
+    let port = staging.to_string();
+    let args = [
+        "dsource",
+        "link",
+        "secure",
+        "--source",
+        &s.source_id,
+        "--replication-user",
+        "repl",
+        "--staging-port",
+        &port,
+    ];
+    let out = s
+        .pgvirt
+        .command(&args)
+        .env("PGVIRT_REPLICATION_PASSWORD", "wrong-Secret-13")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("authentication failed"), "{all}");
+    assert!(
+        !all.contains("wrong-Secret-13"),
+        "the password is never echoed: {all}"
+    );
+    nothing_left(&s, staging);
+
+    // With the right password it links; the secret stays out of argv,
+    // output, configuration, and files others can read.
+    let out = s
+        .pgvirt
+        .command(&args)
+        .env("PGVIRT_REPLICATION_PASSWORD", "right-Secret-42")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("right-Secret-42"), "{all}");
+    let shown = s.pgvirt.json(&["dsource", "show", "secure"]);
+    assert_eq!(
+        shown["dsource"]["parameters"]["source"]["replication_password"],
+        json!("********")
+    );
+    assert_eq!(shown["replication"]["connected"], json!(true), "{shown}");
+    let mount = shown["dsource"]["mount_path"]
+        .as_str()
+        .expect("mount")
+        .to_owned();
+    for conf in [
+        "data/postgresql.conf",
+        "data/postgresql.auto.conf",
+        "data/pgvirt.conf",
+    ] {
+        let text = std::fs::read_to_string(format!("{mount}/{conf}")).unwrap_or_default();
+        assert!(
+            !text.contains("right-Secret-42"),
+            "{conf} holds the password"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(format!("{mount}/pgvirt/pgpass"))
+        .expect("passfile")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the passfile is private");
+    for p in std::fs::read_dir("/proc").expect("proc").flatten() {
+        if let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) {
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains("right-Secret-42"),
+                "a process has the password in argv"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_taken_staging_port_is_refused_before_anything_is_made() {
+    let s = Stack::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let err = s.pgvirt.fails(&[
+        "dsource",
+        "link",
+        "x",
+        "--source",
+        &s.source_id,
+        "--staging-port",
+        &port.to_string(),
+    ]);
+    assert!(
+        err.contains(&format!("staging port {port} is already in use")),
+        "{err}"
+    );
+    assert_eq!(s.pgvirt.json(&["dsource", "list"]), json!([]));
+    assert_eq!(s.pgvirt.json(&["pool", "list"]), json!([]));
+}
+
+#[test]
+fn pg_basebackup_killed_midway_leaves_nothing() {
+    let s = Stack::new();
+    s.source.psql(
+        "postgres",
+        "CREATE TABLE big AS SELECT g, md5(g::text) AS v FROM generate_series(1, 400000) g",
+    );
+    let params = s.pgvirt.dir().join("slow.json");
+    std::fs::write(&params, r#"{"pg_basebackup": {"max_rate": "2M"}}"#).expect("params");
+    let staging = free_port();
+    let link = s
+        .pgvirt
+        .command(&[
+            "dsource",
+            "link",
+            "slow",
+            "--source",
+            &s.source_id,
+            "--staging-port",
+            &staging.to_string(),
+            "--params",
+            params.to_str().expect("utf-8"),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Find the pg_basebackup it started and kill it.
+    let mut killed = false;
+    for _ in 0..200 {
+        for p in std::fs::read_dir("/proc").expect("proc").flatten() {
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains("pg_basebackup") && text.contains("dsource-slow") {
+                let pid: i32 = p.file_name().to_string_lossy().parse().expect("pid");
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .expect("kill");
+                killed = true;
+            }
+        }
+        if killed {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(killed, "pg_basebackup was never seen running");
+    let out = link.wait_with_output().expect("link ends");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pg_basebackup failed"), "{err}");
+    nothing_left(&s, staging);
+}
+
+#[test]
+fn staging_follows_a_source_restart_and_a_stopped_source_fails_the_sync_saying_so() {
+    let s = Stack::new();
+    s.source.psql("postgres", "CREATE TABLE r (id int)");
+    s.link("follow");
+    s.source.stop();
+    let err = s.pgvirt.fails(&["dsource", "sync", "follow"]);
+    assert!(
+        err.contains("streaming replication from") && err.contains("has stopped"),
+        "{err}"
+    );
+    s.source.restart();
+    s.source
+        .psql("postgres", "INSERT INTO r SELECT generate_series(1, 10)");
+    let snap = s.pgvirt.json(&["dsource", "sync", "follow"]);
+    s.pgvirt.ok(&[
+        "vdb",
+        "provision",
+        "after",
+        "--from",
+        &format!("follow@{}", snap["id"]),
+    ]);
+    assert_eq!(s.vdb_sql("after", "SELECT count(*) FROM r"), "10");
+}
+
+#[test]
+fn resync_opens_a_new_timeflow_and_keeps_older_snapshots() {
+    let s = Stack::new();
+    let first = s.link("again")["snapshot"].clone();
+    let resynced = s.pgvirt.json(&["dsource", "sync", "again", "--resync"]);
+    assert_ne!(first["timeflow_id"], resynced["timeflow_id"]);
+    let list = s.pgvirt.json(&["snapshot", "list", "--dsource", "again"]);
+    assert_eq!(list.as_array().expect("list").len(), 2, "{list}");
+    // Both stay provisionable.
+    s.pgvirt.ok(&[
+        "vdb",
+        "provision",
+        "old",
+        "--from",
+        &format!("again@{}", first["id"]),
+    ]);
+    s.pgvirt.ok(&["vdb", "provision", "new", "--from", "again"]);
+    // Disable stops staging; enable brings it back.
+    s.pgvirt.ok(&["dsource", "disable", "again"]);
+    assert_eq!(
+        s.pgvirt.json(&["dsource", "show", "again"])["status"],
+        json!("INACTIVE")
+    );
+    s.pgvirt.ok(&["dsource", "enable", "again"]);
+    assert_eq!(
+        s.pgvirt.json(&["dsource", "show", "again"])["status"],
+        json!("ACTIVE")
+    );
+}
