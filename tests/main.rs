@@ -7,4 +7,5 @@ mod boundary;
 mod contract;
 mod discovery;
 mod dsource;
+mod storage;
 mod vdb;

@@ -513,7 +513,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn pool_cmd(cmd: PoolCmd, out: &Out, store: &Store) -> anyhow::Result<()> {
-    let pool = Pool::open(store)?;
+    // `pool check` looks at the pool as it is; other commands tidy first.
+    let pool = match cmd {
+        PoolCmd::Check { .. } => Pool::open_unchecked(store)?,
+        _ => Pool::open(store)?,
+    };
     match cmd {
         PoolCmd::Info => {
             let info = pool.info(store)?;

@@ -162,6 +162,19 @@ impl Pool {
 
     /// The engine's pool. Leftovers of interrupted commands are cleaned up.
     pub fn open(store: &Store) -> Result<Self> {
+        let pool = Self::open_unchecked(store)?;
+        // Only what interrupted commands left; anything else found on disk
+        // waits for `pool check --repair`, so nothing is removed unasked.
+        let mut report = CheckReport::default();
+        pool.check_interrupted(store, true, &mut report)?;
+        for r in &report.repaired {
+            log::warn!("pool: {r}");
+        }
+        Ok(pool)
+    }
+
+    /// The engine's pool as it is, leftovers and all (for `pool check`).
+    pub fn open_unchecked(store: &Store) -> Result<Self> {
         let path = store.setting("pool.path")?.ok_or_else(|| {
             Error::NotFound("no storage pool yet; run `pgvirt init --pool DIR` first".into())
         })?;
@@ -180,10 +193,6 @@ impl Pool {
                 "the pool {} is gone (no {MARKER}); is its filesystem mounted?",
                 pool.root.display()
             )));
-        }
-        let report = pool.check(store, true)?;
-        for r in &report.repaired {
-            log::info!("pool: {r}");
         }
         Ok(pool)
     }
@@ -559,6 +568,21 @@ impl Pool {
     /// on disk without a row, rows without their files, stale mounts.
     pub fn check(&self, store: &Store, repair: bool) -> Result<CheckReport> {
         let mut report = CheckReport::default();
+        self.check_interrupted(store, repair, &mut report)?;
+        self.check_drift(store, repair, &mut report)?;
+        report
+            .repaired
+            .extend(mount::check(store, repair, &mut report.problems)?);
+        Ok(report)
+    }
+
+    /// Creates and destroys whose process died before finishing.
+    fn check_interrupted(
+        &self,
+        store: &Store,
+        repair: bool,
+        report: &mut CheckReport,
+    ) -> Result<()> {
         for table in ["dataset_snapshots", "datasets"] {
             let mut stmt = store
                 .conn()
@@ -594,6 +618,11 @@ impl Pool {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Entries on disk without a row, rows without their files.
+    fn check_drift(&self, store: &Store, repair: bool, report: &mut CheckReport) -> Result<()> {
         for (sub, table) in [("datasets", "datasets"), ("snapshots", "dataset_snapshots")] {
             let dir = self.root.join(sub);
             let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -636,10 +665,7 @@ impl Pool {
                 ));
             }
         }
-        report
-            .repaired
-            .extend(mount::check(store, repair, &mut report.problems)?);
-        Ok(report)
+        Ok(())
     }
 }
 
