@@ -5,6 +5,7 @@ mod support;
 
 mod boundary;
 mod contract;
+mod demo;
 mod discovery;
 mod dsource;
 mod storage;

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::host::storage::{Backend, Pool};
 use crate::host::store::{Store, STORE_ENV};
 use crate::host::{
-    dsource, environment, inventory, package::Package, registry, timeflow, vdb, Error,
+    demo, dsource, environment, inventory, package::Package, registry, timeflow, vdb, Error,
 };
 use output::{Format, Out};
 
@@ -80,6 +80,20 @@ enum Command {
     /// Virtual databases: writable thin clones of snapshots.
     #[command(subcommand)]
     Vdb(VdbCmd),
+    /// The whole story on this machine, start to finish, each step timed:
+    /// a source with sample data, link, snapshot, two VDBs, write,
+    /// refresh, rewind, tear down. Uses its own store and pool.
+    Demo {
+        /// Work directory (empty or new); default: a new one under /var/tmp.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// OS user PostgreSQL runs as; default: postgres when root, else you.
+        #[arg(long)]
+        user: Option<String>,
+        /// Keep everything running at the end.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -421,6 +435,18 @@ struct SourceAdd {
     db_user: Option<String>,
 }
 
+/// `postgres` when running as root, else the current user.
+fn default_user() -> String {
+    if nix::unistd::Uid::effective().is_root() {
+        return "postgres".into();
+    }
+    nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "postgres".into())
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -508,6 +534,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vdb(cmd) => {
             let store = open_store()?;
             vdb_cmd(cmd, &out, &store)
+        }
+        Command::Demo { dir, user, keep } => {
+            let user = user.unwrap_or_else(default_user);
+            let started = std::time::Instant::now();
+            let mut n = 0;
+            let dir = demo::run(&demo::DemoOptions { dir, user, keep }, &mut |what, took| {
+                if took.is_zero() {
+                    println!("{what}");
+                } else {
+                    n += 1;
+                    println!("{n:>2}. {what:<88} {:>8.2}s", took.as_secs_f64());
+                }
+            })
+            .context("running the demo")?;
+            println!("demo finished in {:.1}s", started.elapsed().as_secs_f64());
+            if keep {
+                println!(
+                    "kept in {} (store {}/pgvirt.db)",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            Ok(())
         }
     }
 }

@@ -12,12 +12,14 @@
 //! - [`dsource`]: link, sync, enable, disable, delete dSources.
 //! - [`vdb`]: provision, start, stop, refresh, rewind, snapshot, delete VDBs.
 //! - [`hooks`]: user shell hooks around workflows.
+//! - [`demo`]: the whole story on a fresh machine (`pgvirt demo`).
 //! - [`store`]: the SQLite metadata store.
 //!
 //! Nothing here imports `crate::connector`: the engine reaches the connector
 //! only through a loaded library.
 
 pub mod definitions;
+pub mod demo;
 pub mod dsource;
 pub mod environment;
 pub mod error;

@@ -124,6 +124,37 @@ impl Package {
         Ok(package)
     }
 
+    /// A package made from a library alone: the manifest and schemas it
+    /// embeds. What `pgvirt demo` installs on a fresh machine.
+    pub fn from_library(library: &Path) -> Result<Self> {
+        let lib = Library::open(library)?;
+        let manifest_value: Value = serde_json::from_str(&lib.manifest_text())
+            .map_err(|e| Error::load(library, format!("its embedded manifest is not JSON: {e}")))?;
+        let schemas = lib.schemas()?;
+        let schemas = schemas
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            (v.clone(), format!("{}#/schemas/{k}", library.display())),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            origin: library.to_owned(),
+            manifest_at: format!("{}#/manifest", library.display()),
+            manifest_value,
+            schemas,
+            library: Some(library.to_owned()),
+            recorded_sha256: None,
+            read_problems: Vec::new(),
+        })
+    }
+
     fn read_dir(dir: &Path) -> Result<Self> {
         let manifest_value = files::read_json(&dir.join("plugin.json"))?;
         let mut read_problems = Vec::new();

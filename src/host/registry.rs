@@ -39,7 +39,11 @@ pub struct InstallOutcome {
 
 /// Installs the package at `origin` (directory or `connector.json`).
 pub fn install(store: &Store, origin: &Path) -> Result<InstallOutcome> {
-    let package = Package::read(origin, None)?;
+    install_package(store, &Package::read(origin, None)?)
+}
+
+/// Installs a package already read (see [`Package::from_library`]).
+pub fn install_package(store: &Store, package: &Package) -> Result<InstallOutcome> {
     let bundle = package.bundle()?; // validates everything
     let manifest: Manifest = serde_json::from_value(package.manifest_value.clone())
         .map_err(|e| Error::usage(format!("manifest: {e}")))?;

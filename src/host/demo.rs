@@ -1,0 +1,356 @@
+//! `pgvirt demo`: the whole story on a fresh machine, with nothing but
+//! PostgreSQL installed. It makes its own store, pool and source cluster in
+//! a work directory, links the source, provisions two VDBs, shows they are
+//! independent, refreshes one, rewinds the other, and tears it all down.
+//!
+//! Every step goes through the same library calls the commands use; the
+//! demo only strings them together and checks what it shows.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::environment::{self, Environment};
+use super::error::{Error, Result};
+use super::loader::Connector;
+use super::package::Package;
+use super::storage::Pool;
+use super::store::Store;
+use super::{dsource, inventory, registry, vdb};
+use crate::abi::CommandRequest;
+
+/// What the demo needs to know.
+pub struct DemoOptions {
+    /// Work directory (made if missing; must be empty). Default: a new one
+    /// under /var/tmp.
+    pub dir: Option<PathBuf>,
+    /// The OS user PostgreSQL runs as.
+    pub user: String,
+    /// Keep everything at the end instead of tearing down.
+    pub keep: bool,
+}
+
+/// Runs the demo; `step` is told each step's description and duration.
+pub fn run(options: &DemoOptions, step: &mut dyn FnMut(&str, Duration)) -> Result<PathBuf> {
+    let dir = match &options.dir {
+        Some(d) => d.clone(),
+        None => tempfile::Builder::new()
+            .prefix("pgvirt-demo-")
+            .tempdir_in("/var/tmp")
+            .map_err(|e| {
+                Error::io(
+                    "cannot create a work directory in",
+                    Path::new("/var/tmp"),
+                    e,
+                )
+            })?
+            .keep(),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
+    if std::fs::read_dir(&dir)
+        .map_err(|e| Error::io("cannot read", &dir, e))?
+        .next()
+        .is_some()
+    {
+        return Err(Error::usage(format!(
+            "{} is not empty; give the demo an empty directory",
+            dir.display()
+        )));
+    }
+    super::files::set_mode(&dir, 0o711)?;
+    let mut demo = Demo {
+        dir: dir.clone(),
+        store: Store::open(&dir.join("pgvirt.db"))?,
+        connector: None,
+        env: None,
+        source_port: 0,
+        step,
+    };
+    let result = demo.story(&options.user);
+    if !options.keep || result.is_err() {
+        let torn = demo.teardown();
+        if let Err(e) = result {
+            return Err(e);
+        }
+        torn?;
+    }
+    Ok(dir)
+}
+
+struct Demo<'a> {
+    dir: PathBuf,
+    store: Store,
+    connector: Option<Connector>,
+    env: Option<Environment>,
+    source_port: u16,
+    step: &'a mut dyn FnMut(&str, Duration),
+}
+
+impl Demo<'_> {
+    fn timed<T>(&mut self, what: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let started = Instant::now();
+        let value = f(self)?;
+        (self.step)(what, started.elapsed());
+        Ok(value)
+    }
+
+    fn connector(&self) -> Result<&Connector> {
+        self.connector
+            .as_ref()
+            .ok_or_else(|| Error::usage("no connector"))
+    }
+
+    fn env(&self) -> Result<&Environment> {
+        self.env
+            .as_ref()
+            .ok_or_else(|| Error::usage("no environment"))
+    }
+
+    fn source_dir(&self) -> PathBuf {
+        self.dir.join("source")
+    }
+
+    /// Runs SQL on a cluster by socket directory and port, as the environment user.
+    fn sql(&self, socket: &str, port: u16, sql: &str) -> Result<String> {
+        let env = self.env()?;
+        let bin = self.bin_dir()?;
+        let out = env.run_ok(&CommandRequest {
+            command: r#""$BIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 -h "$HOST" -p "$PORT" -U postgres -d postgres -c "$SQL""#.into(),
+            variables: [
+                ("BIN".to_owned(), bin),
+                ("HOST".to_owned(), socket.to_owned()),
+                ("PORT".to_owned(), port.to_string()),
+                ("SQL".to_owned(), sql.to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+            ..CommandRequest::default()
+        })?;
+        Ok(out.stdout.trim().to_owned())
+    }
+
+    fn vdb_sql(&self, name: &str, sql: &str) -> Result<String> {
+        let v = vdb::get(&self.store, name)?;
+        let socket = v.source_config["socket_directory"]
+            .as_str()
+            .unwrap_or("/tmp")
+            .to_owned();
+        self.sql(&socket, v.port, sql)
+    }
+
+    fn source_sql(&self, sql: &str) -> Result<String> {
+        self.sql(&self.source_dir().to_string_lossy(), self.source_port, sql)
+    }
+
+    fn bin_dir(&self) -> Result<String> {
+        let env = self.env()?;
+        let repos = inventory::repositories(&self.store, Some(&env.name))?;
+        repos
+            .iter()
+            .filter(|r| r.state == "present")
+            .max_by_key(|r| r.document["major_version"].as_u64())
+            .and_then(|r| r.document["bin_dir"].as_str().map(str::to_owned))
+            .ok_or_else(|| {
+                Error::NotFound("no PostgreSQL installation found on this machine".into())
+            })
+    }
+
+    fn story(&mut self, user: &str) -> Result<()> {
+        self.timed("install the connector from the library beside pgvirt", |d| {
+            let lib = std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|p| p.join("libpgvirt.so")))
+                .filter(|p| p.is_file())
+                .ok_or_else(|| Error::NotFound("libpgvirt.so is not beside the pgvirt binary; run `cargo build --release`".into()))?;
+            registry::install_package(&d.store, &Package::from_library(&lib)?)?;
+            d.connector = Some(registry::open(&d.store, None)?);
+            Ok(())
+        })?;
+        self.timed(
+            &format!(
+                "add this machine as environment `local` (OS user {user}) and discover PostgreSQL"
+            ),
+            |d| {
+                let env = environment::add(&d.store, "local", "local", user)?;
+                let connector = registry::open(&d.store, None)?;
+                inventory::refresh(&mut d.store, &connector, &env)?;
+                d.env = Some(env);
+                d.bin_dir().map(|_| ())
+            },
+        )?;
+        self.timed(
+            "create a source cluster with sample data (pgbench scale 5 + customers)",
+            |d| d.make_source(),
+        )?;
+        let source_id = self.timed("discover the source cluster", |d| {
+            let connector = registry::open(&d.store, None)?;
+            let env = d.env()?.clone();
+            inventory::refresh(&mut d.store, &connector, &env)?;
+            let source = d.source_dir().join("data");
+            inventory::source_configs(&d.store, Some("local"))?
+                .into_iter()
+                .find(|s| s.document["data_directory"] == json!(source))
+                .map(|s| s.id.to_string())
+                .ok_or_else(|| Error::NotFound("the source cluster was not discovered".into()))
+        })?;
+        let backend = self.timed("make the storage pool", |d| {
+            let pool = Pool::init(&d.store, &d.dir.join("pool"), None)?;
+            Ok(pool.info(&d.store)?.backend.name().to_owned())
+        })?;
+        (self.step)(&format!("  (pool backend: {backend})"), Duration::ZERO);
+        self.timed("link the source as dSource `shop` (pg_basebackup + streaming) and snapshot it", |d| {
+            let staging = free_port()?;
+            dsource::link(
+                &d.store,
+                d.connector()?,
+                dsource::LinkRequest {
+                    name: "shop",
+                    source_config: &source_id,
+                    environment: None,
+                    parameters: json!({"source": {"host": "127.0.0.1", "port": d.source_port}, "staging_port": staging}),
+                },
+            )
+            .map(|_| ())
+        })?;
+        for name in ["dev", "test"] {
+            self.timed(
+                &format!("provision VDB `{name}` from the latest snapshot"),
+                |d| {
+                    vdb::provision(
+                        &d.store,
+                        d.connector()?,
+                        vdb::ProvisionRequest {
+                            name,
+                            from: "shop",
+                            port: None,
+                            environment: None,
+                            parameters: json!({}),
+                        },
+                    )
+                    .map(|_| ())
+                },
+            )?;
+        }
+        let sum = "SELECT md5(string_agg(c::text, ',' ORDER BY id)) FROM customers c";
+        self.timed(
+            "write into `dev`; `test` and the source are untouched",
+            |d| {
+                let before = d.source_sql(sum)?;
+                d.vdb_sql(
+                    "dev",
+                    "UPDATE customers SET email = 'masked-' || id || '@example.invalid'",
+                )?;
+                expect(d.vdb_sql("dev", sum)? != before, "dev changed")?;
+                expect(d.vdb_sql("test", sum)? == before, "test is untouched")?;
+                expect(d.source_sql(sum)? == before, "the source is untouched")
+            },
+        )?;
+        self.timed("the source changes; sync `shop`; refresh `test`: it sees the change", |d| {
+            d.source_sql("INSERT INTO customers (name, email) VALUES ('new customer', 'new@example.invalid')")?;
+            dsource::sync(&d.store, d.connector()?, "shop", false)?;
+            vdb::refresh(&d.store, d.connector()?, "test", None)?;
+            expect(d.vdb_sql("test", sum)? == d.source_sql(sum)?, "test matches the source again")
+        })?;
+        self.timed(
+            "snapshot `dev`, drop a table by mistake, rewind `dev`: the table is back",
+            |d| {
+                let snap = vdb::snapshot(&d.store, d.connector()?, "dev")?;
+                let masked = d.vdb_sql("dev", sum)?;
+                d.vdb_sql("dev", "DROP TABLE customers")?;
+                vdb::rewind(&d.store, d.connector()?, "dev", snap.id)?;
+                expect(
+                    d.vdb_sql("dev", sum)? == masked,
+                    "dev is back as it was at its snapshot",
+                )
+            },
+        )?;
+        Ok(())
+    }
+
+    fn make_source(&mut self) -> Result<()> {
+        let env = self.env()?.clone();
+        let user = env.user()?;
+        let dir = self.source_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
+        super::files::set_mode(&dir, 0o700)?;
+        user.chown(&dir)?;
+        self.source_port = free_port()?;
+        env.run_ok(&CommandRequest {
+            command: r#"set -e
+"$BIN/initdb" -D "$DIR/data" -U postgres -A trust --no-sync >/dev/null
+printf "port = %s\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n" "$PORT" "$DIR" >> "$DIR/data/postgresql.conf"
+"$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/log" -w start >/dev/null
+"$BIN/pgbench" -i -q -s 5 -h "$DIR" -p "$PORT" -U postgres postgres >/dev/null 2>&1
+"$BIN/psql" -X -q -h "$DIR" -p "$PORT" -U postgres -d postgres -c "CREATE TABLE customers (id serial PRIMARY KEY, name text, email text); INSERT INTO customers (name, email) SELECT 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, 1000) g;"
+"#
+            .into(),
+            variables: [
+                ("BIN".to_owned(), self.bin_dir()?),
+                ("DIR".to_owned(), dir.to_string_lossy().into_owned()),
+                ("PORT".to_owned(), self.source_port.to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            ..CommandRequest::default()
+        })?;
+        Ok(())
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let mut first_error = None;
+        if let Some(connector) = self.connector.take() {
+            for name in ["test", "dev"] {
+                if vdb::find(&self.store, name)?.is_some() {
+                    if let Err(e) = vdb::delete(&self.store, &connector, name) {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if dsource::find(&self.store, "shop")?.is_some() {
+                if let Err(e) = dsource::delete(&self.store, &connector, "shop") {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let (Some(env), Ok(bin)) = (self.env.clone(), self.bin_dir()) {
+            let _ = env.run(&CommandRequest {
+                command: r#"[ -d "$DIR/data" ] && "$BIN/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null 2>&1; true"#.into(),
+                variables: [
+                    ("BIN".to_owned(), bin),
+                    ("DIR".to_owned(), self.source_dir().to_string_lossy().into_owned()),
+                ]
+                .into_iter()
+                .collect(),
+                ..CommandRequest::default()
+            });
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io("cannot remove", &self.dir, e))?;
+        (self.step)(
+            "tear everything down (VDBs, dSource, source, pool, store)",
+            started.elapsed(),
+        );
+        Ok(())
+    }
+}
+
+fn expect(ok: bool, what: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Conflict(format!(
+            "the demo expected that {what}, and it is not so"
+        )))
+    }
+}
+
+fn free_port() -> Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Error::io("cannot find a free port on", Path::new("127.0.0.1"), e))
+}
