@@ -70,9 +70,7 @@ pub fn run(options: &DemoOptions, step: &mut dyn FnMut(&str, Duration)) -> Resul
     let result = demo.story(&options.user);
     if !options.keep || result.is_err() {
         let torn = demo.teardown();
-        if let Err(e) = result {
-            return Err(e);
-        }
+        result?;
         torn?;
     }
     Ok(dir)
