@@ -13,6 +13,10 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+#[path = "loopfs.rs"]
+mod loopfs;
+pub use loopfs::LoopFs;
+
 /// The PostgreSQL 15 binaries the tests use.
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -357,92 +361,6 @@ pub fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
         serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
     edit(&mut doc);
     std::fs::write(path, serde_json::to_string_pretty(&doc).expect("encode")).expect("write");
-}
-
-/// A real loop-mounted filesystem (`xfs` with reflink, or `btrfs`), made by
-/// the test and unmounted and detached on drop, even when the test fails.
-pub struct LoopFs {
-    dir: tempfile::TempDir,
-    image: PathBuf,
-    pub mount: PathBuf,
-}
-
-impl LoopFs {
-    pub fn new(kind: &str, megabytes: u64) -> Self {
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "loop-mounted filesystems need root (CI and sessions run as root)"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("pgvirt-loop-")
-            .tempdir_in("/var/tmp")
-            .expect("tempdir");
-        let image = dir.path().join(format!("{kind}.img"));
-        let file = std::fs::File::create(&image).expect("image");
-        file.set_len(megabytes * 1024 * 1024).expect("size image");
-        drop(file);
-        let mkfs = match kind {
-            "xfs" => Command::new("mkfs.xfs")
-                .args(["-q", "-m", "reflink=1"])
-                .arg(&image)
-                .output(),
-            "btrfs" => Command::new("mkfs.btrfs").arg("-q").arg(&image).output(),
-            other => panic!("no loop filesystem {other}"),
-        }
-        .unwrap_or_else(|e| panic!("mkfs.{kind} is missing ({e}); run `bash .ci/deps`"));
-        assert!(
-            mkfs.status.success(),
-            "mkfs.{kind}: {}",
-            String::from_utf8_lossy(&mkfs.stderr)
-        );
-        let mount = dir.path().join("mnt");
-        std::fs::create_dir(&mount).expect("mount point");
-        run_ok(
-            Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&image)
-                .arg(&mount),
-        );
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
-            .expect("chmod");
-        std::fs::set_permissions(&mount, std::fs::Permissions::from_mode(0o711)).expect("chmod");
-        Self { dir, image, mount }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.mount
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        // Stop anything still running from it, then unmount (lazily if busy);
-        // a loop device set up by `mount -o loop` detaches on unmount.
-        let _ = Command::new("fuser")
-            .args(["-k", "-m"])
-            .arg(&self.mount)
-            .output();
-        let nested: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-            .filter(|m| {
-                m.starts_with(self.mount.to_string_lossy().as_ref()) && Path::new(m) != self.mount
-            })
-            .collect();
-        for m in nested.iter().rev() {
-            let _ = Command::new("umount").arg("-l").arg(m).output();
-        }
-        let ok = Command::new("umount")
-            .arg(&self.mount)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
-        }
-        let _ = std::fs::remove_file(&self.image);
-        let _ = &self.dir;
-    }
 }
 
 /// A pool directory on the default filesystem that environment users can
