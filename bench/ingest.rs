@@ -14,19 +14,42 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let scale: u32 = std::env::var("PGVIRT_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
-    let pools: Vec<String> = list_env("PGVIRT_BENCH_POOLS", &["btrfs".to_owned(), "xfs".to_owned()]);
+    let scale: u32 = std::env::var("PGVIRT_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let pools: Vec<String> = list_env(
+        "PGVIRT_BENCH_POOLS",
+        &["btrfs".to_owned(), "xfs".to_owned()],
+    );
     let work = scratch("pgvirt-bench-ingest-");
     println!("making a pgbench source at scale {scale} ...");
     let source = Source::new(work.path(), scale);
 
     // Baseline: plain pg_basebackup of the same source.
-    let base_dir = work.path().join("basebackup");
+    let base_parent = work.path().join("baseline");
+    std::fs::create_dir(&base_parent).expect("dir");
+    let pg = nix::unistd::User::from_name("postgres")
+        .expect("lookup")
+        .expect("postgres");
+    nix::unistd::chown(&base_parent, Some(pg.uid), Some(pg.gid)).expect("chown");
+    let base_dir = base_parent.join("data");
     let (_, base) = timed(|| {
         ok(as_postgres(format!("{PG_BIN}/pg_basebackup"))
             .arg("-D")
             .arg(&base_dir)
-            .args(["-X", "stream", "-c", "fast", "-h", "127.0.0.1", "-p", &source.port.to_string(), "-U", "postgres"]))
+            .args([
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &source.port.to_string(),
+                "-U",
+                "postgres",
+            ]))
     });
     let _ = std::fs::remove_dir_all(&base_dir);
     let base = base.as_secs_f64();
@@ -39,7 +62,17 @@ fn main() {
         let state = scratch("pgvirt-bench-store-");
         let p = Pgvirt::setup(state.path(), &pool.root.join("pool"));
         let id = p.source_id(&source.data_dir());
-        let (_, link) = timed(|| p.ok(&["dsource", "link", "bench", "--source", &id, "--staging-port", &free_port().to_string()]));
+        let (_, link) = timed(|| {
+            p.ok(&[
+                "dsource",
+                "link",
+                "bench",
+                "--source",
+                &id,
+                "--staging-port",
+                &free_port().to_string(),
+            ])
+        });
         let link = link.as_secs_f64();
 
         // A write load for the snapshots.
@@ -65,8 +98,15 @@ fn main() {
         }
         let _ = load.kill();
         let _ = load.wait();
-        let max_lag_s = lags.iter().filter_map(|l| l["lag_seconds"].as_f64()).fold(0.0, f64::max);
-        let max_lag_b = lags.iter().filter_map(|l| l["lag_bytes"].as_u64()).max().unwrap_or(0);
+        let max_lag_s = lags
+            .iter()
+            .filter_map(|l| l["lag_seconds"].as_f64())
+            .fold(0.0, f64::max);
+        let max_lag_b = lags
+            .iter()
+            .filter_map(|l| l["lag_bytes"].as_u64())
+            .max()
+            .unwrap_or(0);
         rows.push(vec![
             kind.to_owned(),
             mb(source.bytes()),
@@ -86,7 +126,16 @@ fn main() {
     }
     print_table(
         "ingest: link vs plain pg_basebackup; snapshot of live staging under pgbench load",
-        &["pool", "data MB", "link s", "pg_basebackup s", "ratio", "snapshot s", "max lag s", "max lag bytes"],
+        &[
+            "pool",
+            "data MB",
+            "link s",
+            "pg_basebackup s",
+            "ratio",
+            "snapshot s",
+            "max lag s",
+            "max lag bytes",
+        ],
         &rows,
     );
     write_json("ingest", &json!({"machine": machine(), "results": results}));

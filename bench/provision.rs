@@ -17,13 +17,19 @@ use support::*;
 fn pss_bytes(data_dir: &str, cluster_name: &str) -> u64 {
     let mut total = 0;
     for p in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let cmdline = String::from_utf8_lossy(&std::fs::read(p.path().join("cmdline")).unwrap_or_default()).replace('\0', " ");
+        let cmdline =
+            String::from_utf8_lossy(&std::fs::read(p.path().join("cmdline")).unwrap_or_default())
+                .replace('\0', " ");
         let ours = cmdline.contains(data_dir) || cmdline.contains(&format!("{cluster_name}:"));
         if !ours {
             continue;
         }
         let rollup = std::fs::read_to_string(p.path().join("smaps_rollup")).unwrap_or_default();
-        if let Some(kb) = rollup.lines().find(|l| l.starts_with("Pss:")).and_then(|l| l.split_whitespace().nth(1)) {
+        if let Some(kb) = rollup
+            .lines()
+            .find(|l| l.starts_with("Pss:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+        {
             total += kb.parse::<u64>().unwrap_or(0) * 1024;
         }
     }
@@ -34,7 +40,9 @@ fn pss_bytes(data_dir: &str, cluster_name: &str) -> u64 {
 fn baseline(source: &Source, scratch: &Path) -> f64 {
     let dir = scratch.join(format!("baseline-{}", source.port));
     std::fs::create_dir_all(&dir).expect("dir");
-    let pg = nix::unistd::User::from_name("postgres").expect("lookup").expect("postgres");
+    let pg = nix::unistd::User::from_name("postgres")
+        .expect("lookup")
+        .expect("postgres");
     nix::unistd::chown(&dir, Some(pg.uid), Some(pg.gid)).expect("chown");
     let data = dir.join("data");
     let port = free_port();
@@ -42,17 +50,35 @@ fn baseline(source: &Source, scratch: &Path) -> f64 {
         ok(as_postgres(format!("{PG_BIN}/pg_basebackup"))
             .arg("-D")
             .arg(&data)
-            .args(["-X", "stream", "-c", "fast", "-h", "127.0.0.1", "-p", &source.port.to_string(), "-U", "postgres"]));
+            .args([
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &source.port.to_string(),
+                "-U",
+                "postgres",
+            ]));
         ok(as_postgres(format!("{PG_BIN}/pg_ctl"))
             .arg("-D")
             .arg(&data)
             .arg("-l")
             .arg(dir.join("log"))
             .arg("-o")
-            .arg(format!("-p {port} -c unix_socket_directories={} -c listen_addresses=", dir.display()))
+            .arg(format!(
+                "-p {port} -c unix_socket_directories={} -c listen_addresses=",
+                dir.display()
+            ))
             .args(["-w", "start"]));
     });
-    let _ = as_postgres(format!("{PG_BIN}/pg_ctl")).arg("-D").arg(&data).args(["-m", "immediate", "-w", "stop"]).output();
+    let _ = as_postgres(format!("{PG_BIN}/pg_ctl"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-m", "immediate", "-w", "stop"])
+        .output();
     let _ = std::fs::remove_dir_all(&dir);
     took.as_secs_f64()
 }
@@ -62,11 +88,20 @@ fn main() {
         return; // `cargo test --benches` asks for a list; there are no test cases here.
     }
     let scales: Vec<u32> = list_env("PGVIRT_BENCH_SCALES", &[10, 100, 300]);
-    let pools: Vec<String> = list_env("PGVIRT_BENCH_POOLS", &["btrfs".to_owned(), "xfs".to_owned(), "copy".to_owned()]);
+    let pools: Vec<String> = list_env(
+        "PGVIRT_BENCH_POOLS",
+        &["btrfs".to_owned(), "xfs".to_owned(), "copy".to_owned()],
+    );
     let work = scratch("pgvirt-bench-provision-");
     println!("making pgbench sources at scales {scales:?} ...");
-    let sources: Vec<(u32, Source)> = scales.iter().map(|s| (*s, Source::new(work.path(), *s))).collect();
-    let baselines: Vec<f64> = sources.iter().map(|(_, s)| baseline(s, work.path())).collect();
+    let sources: Vec<(u32, Source)> = scales
+        .iter()
+        .map(|s| (*s, Source::new(work.path(), *s)))
+        .collect();
+    let baselines: Vec<f64> = sources
+        .iter()
+        .map(|(_, s)| baseline(s, work.path()))
+        .collect();
 
     let mut rows = Vec::new();
     let mut results = Vec::new();
@@ -84,8 +119,20 @@ fn main() {
         for ((scale, source), base) in sources.iter().zip(&baselines) {
             let id = p.source_id(&source.data_dir());
             let ds = format!("s{scale}");
-            p.ok(&["dsource", "link", &ds, "--source", &id, "--staging-port", &free_port().to_string()]);
-            let runs = if kind == "copy" && *scale >= 100 { 1 } else { 3 };
+            p.ok(&[
+                "dsource",
+                "link",
+                &ds,
+                "--source",
+                &id,
+                "--staging-port",
+                &free_port().to_string(),
+            ]);
+            let runs = if kind == "copy" && *scale >= 100 {
+                1
+            } else {
+                3
+            };
             let mut times = Vec::new();
             let mut extra = Vec::new();
             let mut pss = Vec::new();
@@ -94,7 +141,10 @@ fn main() {
                 let (out, took) = timed(|| p.json(&["vdb", "provision", &name, "--from", &ds]));
                 times.push(took.as_secs_f64());
                 std::thread::sleep(std::time::Duration::from_secs(1));
-                let data_dir = out["source_config"]["data_directory"].as_str().expect("data dir").to_owned();
+                let data_dir = out["source_config"]["data_directory"]
+                    .as_str()
+                    .expect("data dir")
+                    .to_owned();
                 pss.push(pss_bytes(&data_dir, &format!("pgvirt vdb {name}")));
                 let dataset = out["dataset"].as_str().expect("dataset").to_owned();
                 let list = p.json(&["pool", "list"]);
@@ -137,8 +187,21 @@ fn main() {
     }
     print_table(
         "provision: command to accepting connections (median), vs full copy + start",
-        &["pool", "scale", "data MB", "provision s", "vs first", "full copy+start s", "speedup", "extra disk MB", "idle PSS MB"],
+        &[
+            "pool",
+            "scale",
+            "data MB",
+            "provision s",
+            "vs first",
+            "full copy+start s",
+            "speedup",
+            "extra disk MB",
+            "idle PSS MB",
+        ],
         &rows,
     );
-    write_json("provision", &json!({"machine": machine(), "results": results}));
+    write_json(
+        "provision",
+        &json!({"machine": machine(), "results": results}),
+    );
 }

@@ -22,7 +22,10 @@ fn main() {
         return;
     }
     let scales: Vec<u32> = list_env("PGVIRT_BENCH_SCALES", &[6, 66, 270]);
-    let pools: Vec<String> = list_env("PGVIRT_BENCH_POOLS", &["btrfs".to_owned(), "xfs".to_owned(), "copy".to_owned()]);
+    let pools: Vec<String> = list_env(
+        "PGVIRT_BENCH_POOLS",
+        &["btrfs".to_owned(), "xfs".to_owned(), "copy".to_owned()],
+    );
     let clones = 5;
     let work = scratch("pgvirt-bench-storage-");
     println!("making pgbench data directories at scales {scales:?} ...");
@@ -31,12 +34,17 @@ fn main() {
         .map(|s| {
             let src = Source::new(work.path(), *s);
             // Stop it cleanly: the data directory is then a consistent dataset.
-            ok(as_postgres(format!("{PG_BIN}/pg_ctl")).arg("-D").arg(src.data_dir()).args(["-m", "fast", "-w", "stop"]));
-            let bytes: u64 = ok(std::process::Command::new("du").args(["-sb"]).arg(src.data_dir()))
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
+            ok(as_postgres(format!("{PG_BIN}/pg_ctl"))
+                .arg("-D")
+                .arg(src.data_dir())
+                .args(["-m", "fast", "-w", "stop"]));
+            let bytes: u64 = ok(std::process::Command::new("du")
+                .args(["-sb"])
+                .arg(src.data_dir()))
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
             (*s, src, bytes)
         })
         .collect();
@@ -59,7 +67,10 @@ fn main() {
             let name = format!("d{scale}");
             let ds = p.json(&["pool", "dataset", "create", &name, "--owner", "postgres"]);
             let path = ds["path"].as_str().expect("path").to_owned();
-            ok(std::process::Command::new("cp").args(["-a"]).arg(src.data_dir()).arg(format!("{path}/data")));
+            ok(std::process::Command::new("cp")
+                .args(["-a"])
+                .arg(src.data_dir())
+                .arg(format!("{path}/data")));
             ok(&mut std::process::Command::new("sync"));
             let snap = p.json(&["pool", "dataset", "snapshot", &name, "s"])["id"].to_string();
             let mut times = Vec::new();
@@ -68,7 +79,15 @@ fn main() {
                 ok(&mut std::process::Command::new("sync"));
                 let before = used_bytes(&pool.root);
                 let ((), took) = timed(|| {
-                    p.ok(&["pool", "dataset", "clone", &snap, &format!("{name}-c{i}"), "--owner", "postgres"]);
+                    p.ok(&[
+                        "pool",
+                        "dataset",
+                        "clone",
+                        &snap,
+                        &format!("{name}-c{i}"),
+                        "--owner",
+                        "postgres",
+                    ]);
                 });
                 ok(&mut std::process::Command::new("sync"));
                 times.push(took.as_secs_f64());
@@ -99,8 +118,18 @@ fn main() {
     }
     print_table(
         "storage: clone of a snapshot (median of 5) and the space a fresh clone adds",
-        &["pool", "dataset MB", "clone s", "vs smallest", "extra MB/clone", "extra %"],
+        &[
+            "pool",
+            "dataset MB",
+            "clone s",
+            "vs smallest",
+            "extra MB/clone",
+            "extra %",
+        ],
         &rows,
     );
-    write_json("storage", &json!({"machine": machine(), "results": results}));
+    write_json(
+        "storage",
+        &json!({"machine": machine(), "results": results}),
+    );
 }

@@ -20,16 +20,23 @@ pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// Where benchmark files go: big, sparse, on the default filesystem.
 pub fn scratch(prefix: &str) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix(prefix).tempdir_in("/var/tmp").expect("scratch dir");
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/var/tmp")
+        .expect("scratch dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
     dir
 }
 
 pub fn as_postgres(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new(program);
-    let user = nix::unistd::User::from_name("postgres").expect("lookup").expect("the postgres user");
+    let user = nix::unistd::User::from_name("postgres")
+        .expect("lookup")
+        .expect("the postgres user");
     if nix::unistd::Uid::effective().is_root() {
-        cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw()).env("HOME", &user.dir);
+        cmd.uid(user.uid.as_raw())
+            .gid(user.gid.as_raw())
+            .env("HOME", &user.dir);
     }
     cmd
 }
@@ -57,7 +64,10 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
 }
 
 /// `pgvirt` with its own store.
@@ -67,12 +77,16 @@ pub struct Pgvirt {
 
 impl Pgvirt {
     pub fn new(dir: &Path) -> Self {
-        Self { store: dir.join("pgvirt.db") }
+        Self {
+            store: dir.join("pgvirt.db"),
+        }
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgvirt"));
-        cmd.args(args).env("PGVIRT_STORE", &self.store).env_remove("RUST_LOG");
+        cmd.args(args)
+            .env("PGVIRT_STORE", &self.store)
+            .env_remove("RUST_LOG");
         cmd
     }
 
@@ -119,10 +133,15 @@ impl Source {
     pub fn new(parent: &Path, scale: u32) -> Self {
         let dir = parent.join(format!("source-{scale}"));
         std::fs::create_dir_all(&dir).expect("dir");
-        let pg = nix::unistd::User::from_name("postgres").expect("lookup").expect("postgres");
+        let pg = nix::unistd::User::from_name("postgres")
+            .expect("lookup")
+            .expect("postgres");
         nix::unistd::chown(&dir, Some(pg.uid), Some(pg.gid)).expect("chown");
         let data = dir.join("data");
-        ok(as_postgres(format!("{PG_BIN}/initdb")).arg("-D").arg(&data).args(["-U", "postgres", "-A", "trust", "--no-sync"]));
+        ok(as_postgres(format!("{PG_BIN}/initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "--no-sync"]));
         let port = free_port();
         let conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nmax_wal_size = '4GB'\nfsync = off\n",
@@ -134,7 +153,12 @@ impl Source {
             .open(data.join("postgresql.conf"))
             .and_then(|mut f| f.write_all(conf.as_bytes()))
             .expect("conf");
-        ok(as_postgres(format!("{PG_BIN}/pg_ctl")).arg("-D").arg(&data).arg("-l").arg(dir.join("log")).args(["-w", "start"]));
+        ok(as_postgres(format!("{PG_BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.join("log"))
+            .args(["-w", "start"]));
         let s = Self { dir, port };
         ok(as_postgres(format!("{PG_BIN}/pgbench"))
             .args(["-i", "-q", "-s", &scale.to_string(), "-h"])
@@ -150,18 +174,32 @@ impl Source {
 
     pub fn psql(&self, sql: &str) -> Command {
         let mut cmd = as_postgres(format!("{PG_BIN}/psql"));
-        cmd.args(["-X", "-A", "-t", "-h"]).arg(&self.dir).args(["-p", &self.port.to_string(), "-d", "postgres", "-c", sql]);
+        cmd.args(["-X", "-A", "-t", "-h"]).arg(&self.dir).args([
+            "-p",
+            &self.port.to_string(),
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ]);
         cmd
     }
 
     pub fn bytes(&self) -> u64 {
-        ok(&mut self.psql("SELECT sum(pg_database_size(oid)) FROM pg_database")).trim().parse().unwrap_or(0)
+        ok(&mut self.psql("SELECT sum(pg_database_size(oid)) FROM pg_database"))
+            .trim()
+            .parse()
+            .unwrap_or(0)
     }
 }
 
 impl Drop for Source {
     fn drop(&mut self) {
-        let _ = as_postgres(format!("{PG_BIN}/pg_ctl")).arg("-D").arg(self.data_dir()).args(["-m", "immediate", "-w", "stop"]).output();
+        let _ = as_postgres(format!("{PG_BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
     }
 }
 
@@ -169,12 +207,22 @@ impl Drop for Source {
 pub fn stop_clusters_under(root: &Path) {
     let root = root.to_string_lossy().into_owned();
     for p in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
         if let Some(i) = args.iter().position(|a| a == "-D") {
-            if args.first().is_some_and(|a| a.ends_with("/postgres")) && args.get(i + 1).is_some_and(|d| d.starts_with(&root)) {
+            if args.first().is_some_and(|a| a.ends_with("/postgres"))
+                && args.get(i + 1).is_some_and(|d| d.starts_with(&root))
+            {
                 if let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGQUIT);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGQUIT,
+                    );
                 }
             }
         }
@@ -195,11 +243,21 @@ impl BenchPool {
         match kind {
             "copy" => {
                 let dir = scratch("pgvirt-bench-copy-");
-                Self { kind, root: dir.path().to_owned(), _fs: None, _dir: Some(dir) }
+                Self {
+                    kind,
+                    root: dir.path().to_owned(),
+                    _fs: None,
+                    _dir: Some(dir),
+                }
             }
             fs => {
                 let loop_fs = LoopFs::new_in(fs, megabytes, Path::new("/var/tmp"));
-                Self { kind, root: loop_fs.path().to_owned(), _fs: Some(loop_fs), _dir: None }
+                Self {
+                    kind,
+                    root: loop_fs.path().to_owned(),
+                    _fs: Some(loop_fs),
+                    _dir: None,
+                }
             }
         }
     }
@@ -226,10 +284,21 @@ impl Drop for BenchPool {
 pub fn print_table(title: &str, header: &[&str], rows: &[Vec<String>]) {
     println!("\n{title}");
     let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: Vec<String>| {
-        cells.iter().enumerate().map(|(i, c)| format!("{c:>w$}", w = widths[i])).collect::<Vec<_>>().join("  ")
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:>w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
     };
     println!("{}", line(header.iter().map(|h| h.to_string()).collect()));
     for r in rows {
@@ -242,7 +311,8 @@ pub fn write_json(name: &str, value: &Value) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
     std::fs::create_dir_all(&dir).expect("results dir");
     let path = dir.join(format!("{name}.json"));
-    std::fs::write(&path, serde_json::to_string_pretty(value).expect("json")).expect("write results");
+    std::fs::write(&path, serde_json::to_string_pretty(value).expect("json"))
+        .expect("write results");
     println!("\nwrote {}", path.display());
 }
 
@@ -259,7 +329,11 @@ pub fn machine() -> Value {
 pub fn list_env<T: std::str::FromStr + Clone>(name: &str, default: &[T]) -> Vec<T> {
     std::env::var(name)
         .ok()
-        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect::<Vec<T>>())
+        .map(|v| {
+            v.split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect::<Vec<T>>()
+        })
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| default.to_vec())
 }

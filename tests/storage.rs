@@ -202,23 +202,12 @@ fn a_clone_killed_midway_is_found_and_repaired_by_pool_check() {
     let p = pool_on(fs.path());
     p.json(&["pool", "dataset", "create", "base", "--owner", "postgres"]);
     let snap = p.json(&["pool", "dataset", "snapshot", "base", "s1"])["id"].to_string();
-    let mut child = p
-        .command(&[
+    let mut child = crate::support::spawn_paused(
+        p.command(&[
             "pool", "dataset", "clone", &snap, "doomed", "--owner", "postgres",
-        ])
-        .env("PGVIRT_FAULT_PAUSE", "clone")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let mut seen = String::new();
-    let mut buf = [0u8; 256];
-    while !seen.contains("pausing") {
-        use std::io::Read;
-        let n = stderr.read(&mut buf).expect("read");
-        assert!(n > 0, "ended before pausing: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+        ]),
+        "clone",
+    );
     child.kill().expect("kill -9");
     child.wait().expect("reaped");
     let leftover = fs.path().join("pool/datasets/doomed");

@@ -225,23 +225,12 @@ fn a_snapshot_that_is_not_provisionable_is_refused_by_id() {
 fn a_provision_killed_midway_is_cleaned_by_the_next_command() {
     let s = Stack::new();
     s.link("src");
-    let mut child = s
-        .pgvirt
-        .command(&["vdb", "provision", "halfway", "--from", "src"])
-        .env("PGVIRT_FAULT_PAUSE", "clone")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    // Wait until the clone is on disk and the process pauses.
-    let mut stderr = child.stderr.take().expect("stderr");
-    let mut seen = String::new();
-    let mut buf = [0u8; 256];
-    while !seen.contains("pausing") {
-        use std::io::Read;
-        let n = stderr.read(&mut buf).expect("read");
-        assert!(n > 0, "provision ended before pausing: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    // Wait until the clone is on disk and the process pauses, then kill it.
+    let mut child = crate::support::spawn_paused(
+        s.pgvirt
+            .command(&["vdb", "provision", "halfway", "--from", "src"]),
+        "clone",
+    );
     child.kill().expect("kill");
     child.wait().expect("reaped");
     // The next command notices and removes the half-made VDB and its clone.
@@ -273,4 +262,165 @@ fn an_empty_vdb_is_a_new_cluster() {
         "1"
     );
     s.pgvirt.ok(&["vdb", "delete", "blank"]);
+}
+
+#[test]
+fn hooks_run_with_the_vdb_details_and_delete_with_vdbs_takes_the_whole_tree() {
+    let s = Stack::new();
+    s.link("src");
+    let out = crate::support::PgDir::new("pgvirt-hooks-");
+    let record = out.path().join("hooks.log");
+    let params = s.pgvirt.dir().join("hooks.json");
+    let line = |hook: &str| {
+        format!(
+            "echo \"{hook} $PGVIRT_VDB $PGPORT $(psql -Atc 'select 1')\" >> '{}'",
+            record.display()
+        )
+    };
+    std::fs::write(
+        &params,
+        serde_json::to_string(&json!({"hooks": {
+            "configure_clone": [line("configure_clone")],
+            "pre_stop": [line("pre_stop")],
+            "post_start": [line("post_start")],
+        }}))
+        .expect("json"),
+    )
+    .expect("params");
+    let v = s.pgvirt.json(&[
+        "vdb",
+        "provision",
+        "hooked",
+        "--from",
+        "src",
+        "--params",
+        params.to_str().expect("utf-8"),
+    ]);
+    s.pgvirt.ok(&["vdb", "stop", "hooked"]);
+    s.pgvirt.ok(&["vdb", "start", "hooked"]);
+    let log = std::fs::read_to_string(&record).expect("hooks ran");
+    let port = v["port"].to_string();
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        vec![
+            format!("configure_clone hooked {port} 1"),
+            format!("pre_stop hooked {port} 1"),
+            format!("post_start hooked {port} 1"),
+        ]
+    );
+    // A failing hook stops the workflow and says which hook.
+    std::fs::write(
+        &params,
+        r#"{"hooks": {"configure_clone": ["echo nope >&2; exit 7"]}}"#,
+    )
+    .expect("params");
+    let err = s.pgvirt.fails(&[
+        "vdb",
+        "provision",
+        "bad",
+        "--from",
+        "src",
+        "--params",
+        params.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        err.contains("configure_clone hook #1") && err.contains("nope"),
+        "{err}"
+    );
+    assert!(
+        s.pgvirt.fails(&["vdb", "show", "bad"]).contains("no VDB"),
+        "the failed provision left nothing"
+    );
+
+    // Deleting the dSource with its VDBs takes children of children too.
+    let snap = s.pgvirt.json(&["vdb", "snapshot", "hooked"])["id"].to_string();
+    s.pgvirt.ok(&[
+        "vdb",
+        "provision",
+        "grandchild",
+        "--from",
+        &format!("hooked@{snap}"),
+    ]);
+    let err = s.pgvirt.fails(&["dsource", "delete", "src"]);
+    assert!(err.contains("--with-vdbs"), "{err}");
+    let gone = s.pgvirt.json(&["dsource", "delete", "src", "--with-vdbs"]);
+    assert_eq!(gone["vdbs_deleted"], json!(["grandchild", "hooked"]));
+    assert_eq!(s.pgvirt.json(&["pool", "list"]), json!([]));
+}
+
+#[test]
+fn retention_keeps_the_newest_and_what_vdbs_stand_on() {
+    let s = Stack::new();
+    let first = s.link("kept")["snapshot"]["id"].to_string();
+    s.pgvirt.ok(&[
+        "vdb",
+        "provision",
+        "onfirst",
+        "--from",
+        &format!("kept@{first}"),
+    ]);
+    for _ in 0..3 {
+        s.pgvirt.ok(&["dsource", "sync", "kept"]);
+    }
+    let set = s
+        .pgvirt
+        .json(&["snapshot", "retention", "--dsource", "kept", "--keep", "1"]);
+    assert_eq!(
+        set["removed"].as_array().expect("removed").len(),
+        2,
+        "{set}"
+    );
+    let left: Vec<String> = s
+        .pgvirt
+        .json(&["snapshot", "list", "--dsource", "kept"])
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|x| x["id"].to_string())
+        .collect();
+    assert_eq!(left.len(), 2);
+    assert!(left.contains(&first), "the snapshot a VDB stands on stays");
+    s.pgvirt.ok(&["dsource", "sync", "kept"]);
+    assert_eq!(
+        s.pgvirt
+            .json(&["snapshot", "list", "--dsource", "kept"])
+            .as_array()
+            .expect("list")
+            .len(),
+        2,
+        "applied after each sync"
+    );
+}
+
+#[test]
+fn disable_stops_and_unmounts_and_enable_brings_the_vdb_back() {
+    let s = Stack::new();
+    s.link("src");
+    s.pgvirt
+        .ok(&["vdb", "provision", "toggled", "--from", "src"]);
+    s.vdb_sql(
+        "toggled",
+        "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)",
+    );
+    let v = s.pgvirt.json(&["vdb", "disable", "toggled"]);
+    assert_eq!(v["state"], json!("disabled"));
+    assert_eq!(
+        s.pgvirt.json(&["vdb", "status", "toggled"])["status"],
+        json!("INACTIVE")
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(v["mount_path"].as_str().expect("mount")),
+        "unmounted"
+    );
+    s.pgvirt.ok(&["vdb", "enable", "toggled"]);
+    assert_eq!(
+        s.pgvirt.json(&["vdb", "status", "toggled"])["status"],
+        json!("ACTIVE")
+    );
+    assert_eq!(
+        s.vdb_sql("toggled", "SELECT x FROM kept"),
+        "42",
+        "the data survived"
+    );
 }

@@ -208,8 +208,13 @@ enum DsourceCmd {
     Enable { name: String },
     /// Stop staging and unmount.
     Disable { name: String },
-    /// Delete (refused while VDBs depend on its snapshots).
-    Delete { name: String },
+    /// Delete (refused while VDBs depend on its snapshots, unless --with-vdbs).
+    Delete {
+        name: String,
+        /// Delete the VDBs provisioned from it (and their children) first.
+        #[arg(long)]
+        with_vdbs: bool,
+    },
     /// State, replication health and the last snapshot.
     Show { name: String },
     /// All dSources.
@@ -224,6 +229,20 @@ enum SnapshotCmd {
         dsource: Option<String>,
         #[arg(long)]
         vdb: Option<String>,
+    },
+    /// Set how many snapshots a dSource or VDB keeps (applied after each
+    /// sync or snapshot; never one that a VDB or timeflow stands on).
+    Retention {
+        #[arg(long, conflicts_with = "vdb")]
+        dsource: Option<String>,
+        #[arg(long)]
+        vdb: Option<String>,
+        /// Keep the newest N snapshots.
+        #[arg(long)]
+        keep: Option<u32>,
+        /// Keep snapshots younger than D days.
+        #[arg(long)]
+        days: Option<u32>,
     },
 }
 
@@ -526,6 +545,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = open_store()?;
             dsource_cmd(cmd, &out, &store)
         }
+        Command::Snapshot(SnapshotCmd::Retention {
+            dsource,
+            vdb,
+            keep,
+            days,
+        }) => {
+            let store = open_store()?;
+            let (kind, id, name) = match (dsource, vdb) {
+                (Some(d), _) => ("dsource", dsource::get(&store, &d)?.id, d),
+                (_, Some(v)) => ("vdb", vdb::get(&store, &v)?.id, v),
+                _ => return Err(Error::usage("name a --dsource or a --vdb").into()),
+            };
+            if keep.is_none() && days.is_none() {
+                return Err(Error::usage("give --keep N, --days D, or both").into());
+            }
+            timeflow::set_retention(&store, kind, id, keep, days)?;
+            let removed = timeflow::apply_retention(&store, &Pool::open(&store)?, kind, id)?;
+            out.message(
+                &format!("{kind} {name}: keeping {keep:?} snapshots / {days:?} days; removed {removed:?}"),
+                json!({"removed": removed}),
+            )
+        }
         Command::Snapshot(SnapshotCmd::List { dsource, vdb }) => {
             let store = open_store()?;
             let list = snapshot_list(&store, dsource.as_deref(), vdb.as_deref())?;
@@ -728,7 +769,16 @@ fn linked_params(p: &LinkedParams, store: &Store, source: &str) -> anyhow::Resul
 
 fn dsource_cmd(cmd: DsourceCmd, out: &Out, store: &Store) -> anyhow::Result<()> {
     if let DsourceCmd::List = cmd {
-        return out.dsources(&dsource::list(store)?);
+        let list = dsource::list(store)?;
+        if list.is_empty() {
+            return out.dsources(&list);
+        }
+        let connector = registry::open(store, None)?;
+        let masked: Vec<_> = list
+            .iter()
+            .map(|d| dsource::masked(d, &connector))
+            .collect();
+        return out.dsources(&masked);
     }
     let connector = registry::open(store, None)?;
     recover(store, &connector)?;
@@ -785,10 +835,15 @@ fn dsource_cmd(cmd: DsourceCmd, out: &Out, store: &Store) -> anyhow::Result<()> 
                 serde_json::to_value(dsource::masked(&d, &connector))?,
             )
         }
-        DsourceCmd::Delete { name } => {
-            dsource::delete(store, &connector, &name)
+        DsourceCmd::Delete { name, with_vdbs } => {
+            let vdbs = dsource::delete(store, &connector, &name, with_vdbs)
                 .with_context(|| format!("deleting dSource {name}"))?;
-            out.message(&format!("dSource {name} deleted"), json!({"deleted": name}))
+            let text = if vdbs.is_empty() {
+                format!("dSource {name} deleted")
+            } else {
+                format!("dSource {name} deleted, with VDBs {}", vdbs.join(", "))
+            };
+            out.message(&text, json!({"deleted": name, "vdbs_deleted": vdbs}))
         }
         DsourceCmd::Show { name } => {
             let shown = dsource::show(store, &connector, &name)?;
@@ -850,12 +905,18 @@ fn virtual_params(p: &VirtualParams) -> anyhow::Result<Value> {
 
 fn vdb_cmd(cmd: VdbCmd, out: &Out, store: &Store) -> anyhow::Result<()> {
     if let VdbCmd::List = cmd {
-        return out.vdbs(&vdb::list(store)?);
+        let list = vdb::list(store)?;
+        if list.is_empty() {
+            return out.vdbs(&list);
+        }
+        let connector = registry::open(store, None)?;
+        let masked: Vec<_> = list.iter().map(|v| vdb::masked(v, &connector)).collect();
+        return out.vdbs(&masked);
     }
     let connector = registry::open(store, None)?;
     recover(store, &connector)?;
     let shown = |v: &vdb::Vdb, what: &str| -> anyhow::Result<()> {
-        let mut value = serde_json::to_value(v)?;
+        let mut value = serde_json::to_value(vdb::masked(v, &connector))?;
         value["connection"] = json!(v.connection_string());
         out.message(
             &format!("VDB {} {what}: {}", v.name, v.connection_string()),

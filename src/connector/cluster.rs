@@ -113,6 +113,15 @@ echo "--- last lines of $LOG_FILE" >&2; tail -n 20 -- "$LOG_FILE" >&2; exit $rc
         }
     }
 
+    /// Bytes of the data directory on disk.
+    pub fn data_size(&self, platform: &Platform) -> Result<u64, OperationError> {
+        let out = platform.run_ok(
+            &format!("measuring {}", self.data_dir),
+            &self.request(r#"du -sb -- "$PGDATA_DIR" | cut -f1"#, Vec::new()),
+        )?;
+        Ok(out.stdout.trim().parse().unwrap_or(0))
+    }
+
     /// Stops the cluster (fast shutdown) if it runs.
     pub fn stop(&self, platform: &Platform) -> Result<(), OperationError> {
         if !self.is_running(platform)? {
@@ -152,6 +161,14 @@ echo "--- last lines of $LOG_FILE" >&2; tail -n 20 -- "$LOG_FILE" >&2; exit $rc
         let out = platform.run_ok(what, &self.request(&command, extra))?;
         Ok(out.stdout)
     }
+}
+
+/// The name of the WAL segment file holding byte position `lsn`.
+pub fn segment_file(timeline: u64, lsn: u64, segment_size: u64) -> String {
+    let size = segment_size.max(1);
+    let segno = lsn / size;
+    let per_id = 0x1_0000_0000 / size;
+    format!("{timeline:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
 }
 
 /// Exits 0 when the postmaster of `$PGDATA_DIR` runs (and is no zombie).

@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::cluster::{Cluster, ClusterConfig};
-use super::platform::{field, str_field, Platform};
+use super::platform::{field, request, str_field, Platform};
 use super::source::Source;
-use crate::abi::{CommandRequest, OperationError};
+use crate::abi::OperationError;
 
 /// The staging side of one dSource, from an operation's input.
 struct Staging {
@@ -274,27 +274,9 @@ pub fn worker(platform: &Platform, input: &Value) -> Result<Value, OperationErro
 
 /// `linked.source_size`: bytes of all databases on staging.
 pub fn source_size(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
-    let staging = Staging::from_input(input)?;
-    let out = platform.run_ok(
-        "measuring the staging data directory",
-        &request(
-            r#"du -sb -- "$DIR" | cut -f1"#,
-            &[("DIR", staging.cluster.data_dir.clone())],
-        ),
-    )?;
-    let bytes: u64 = out.stdout.trim().parse().unwrap_or(0);
-    Ok(json!(bytes))
-}
-
-fn request(command: &str, vars: &[(&str, String)]) -> CommandRequest {
-    CommandRequest {
-        command: command.to_owned(),
-        variables: vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect(),
-        ..CommandRequest::default()
-    }
+    Ok(json!(Staging::from_input(input)?
+        .cluster
+        .data_size(platform)?))
 }
 
 /// Whether the data directory holds a cluster.
@@ -390,7 +372,14 @@ fn ingest_files(
             })?;
             basebackup(platform, staging, source)
         }
-        _ => {
+        method => {
+            if method == "backup_streaming" && staging.creates_slot() {
+                if let (Some(source), Some(slot)) = (source, staging.slot()) {
+                    // pg_basebackup -C makes the slot for the engine's own
+                    // backup; for the customer's, make it here.
+                    source.create_slot(&slot)?;
+                }
+            }
             let backup = staging
                 .params
                 .get("backup_path")
@@ -770,6 +759,13 @@ SELECT json_build_object('stop_lsn', lsn::text, 'labelfile', labelfile, 'spcmapf
         facts["databases"] = json!([]);
     }
     let spcmap = stop["spcmapfile"].as_str().unwrap_or_default().to_owned();
+    if staging.method() == "backup_log_shipping" {
+        let segment_size = facts["wal_segment_size"]
+            .as_u64()
+            .unwrap_or(16 * 1024 * 1024);
+        let replayed = facts["replayed_lsn"].as_str().unwrap_or("").to_owned();
+        keep_archived_wal(platform, staging, &labelfile, &replayed, segment_size)?;
+    }
     let write = r#"
 set -eu
 umask 077
@@ -799,6 +795,66 @@ sync -f "$FILES/snapshot.json" 2>/dev/null || sync
         return Err(e);
     }
     Ok(json!({"replayed_lsn": facts["replayed_lsn"], "stop_lsn": facts["stop_lsn"]}))
+}
+
+/// A standby restoring from an archive does not keep what it restored in
+/// pg_wal. Copy the segments a clone needs (from the backup's start to the
+/// replayed LSN) from the archive into `pgvirt/wal/`, inside the snapshot,
+/// so a VDB recovers from its own copy and never reads the archive.
+fn keep_archived_wal(
+    platform: &Platform,
+    staging: &Staging,
+    label: &str,
+    replayed: &str,
+    segment_size: u64,
+) -> Result<(), OperationError> {
+    let first = label
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+        .and_then(|l| l.split("(file ").nth(1))
+        .map(|f| f.trim_end_matches(')').to_owned())
+        .unwrap_or_default();
+    let archive = staging
+        .params
+        .get("wal_archive_path")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let timeline = first
+        .get(..8)
+        .and_then(|t| u64::from_str_radix(t, 16).ok())
+        .unwrap_or(1);
+    let last = parse_lsn(replayed)
+        .map(|pos| super::cluster::segment_file(timeline, pos, segment_size))
+        .unwrap_or_default();
+    let script = r#"
+set -eu
+umask 077
+mkdir -p -- "$FILES/wal"
+for f in "$ARCHIVE"/*; do
+  name=$(basename -- "$f")
+  case $name in
+    *.history) cp -- "$f" "$FILES/wal/$name" ;;
+    [0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F])
+      if [[ ! "$name" < "$FIRST" ]] && [[ ! "$name" > "$LAST" ]] && [ ! -f "$FILES/wal/$name" ]; then
+        cp -- "$f" "$FILES/wal/$name"
+      fi ;;
+  esac
+done
+"#;
+    platform.run_ok(
+        "keeping the archived WAL the snapshot needs",
+        &request(
+            script,
+            &[
+                ("FILES", staging.files()),
+                ("ARCHIVE", archive),
+                ("FIRST", first),
+                ("LAST", last),
+            ],
+        ),
+    )?;
+    Ok(())
 }
 
 /// `KEY: value` lines of a backup label.

@@ -141,3 +141,15 @@ pub fn str_field<'a>(object: &'a Value, name: &str, what: &str) -> Result<&'a st
         OperationError::new("invalid_input", format!("{what} has no string `{name}`"))
     })
 }
+
+/// A command request: bash source and its variables.
+pub fn request(command: &str, vars: &[(&str, String)]) -> CommandRequest {
+    CommandRequest {
+        command: command.to_owned(),
+        variables: vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+        ..CommandRequest::default()
+    }
+}

@@ -150,6 +150,18 @@ impl Source {
         Ok(())
     }
 
+    /// Creates a physical replication slot that reserves WAL from now on.
+    pub fn create_slot(&self, slot: &str) -> Result<(), OperationError> {
+        let mut client = self.connect()?;
+        client
+            .execute(
+                "SELECT pg_create_physical_replication_slot($1, true)",
+                &[&slot],
+            )
+            .map_err(|e| self.query_err("cannot create the replication slot", e))?;
+        Ok(())
+    }
+
     /// Drops a replication slot (waiting briefly for its walsender to go).
     pub fn drop_slot(&self, slot: &str) -> Result<(), OperationError> {
         for _ in 0..50 {

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 use super::cluster::{Cluster, ClusterConfig};
 use super::linked::{conf_quote, conf_value, parse_lsn};
-use super::platform::{field, str_field, Platform};
-use crate::abi::{CommandRequest, OperationError};
+use super::platform::{field, request, str_field, Platform};
+use crate::abi::OperationError;
 
 /// The VDB side of an operation's input.
 struct Vdb {
@@ -204,17 +204,6 @@ impl Vdb {
     }
 }
 
-fn request(command: &str, vars: &[(&str, String)]) -> CommandRequest {
-    CommandRequest {
-        command: command.to_owned(),
-        variables: vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect(),
-        ..CommandRequest::default()
-    }
-}
-
 /// `virtual.mount_specification`: where the VDB's dataset goes.
 pub fn mount_specification(_platform: &Platform, input: &Value) -> Result<Value, OperationError> {
     let path = input
@@ -285,6 +274,8 @@ rm -rf pg_replslot/* 2>/dev/null || true
 rm -f -- "$FILES/pgpass"
 if [ -f "$FILES/backup_label" ]; then
   cp -- "$FILES/backup_label" backup_label
+  # WAL kept from a log-shipping archive joins the clone's own pg_wal.
+  if [ -d "$FILES/wal" ]; then cp -n -- "$FILES/wal/"* pg_wal/ 2>/dev/null || true; fi
   [ -f "$FILES/tablespace_map" ] && cp -- "$FILES/tablespace_map" tablespace_map
   # Does any WAL record follow the snapshot's LSN in this clone's WAL?
   # (pg_waldump waits seconds for a missing segment: look for it first.)
@@ -348,12 +339,9 @@ fn segment_file(snapshot: &Value, lsn: &str) -> String {
         .and_then(Value::as_u64)
         .filter(|s| *s > 0)
         .unwrap_or(16 * 1024 * 1024);
-    let Some(pos) = parse_lsn(lsn) else {
-        return String::new();
-    };
-    let segno = pos / size;
-    let per_id = 0x1_0000_0000 / size;
-    format!("{timeline:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
+    parse_lsn(lsn)
+        .map(|pos| super::cluster::segment_file(timeline, pos, size))
+        .unwrap_or_default()
 }
 
 /// Waits until the VDB has left recovery.
@@ -535,15 +523,9 @@ pub fn initialize(platform: &Platform, input: &Value) -> Result<Value, Operation
 
 /// `virtual.source_size`: bytes of the VDB's data directory.
 pub fn source_size(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
-    let vdb = Vdb::from_input(input)?;
-    let out = platform.run_ok(
-        "measuring the VDB",
-        &request(
-            r#"du -sb -- "$DIR" | cut -f1"#,
-            &[("DIR", vdb.cluster.data_dir.clone())],
-        ),
-    )?;
-    Ok(json!(out.stdout.trim().parse::<u64>().unwrap_or(0)))
+    Ok(json!(Vdb::from_input(input)?
+        .cluster
+        .data_size(platform)?))
 }
 
 /// pg_controldata's C-locale time (`Sun Nov 22 09:59:10 2026`, the

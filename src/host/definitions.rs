@@ -122,6 +122,14 @@ impl Definitions {
             .unwrap_or_else(|| self.identity(key, document))
     }
 
+    /// A copy of `document` with every password field of definition `key`
+    /// replaced by `********`, for showing.
+    pub fn masked(&self, key: &str, document: &Value) -> Value {
+        let mut doc = document.clone();
+        mask_fields(&mut doc, &self.secret_fields(key));
+        doc
+    }
+
     /// The property names a schema marks `"format": "password"`, anywhere.
     pub fn secret_fields(&self, key: &str) -> Vec<String> {
         let mut found = Vec::new();
@@ -129,6 +137,22 @@ impl Definitions {
             collect_secrets(schema, &mut found);
         }
         found
+    }
+}
+
+fn mask_fields(value: &mut Value, secrets: &[String]) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if secrets.contains(k) {
+                    *v = Value::String("********".into());
+                } else {
+                    mask_fields(v, secrets);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| mask_fields(v, secrets)),
+        _ => {}
     }
 }
 

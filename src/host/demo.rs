@@ -307,7 +307,7 @@ printf "port = %s\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s
                 }
             }
             if dsource::find(&self.store, "shop")?.is_some() {
-                if let Err(e) = dsource::delete(&self.store, &connector, "shop") {
+                if let Err(e) = dsource::delete(&self.store, &connector, "shop", false) {
                     first_error.get_or_insert(e);
                 }
             }

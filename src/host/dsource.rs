@@ -242,6 +242,13 @@ fn sync_inner(
     let timeflow = timeflow::current(store, "dsource", d.id)?;
     let snapshot = timeflow::add_snapshot(store, timeflow.id, taken.id, &meta)?;
     hooks::run(env, d.parameters.get("hooks"), "post_sync", &hook_vars)?;
+    let removed = timeflow::apply_retention(store, pool, "dsource", d.id)?;
+    if !removed.is_empty() {
+        log::info!(
+            "retention removed snapshots {removed:?} of dSource {}",
+            d.name
+        );
+    }
     Ok(snapshot)
 }
 
@@ -321,10 +328,25 @@ pub fn disable(store: &Store, connector: &Connector, name: &str) -> Result<DSour
     get(store, name)
 }
 
-/// Deletes a dSource: refused while anything depends on its snapshots.
-pub fn delete(store: &Store, connector: &Connector, name: &str) -> Result<()> {
+/// Deletes a dSource: refused while anything depends on its snapshots,
+/// unless `with_vdbs`, which deletes the VDBs made from it first.
+pub fn delete(
+    store: &Store,
+    connector: &Connector,
+    name: &str,
+    with_vdbs: bool,
+) -> Result<Vec<String>> {
     let d = get(store, name)?;
     let pool = Pool::open(store)?;
+    let mut deleted = Vec::new();
+    if with_vdbs {
+        for v in super::vdb::list(store)?
+            .into_iter()
+            .filter(|v| v.parent_kind == "dsource" && v.parent_id == d.id)
+        {
+            deleted.extend(super::vdb::delete_tree(store, connector, &v.name)?);
+        }
+    }
     let snapshots = timeflow::snapshots(store, "dsource", d.id)?;
     let mut dependents = Vec::new();
     for s in &snapshots {
@@ -332,7 +354,7 @@ pub fn delete(store: &Store, connector: &Connector, name: &str) -> Result<()> {
     }
     if !dependents.is_empty() {
         return Err(Error::Conflict(format!(
-            "dSource {name} has snapshots that {} depend on; delete those first",
+            "dSource {name} has snapshots that {} depend on; delete those first, or pass --with-vdbs",
             dependents.join(", ")
         )));
     }
@@ -352,7 +374,7 @@ pub fn delete(store: &Store, connector: &Connector, name: &str) -> Result<()> {
         .conn()
         .execute("DELETE FROM dsources WHERE id = ?1", [d.id])
         .map_err(|e| store.err(e))?;
-    Ok(())
+    Ok(deleted)
 }
 
 /// State, replication health and the last snapshot.
@@ -387,27 +409,8 @@ pub fn show(store: &Store, connector: &Connector, name: &str) -> Result<Value> {
 /// The dSource with its secret parameters masked.
 pub fn masked(d: &DSource, connector: &Connector) -> DSource {
     let mut d = d.clone();
-    mask_secrets(
-        &mut d.parameters,
-        &connector.definitions.secret_fields("linked_source"),
-    );
+    d.parameters = connector.definitions.masked("linked_source", &d.parameters);
     d
-}
-
-fn mask_secrets(value: &mut Value, secrets: &[String]) {
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map.iter_mut() {
-                if secrets.contains(k) {
-                    *v = json!("********");
-                } else {
-                    mask_secrets(v, secrets);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| mask_secrets(v, secrets)),
-        _ => {}
-    }
 }
 
 /// A staging port must be free on this host before anything is made.

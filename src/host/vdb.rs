@@ -72,6 +72,15 @@ impl Vdb {
     }
 }
 
+/// The VDB with its secret parameters masked, for showing.
+pub fn masked(v: &Vdb, connector: &Connector) -> Vdb {
+    let mut v = v.clone();
+    v.parameters = connector
+        .definitions
+        .masked("virtual_source", &v.parameters);
+    v
+}
+
 /// Where a provision starts from: `dsource`, `vdb`, either `@<snapshot id>`.
 pub struct Origin {
     pub kind: &'static str,
@@ -524,6 +533,22 @@ pub fn delete(store: &Store, connector: &Connector, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Deletes a VDB and, first, every VDB provisioned from it (children of
+/// children too).
+pub fn delete_tree(store: &Store, connector: &Connector, name: &str) -> Result<Vec<String>> {
+    let vdb = get(store, name)?;
+    let mut deleted = Vec::new();
+    for child in list(store)?
+        .into_iter()
+        .filter(|c| c.parent_kind == "vdb" && c.parent_id == vdb.id)
+    {
+        deleted.extend(delete_tree(store, connector, &child.name)?);
+    }
+    delete(store, connector, name)?;
+    deleted.push(name.to_owned());
+    Ok(deleted)
+}
+
 /// Starts a VDB (also after its postgres crashed).
 pub fn start(store: &Store, connector: &Connector, name: &str) -> Result<Vdb> {
     let vdb = get(store, name)?;
@@ -608,6 +633,10 @@ pub fn snapshot(store: &Store, connector: &Connector, name: &str) -> Result<Snap
     let tf = timeflow::current(store, "vdb", vdb.id)?;
     let snapshot = timeflow::add_snapshot(store, tf.id, taken.id, &meta)?;
     run_hook(&env, &vdb, "post_snapshot")?;
+    let removed = timeflow::apply_retention(store, &pool, "vdb", vdb.id)?;
+    if !removed.is_empty() {
+        log::info!("retention removed snapshots {removed:?} of VDB {name}");
+    }
     Ok(snapshot)
 }
 

@@ -54,7 +54,11 @@ impl LoopFs {
             .arg(&mount)
             .output()
             .expect("mount runs");
-        assert!(out.status.success(), "mount -o loop: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mount -o loop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
             .expect("chmod");
         std::fs::set_permissions(&mount, std::fs::Permissions::from_mode(0o711)).expect("chmod");
@@ -96,4 +100,3 @@ impl Drop for LoopFs {
         let _ = &self.dir;
     }
 }
-

@@ -539,3 +539,23 @@ pub const CHECKSUM_SQL: &str =
 pub fn checksum_sql(table: &str) -> String {
     CHECKSUM_SQL.replace("{}", table)
 }
+
+/// Starts `cmd` with `PGVIRT_FAULT_PAUSE=step` and returns once it is paused
+/// inside that step (its stderr says so), ready to be killed.
+pub fn spawn_paused(mut cmd: Command, step: &str) -> std::process::Child {
+    let mut child = cmd
+        .env("PGVIRT_FAULT_PAUSE", step)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    while !seen.contains("pausing") {
+        use std::io::Read;
+        let n = stderr.read(&mut buf).expect("read");
+        assert!(n > 0, "ended before pausing in {step}: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    child
+}
