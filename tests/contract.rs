@@ -279,3 +279,37 @@ fn a_lower_version_than_the_installed_one_is_refused() {
         "the installed record is untouched"
     );
 }
+
+/// The host reaches the connector only through the loaded library: no
+/// module of the engine (or the CLI, or the boundary) names the connector.
+#[test]
+fn the_host_never_imports_connector_code() {
+    let mut stack = vec![
+        repo_root().join("src/host"),
+        repo_root().join("src/cli"),
+        repo_root().join("src/abi"),
+    ];
+    let mut checked = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                let code: String = text
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("//"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                assert!(
+                    !code.contains("crate::connector") && !code.contains("super::connector"),
+                    "{} uses connector code",
+                    path.display()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 15, "only {checked} files checked");
+}
