@@ -28,6 +28,7 @@ use super::loader::Connector;
 use super::storage::Pool;
 use super::store::{self, Store};
 use super::timeflow::{self, Snapshot};
+use super::workflow;
 
 /// A stored dSource.
 #[derive(Debug, Clone, Serialize)]
@@ -215,14 +216,18 @@ fn sync_inner(
 ) -> Result<Snapshot> {
     let platform = HostPlatform::new(env);
     let mut input = input_for(store, pool, d, config, env)?;
-    let spec = connector.invoke("linked.mount_specification", &input, platform.clone())?;
-    let path = spec
-        .pointer("/mounts/0/path")
-        .and_then(Value::as_str)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| d.mount_path.clone());
-    let path = pool.mount(store, &d.dataset, &path)?;
-    input["mount"] = json!({"path": path});
+    let path = workflow::mount_as_specified(
+        store,
+        connector,
+        pool,
+        workflow::Placement {
+            group: "linked",
+            dataset: &d.dataset,
+            fallback: &d.mount_path,
+        },
+        env,
+        &mut input,
+    )?;
     let hook_vars = hook_variables(d, &path);
     hooks::run(env, d.parameters.get("hooks"), "pre_sync", &hook_vars)?;
     input["snapshot_parameters"] = json!({"resync": resync});
@@ -297,18 +302,18 @@ pub fn enable(store: &Store, connector: &Connector, name: &str) -> Result<DSourc
     let env = environment::get(store, &d.environment)?;
     let pool = Pool::open(store)?;
     let mut input = input_for(store, &pool, &d, &config, &env)?;
-    let spec = connector.invoke(
-        "linked.mount_specification",
-        &input,
-        HostPlatform::new(&env),
+    workflow::mount_as_specified(
+        store,
+        connector,
+        &pool,
+        workflow::Placement {
+            group: "linked",
+            dataset: &d.dataset,
+            fallback: &d.mount_path,
+        },
+        &env,
+        &mut input,
     )?;
-    let path = spec
-        .pointer("/mounts/0/path")
-        .and_then(Value::as_str)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| d.mount_path.clone());
-    let path = pool.mount(store, &d.dataset, &path)?;
-    input["mount"] = json!({"path": path});
     connector.invoke("linked.start_staging", &input, HostPlatform::new(&env))?;
     set_state(store, d.id, "enabled")?;
     get(store, name)

@@ -11,7 +11,7 @@
 //! - [`timeflow`]: timeflows and snapshots with connector metadata; retention.
 //! - [`dsource`]: link, sync, enable, disable, delete dSources.
 //! - [`vdb`]: provision, start, stop, refresh, rewind, snapshot, delete VDBs.
-//! - [`hooks`]: user shell hooks around workflows.
+//! - [`hooks`]: user shell hooks around workflows; [`workflow`]: mounting per the connector's specification.
 //! - [`demo`]: the whole story on a fresh machine (`pgvirt demo`).
 //! - [`store`]: the SQLite metadata store.
 //!
@@ -33,5 +33,6 @@ pub mod storage;
 pub mod store;
 pub mod timeflow;
 pub mod vdb;
+pub mod workflow;
 
 pub use error::{Error, Problem, Result};

@@ -34,6 +34,7 @@ use super::loader::Connector;
 use super::storage::Pool;
 use super::store::{self, Store};
 use super::timeflow::{self, Snapshot};
+use super::workflow;
 
 /// Ports VDBs get when none is asked for: `PGVIRT_VDB_PORTS=first-last`.
 pub const PORTS_ENV: &str = "PGVIRT_VDB_PORTS";
@@ -356,15 +357,19 @@ fn mount(
     env: &Environment,
     input: &mut Value,
 ) -> Result<()> {
-    let spec = connector.invoke("virtual.mount_specification", input, HostPlatform::new(env))?;
-    let path = spec
-        .pointer("/mounts/0/path")
-        .and_then(Value::as_str)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| vdb.mount_path.clone());
-    let path = pool.mount(store, &vdb.dataset, &path)?;
-    input["mount"] = json!({"path": path});
-    Ok(())
+    workflow::mount_as_specified(
+        store,
+        connector,
+        pool,
+        workflow::Placement {
+            group: "virtual",
+            dataset: &vdb.dataset,
+            fallback: &vdb.mount_path,
+        },
+        env,
+        input,
+    )
+    .map(|_| ())
 }
 
 /// The input every virtual operation gets.
