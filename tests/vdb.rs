@@ -424,3 +424,52 @@ fn disable_stops_and_unmounts_and_enable_brings_the_vdb_back() {
         "the data survived"
     );
 }
+
+#[test]
+fn a_superuser_password_is_set_as_a_scram_verifier_and_never_shown() {
+    let s = Stack::new();
+    s.link("src");
+    let params = s.pgvirt.dir().join("pw.json");
+    std::fs::write(&params, r#"{"superuser_password": "Vdb-Secret-77"}"#).expect("params");
+    let out = s
+        .pgvirt
+        .command(&[
+            "vdb",
+            "provision",
+            "locked",
+            "--from",
+            "src",
+            "--params",
+            params.to_str().expect("utf-8"),
+            "--output",
+            "json",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!shown.contains("Vdb-Secret-77"), "{shown}");
+    let v = s.pgvirt.json(&["vdb", "show", "locked"]);
+    assert_eq!(v["parameters"]["superuser_password"], json!("********"));
+    assert_eq!(
+        s.vdb_sql(
+            "locked",
+            "SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = 'postgres'"
+        ),
+        "t"
+    );
+    let mount = v["mount_path"].as_str().expect("mount");
+    let log = std::fs::read_to_string(format!("{mount}/pgvirt/postgres.log")).unwrap_or_default();
+    assert!(
+        !log.contains("Vdb-Secret-77"),
+        "the server log holds the password"
+    );
+}
