@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use pgvirt::host::definitions::Definitions;
-use pgvirt::host::package::PLUGIN_SCHEMA;
+use pgvirt::host::connectors::definitions::Definitions;
+use pgvirt::host::connectors::package::PLUGIN_SCHEMA;
 use serde_json::{json, Value};
 
 use crate::support::{connector_copy, edit_json, repo_root, Pgvirt};
@@ -51,7 +51,7 @@ fn problems(defs: &Definitions, definition: &str, doc: &Value) -> Vec<String> {
         let v = jsonschema::draft7::new(&schema).expect("compiles");
         return v
             .iter_errors(doc)
-            .map(|e| pgvirt::host::definitions::problem("doc", &e).at)
+            .map(|e| pgvirt::host::connectors::definitions::problem("doc", &e).at)
             .collect();
     }
     defs.problems(definition, doc, "doc")

@@ -298,7 +298,7 @@ fn mount_paths_are_validated_and_bind_mounts_come_and_go() {
 #[test]
 fn retention_keeps_snapshots_with_dependents() {
     use pgvirt::host::storage::Pool;
-    use pgvirt::host::{store::Store, timeflow};
+    use pgvirt::host::{lifecycle::timeflow, store::Store};
     let dir = PoolDir::new();
     let p = pool_on(dir.pool().parent().expect("parent"));
     p.json(&["pool", "dataset", "create", "src", "--owner", "postgres"]);

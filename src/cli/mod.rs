@@ -1,6 +1,7 @@
 //! The `pgvirt` command line: parse, open the store, call the engine, print.
 //! Every command is a thin wrapper around an operation in [`crate::host`].
 
+mod demo;
 mod output;
 
 use std::path::{Path, PathBuf};
@@ -9,11 +10,12 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
+use crate::host::connectors::{package::Package, registry};
+use crate::host::environments as environment;
+use crate::host::lifecycle::{discovery as inventory, dsource, timeflow, vdb};
 use crate::host::storage::{Backend, Pool};
 use crate::host::store::{Store, STORE_ENV};
-use crate::host::{
-    demo, dsource, environment, inventory, package::Package, registry, timeflow, vdb, Error,
-};
+use crate::host::Error;
 use output::{Format, Out};
 
 #[derive(Parser, Debug)]
@@ -854,7 +856,10 @@ fn dsource_cmd(cmd: DsourceCmd, out: &Out, store: &Store) -> anyhow::Result<()> 
 }
 
 /// Cleans up after interrupted links and provisions before a new command.
-fn recover(store: &Store, connector: &crate::host::loader::Connector) -> anyhow::Result<()> {
+fn recover(
+    store: &Store,
+    connector: &crate::host::connectors::loader::Connector,
+) -> anyhow::Result<()> {
     if store.setting("pool.path")?.is_some() {
         vdb::recover(store, connector).context("cleaning up interrupted provisions")?;
         dsource::recover(store, connector).context("cleaning up interrupted links")?;

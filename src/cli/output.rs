@@ -4,14 +4,14 @@ use comfy_table::{presets::NOTHING, Table};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::host::dsource::DSource;
-use crate::host::environment::Environment;
-use crate::host::inventory::{Repository, SourceConfig};
-use crate::host::package::Package;
-use crate::host::registry::Installed;
+use crate::host::connectors::package::Package;
+use crate::host::connectors::registry::Installed;
+use crate::host::environments::Environment;
+use crate::host::lifecycle::discovery::{Repository, SourceConfig};
+use crate::host::lifecycle::dsource::DSource;
+use crate::host::lifecycle::vdb::Vdb;
 use crate::host::storage::DatasetInfo;
 use crate::host::store::display_time;
-use crate::host::vdb::Vdb;
 use crate::host::Problem;
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -26,10 +26,10 @@ use serde::Serialize;
 pub use backend::Backend;
 pub use space::Space;
 
-use super::environment::OsUser;
-use super::error::{Error, Result};
-use super::files;
-use super::store::{self, Store};
+use crate::host::environments::OsUser;
+use crate::host::error::{Error, Result};
+use crate::host::files;
+use crate::host::store::{self, Store};
 
 /// Set to `clone` (or `snapshot`, `create`) to make that step pause for 60 s
 /// after writing and before it is recorded as done: the crash-safety tests

@@ -13,12 +13,12 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RResult, RStr};
 use serde_json::Value;
 
-use super::definitions::Definitions;
-use super::environment::HostPlatform;
-use super::error::{Error, Result};
-use super::package::Manifest;
 use crate::abi::operations::{OperationId, Output, DEFINITIONS};
 use crate::abi::{ConnectorModRef, OperationError, Platform_TO, ABI_VERSION, HANDSHAKE_SYMBOL};
+use crate::host::connectors::definitions::Definitions;
+use crate::host::connectors::manifest::Manifest;
+use crate::host::environments::HostPlatform;
+use crate::host::error::{Error, Result};
 
 /// Reads the ABI version a library was built for, without trusting anything
 /// else in it.

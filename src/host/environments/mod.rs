@@ -20,10 +20,10 @@ use rusqlite::params;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::error::{Error, ProcessError, Result};
-use super::files;
-use super::store::{self, Store};
 use crate::abi::{level, CommandOutput, CommandRequest, Platform};
+use crate::host::error::{Error, ProcessError, Result};
+use crate::host::files;
+use crate::host::store::{self, Store};
 
 /// Variables passed from pgvirt's own environment to every command.
 const PASSED_THROUGH: [&str; 4] = ["PGVIRT_PG_PATH", "PGVIRT_PGDATA_PATH", "TZ", "LANG"];

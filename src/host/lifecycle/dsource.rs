@@ -20,15 +20,15 @@ use rusqlite::params;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::environment::{self, Environment, HostPlatform};
-use super::error::{Error, Result};
-use super::hooks;
-use super::inventory::{self, SourceConfig};
-use super::loader::Connector;
-use super::storage::Pool;
-use super::store::{self, Store};
-use super::timeflow::{self, Snapshot};
-use super::workflow;
+use crate::host::connectors::loader::Connector;
+use crate::host::environments::{self, Environment, HostPlatform};
+use crate::host::error::{Error, Result};
+use crate::host::lifecycle::discovery::{self, SourceConfig};
+use crate::host::lifecycle::hooks;
+use crate::host::lifecycle::placement;
+use crate::host::lifecycle::timeflow::{self, Snapshot};
+use crate::host::storage::Pool;
+use crate::host::store::{self, Store};
 
 /// A stored dSource.
 #[derive(Debug, Clone, Serialize)]
@@ -65,15 +65,15 @@ pub fn link(
     connector: &Connector,
     request: LinkRequest<'_>,
 ) -> Result<(DSource, Snapshot)> {
-    environment::check_name(request.name, "dSource name")?;
+    environments::check_name(request.name, "dSource name")?;
     if find(store, request.name)?.is_some() {
         return Err(Error::Conflict(format!(
             "dSource {:?} exists already",
             request.name
         )));
     }
-    let config = inventory::find_source_config(store, request.source_config)?;
-    let env = environment::get(store, request.environment.unwrap_or(&config.environment))?;
+    let config = discovery::find_source_config(store, request.source_config)?;
+    let env = environments::get(store, request.environment.unwrap_or(&config.environment))?;
     connector.definitions.validate(
         "linked_source",
         &request.parameters,
@@ -143,12 +143,12 @@ pub fn recover(store: &Store, connector: &Connector) -> Result<Vec<String>> {
         .map_err(|e| store.err(e))?;
     let mut cleaned = Vec::new();
     for (name, pid) in rows {
-        if pid.is_some_and(super::storage::process_alive) {
+        if pid.is_some_and(crate::host::storage::process_alive) {
             continue;
         }
         let d = get(store, &name)?;
-        let config = inventory::find_source_config(store, &d.source_config_id.to_string())?;
-        let env = environment::get(store, &d.environment)?;
+        let config = discovery::find_source_config(store, &d.source_config_id.to_string())?;
+        let env = environments::get(store, &d.environment)?;
         let pool = Pool::open(store)?;
         undo_link(store, connector, &pool, &d, &config, &env);
         log::warn!("removed dSource {name}, left half-made by an interrupted link");
@@ -194,8 +194,8 @@ pub fn sync(store: &Store, connector: &Connector, name: &str, resync: bool) -> R
             d.state
         )));
     }
-    let config = inventory::find_source_config(store, &d.source_config_id.to_string())?;
-    let env = environment::get(store, &d.environment)?;
+    let config = discovery::find_source_config(store, &d.source_config_id.to_string())?;
+    let env = environments::get(store, &d.environment)?;
     let pool = Pool::open(store)?;
     if resync {
         // A resync starts a new timeflow; the old snapshots stay until
@@ -216,11 +216,11 @@ fn sync_inner(
 ) -> Result<Snapshot> {
     let platform = HostPlatform::new(env);
     let mut input = input_for(store, pool, d, config, env)?;
-    let path = workflow::mount_as_specified(
+    let path = placement::mount_as_specified(
         store,
         connector,
         pool,
-        workflow::Placement {
+        placement::Placement {
             group: "linked",
             dataset: &d.dataset,
             fallback: &d.mount_path,
@@ -275,7 +275,7 @@ fn input_for(
     config: &SourceConfig,
     env: &Environment,
 ) -> Result<Value> {
-    let repository = inventory::repositories(store, Some(&config.environment))?
+    let repository = discovery::repositories(store, Some(&config.environment))?
         .into_iter()
         .find(|r| r.id == config.repository_id)
         .ok_or_else(|| {
@@ -298,15 +298,15 @@ fn input_for(
 /// Enables a disabled dSource: mount and start staging.
 pub fn enable(store: &Store, connector: &Connector, name: &str) -> Result<DSource> {
     let d = get(store, name)?;
-    let config = inventory::find_source_config(store, &d.source_config_id.to_string())?;
-    let env = environment::get(store, &d.environment)?;
+    let config = discovery::find_source_config(store, &d.source_config_id.to_string())?;
+    let env = environments::get(store, &d.environment)?;
     let pool = Pool::open(store)?;
     let mut input = input_for(store, &pool, &d, &config, &env)?;
-    workflow::mount_as_specified(
+    placement::mount_as_specified(
         store,
         connector,
         &pool,
-        workflow::Placement {
+        placement::Placement {
             group: "linked",
             dataset: &d.dataset,
             fallback: &d.mount_path,
@@ -322,8 +322,8 @@ pub fn enable(store: &Store, connector: &Connector, name: &str) -> Result<DSourc
 /// Disables a dSource: stop staging and unmount.
 pub fn disable(store: &Store, connector: &Connector, name: &str) -> Result<DSource> {
     let d = get(store, name)?;
-    let config = inventory::find_source_config(store, &d.source_config_id.to_string())?;
-    let env = environment::get(store, &d.environment)?;
+    let config = discovery::find_source_config(store, &d.source_config_id.to_string())?;
+    let env = environments::get(store, &d.environment)?;
     let pool = Pool::open(store)?;
     let mut input = input_for(store, &pool, &d, &config, &env)?;
     input["purpose"] = json!("disable");
@@ -345,11 +345,13 @@ pub fn delete(
     let pool = Pool::open(store)?;
     let mut deleted = Vec::new();
     if with_vdbs {
-        for v in super::vdb::list(store)?
+        for v in crate::host::lifecycle::vdb::list(store)?
             .into_iter()
             .filter(|v| v.parent_kind == "dsource" && v.parent_id == d.id)
         {
-            deleted.extend(super::vdb::delete_tree(store, connector, &v.name)?);
+            deleted.extend(crate::host::lifecycle::vdb::delete_tree(
+                store, connector, &v.name,
+            )?);
         }
     }
     let snapshots = timeflow::snapshots(store, "dsource", d.id)?;
@@ -363,8 +365,8 @@ pub fn delete(
             dependents.join(", ")
         )));
     }
-    let config = inventory::find_source_config(store, &d.source_config_id.to_string())?;
-    let env = environment::get(store, &d.environment)?;
+    let config = discovery::find_source_config(store, &d.source_config_id.to_string())?;
+    let env = environments::get(store, &d.environment)?;
     let mut input = input_for(store, &pool, &d, &config, &env)?;
     input["purpose"] = json!("delete");
     connector.invoke("linked.stop_staging", &input, HostPlatform::new(&env))?;
@@ -385,8 +387,8 @@ pub fn delete(
 /// State, replication health and the last snapshot.
 pub fn show(store: &Store, connector: &Connector, name: &str) -> Result<Value> {
     let d = get(store, name)?;
-    let config = inventory::find_source_config(store, &d.source_config_id.to_string())?;
-    let env = environment::get(store, &d.environment)?;
+    let config = discovery::find_source_config(store, &d.source_config_id.to_string())?;
+    let env = environments::get(store, &d.environment)?;
     let pool = Pool::open(store)?;
     let input = input_for(store, &pool, &d, &config, &env)?;
     let status = connector

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::environment::Environment;
-use super::error::{Error, ProcessError, Result};
 use crate::abi::CommandRequest;
+use crate::host::environments::Environment;
+use crate::host::error::{Error, ProcessError, Result};
 
 /// Runs the commands of hook `name` in `hooks` (a JSON object of arrays),
 /// in order; the first failure stops the workflow with the hook's output.

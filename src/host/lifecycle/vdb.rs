@@ -25,16 +25,16 @@ use rusqlite::params;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::dsource;
-use super::environment::{self, Environment, HostPlatform};
-use super::error::{Error, Result};
-use super::hooks;
-use super::inventory;
-use super::loader::Connector;
-use super::storage::Pool;
-use super::store::{self, Store};
-use super::timeflow::{self, Snapshot};
-use super::workflow;
+use crate::host::connectors::loader::Connector;
+use crate::host::environments::{self, Environment, HostPlatform};
+use crate::host::error::{Error, Result};
+use crate::host::lifecycle::discovery;
+use crate::host::lifecycle::dsource;
+use crate::host::lifecycle::hooks;
+use crate::host::lifecycle::placement;
+use crate::host::lifecycle::timeflow::{self, Snapshot};
+use crate::host::storage::Pool;
+use crate::host::store::{self, Store};
 
 /// Ports VDBs get when none is asked for: `PGVIRT_VDB_PORTS=first-last`.
 pub const PORTS_ENV: &str = "PGVIRT_VDB_PORTS";
@@ -225,7 +225,7 @@ fn create(
     req: ProvisionRequest<'_>,
     origin: Option<Origin>,
 ) -> Result<Vdb> {
-    environment::check_name(req.name, "VDB name")?;
+    environments::check_name(req.name, "VDB name")?;
     if find(store, req.name)?.is_some() || dsource::find(store, req.name)?.is_some() {
         return Err(Error::Conflict(format!(
             "a dSource or VDB named {:?} exists already",
@@ -249,7 +249,7 @@ fn create(
         .or_else(|| req.parameters.get("environment").and_then(Value::as_str))
         .map(str::to_owned)
         .map_or_else(|| default_environment(store, origin.as_ref()), Ok)?;
-    let env = environment::get(store, &env_name)?;
+    let env = environments::get(store, &env_name)?;
     let pool = Pool::open(store)?;
     let mount_path = match req.parameters.get("mount_path").and_then(Value::as_str) {
         Some(p) => PathBuf::from(p),
@@ -324,11 +324,11 @@ pub fn recover(store: &Store, connector: &Connector) -> Result<Vec<String>> {
         .map_err(|e| store.err(e))?;
     let mut cleaned = Vec::new();
     for (name, pid) in rows {
-        if pid.is_some_and(super::storage::process_alive) {
+        if pid.is_some_and(crate::host::storage::process_alive) {
             continue;
         }
         let vdb = get(store, &name)?;
-        let env = environment::get(store, &vdb.environment)?;
+        let env = environments::get(store, &vdb.environment)?;
         let pool = Pool::open(store)?;
         destroy(store, connector, &pool, &name, &env);
         log::warn!("removed VDB {name}, left half-made by an interrupted provision");
@@ -341,7 +341,7 @@ fn default_environment(store: &Store, origin: Option<&Origin>) -> Result<String>
     match origin {
         Some(o) if o.kind == "dsource" => Ok(dsource::get(store, &o.name)?.environment),
         Some(o) => Ok(get(store, &o.name)?.environment),
-        None => match environment::list(store)?.as_slice() {
+        None => match environments::list(store)?.as_slice() {
             [one] => Ok(one.name.clone()),
             _ => Err(Error::usage("name the environment with --env")),
         },
@@ -357,11 +357,11 @@ fn mount(
     env: &Environment,
     input: &mut Value,
 ) -> Result<()> {
-    workflow::mount_as_specified(
+    placement::mount_as_specified(
         store,
         connector,
         pool,
-        workflow::Placement {
+        placement::Placement {
             group: "virtual",
             dataset: &vdb.dataset,
             fallback: &vdb.mount_path,
@@ -374,7 +374,7 @@ fn mount(
 
 /// The input every virtual operation gets.
 fn input_for(store: &Store, pool: &Pool, vdb: &Vdb, env: &Environment) -> Result<Value> {
-    let repository = inventory::repositories(store, Some(&env.name))?
+    let repository = discovery::repositories(store, Some(&env.name))?
         .into_iter()
         .filter(|r| r.state == "present")
         .find(|r| {
@@ -522,7 +522,7 @@ pub fn delete(store: &Store, connector: &Connector, name: &str) -> Result<()> {
             dependents.join(", ")
         )));
     }
-    let env = environment::get(store, &vdb.environment)?;
+    let env = environments::get(store, &vdb.environment)?;
     run_hook(&env, &vdb, "pre_stop")?;
     let input = input_for(store, &pool, &vdb, &env)?;
     connector.invoke("virtual.unconfigure", &input, HostPlatform::new(&env))?;
@@ -557,7 +557,7 @@ pub fn delete_tree(store: &Store, connector: &Connector, name: &str) -> Result<V
 /// Starts a VDB (also after its postgres crashed).
 pub fn start(store: &Store, connector: &Connector, name: &str) -> Result<Vdb> {
     let vdb = get(store, name)?;
-    let env = environment::get(store, &vdb.environment)?;
+    let env = environments::get(store, &vdb.environment)?;
     let pool = Pool::open(store)?;
     run_hook(&env, &vdb, "pre_start")?;
     let mut input = input_for(store, &pool, &vdb, &env)?;
@@ -571,7 +571,7 @@ pub fn start(store: &Store, connector: &Connector, name: &str) -> Result<Vdb> {
 /// Stops a VDB.
 pub fn stop(store: &Store, connector: &Connector, name: &str) -> Result<Vdb> {
     let vdb = get(store, name)?;
-    let env = environment::get(store, &vdb.environment)?;
+    let env = environments::get(store, &vdb.environment)?;
     run_hook(&env, &vdb, "pre_stop")?;
     let pool = Pool::open(store)?;
     let input = input_for(store, &pool, &vdb, &env)?;
@@ -585,7 +585,7 @@ pub fn stop(store: &Store, connector: &Connector, name: &str) -> Result<Vdb> {
 /// ACTIVE or INACTIVE, as the connector sees it now.
 pub fn status(store: &Store, connector: &Connector, name: &str) -> Result<String> {
     let vdb = get(store, name)?;
-    let env = environment::get(store, &vdb.environment)?;
+    let env = environments::get(store, &vdb.environment)?;
     let pool = Pool::open(store)?;
     let input = input_for(store, &pool, &vdb, &env)?;
     let out = connector.invoke("virtual.status", &input, HostPlatform::new(&env))?;
@@ -595,7 +595,7 @@ pub fn status(store: &Store, connector: &Connector, name: &str) -> Result<String
 /// Enables a disabled VDB: if INACTIVE, mount and reconfigure.
 pub fn enable(store: &Store, connector: &Connector, name: &str) -> Result<Vdb> {
     let vdb = get(store, name)?;
-    let env = environment::get(store, &vdb.environment)?;
+    let env = environments::get(store, &vdb.environment)?;
     if status(store, connector, name)? == "INACTIVE" {
         let pool = Pool::open(store)?;
         let mut input = input_for(store, &pool, &vdb, &env)?;
@@ -610,7 +610,7 @@ pub fn enable(store: &Store, connector: &Connector, name: &str) -> Result<Vdb> {
 /// Disables a VDB: unconfigure (stop) and unmount.
 pub fn disable(store: &Store, connector: &Connector, name: &str) -> Result<Vdb> {
     let vdb = get(store, name)?;
-    let env = environment::get(store, &vdb.environment)?;
+    let env = environments::get(store, &vdb.environment)?;
     let pool = Pool::open(store)?;
     let input = input_for(store, &pool, &vdb, &env)?;
     connector.invoke("virtual.unconfigure", &input, HostPlatform::new(&env))?;
@@ -622,7 +622,7 @@ pub fn disable(store: &Store, connector: &Connector, name: &str) -> Result<Vdb> 
 /// Takes a snapshot of a VDB.
 pub fn snapshot(store: &Store, connector: &Connector, name: &str) -> Result<Snapshot> {
     let vdb = get(store, name)?;
-    let env = environment::get(store, &vdb.environment)?;
+    let env = environments::get(store, &vdb.environment)?;
     let pool = Pool::open(store)?;
     run_hook(&env, &vdb, "pre_snapshot")?;
     let input = input_for(store, &pool, &vdb, &env)?;
@@ -701,7 +701,7 @@ fn reclone(
     snapshot: Snapshot,
     how: &str,
 ) -> Result<Vdb> {
-    let env = environment::get(store, &vdb.environment)?;
+    let env = environments::get(store, &vdb.environment)?;
     let pool = Pool::open(store)?;
     run_hook(&env, vdb, &format!("pre_{how}"))?;
     let input = input_for(store, &pool, vdb, &env)?;

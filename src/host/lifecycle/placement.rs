@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::environment::{Environment, HostPlatform};
-use super::error::Result;
-use super::loader::Connector;
-use super::storage::Pool;
-use super::store::Store;
+use crate::host::connectors::loader::Connector;
+use crate::host::environments::{Environment, HostPlatform};
+use crate::host::error::Result;
+use crate::host::storage::Pool;
+use crate::host::store::Store;
 
 /// Which dataset to place, for which operation group, and where when the
 /// connector names no path.

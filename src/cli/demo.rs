@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::environment::{self, Environment};
-use super::error::{Error, Result};
-use super::loader::Connector;
-use super::package::Package;
-use super::storage::Pool;
-use super::store::Store;
-use super::{dsource, inventory, registry, vdb};
 use crate::abi::CommandRequest;
+use crate::host::connectors::loader::Connector;
+use crate::host::connectors::package::Package;
+use crate::host::connectors::registry;
+use crate::host::environments::{self, Environment};
+use crate::host::error::{Error, Result};
+use crate::host::lifecycle::{discovery, dsource, vdb};
+use crate::host::storage::Pool;
+use crate::host::store::Store;
 
 /// What the demo needs to know.
 pub struct DemoOptions {
@@ -58,7 +59,7 @@ pub fn run(options: &DemoOptions, step: &mut dyn FnMut(&str, Duration)) -> Resul
             dir.display()
         )));
     }
-    super::files::set_mode(&dir, 0o711)?;
+    crate::host::files::set_mode(&dir, 0o711)?;
     let mut demo = Demo {
         dir: dir.clone(),
         store: Store::open(&dir.join("pgvirt.db"))?,
@@ -143,7 +144,7 @@ impl Demo<'_> {
 
     fn bin_dir(&self) -> Result<String> {
         let env = self.env()?;
-        let repos = inventory::repositories(&self.store, Some(&env.name))?;
+        let repos = discovery::repositories(&self.store, Some(&env.name))?;
         repos
             .iter()
             .filter(|r| r.state == "present")
@@ -170,9 +171,9 @@ impl Demo<'_> {
                 "add this machine as environment `local` (OS user {user}) and discover PostgreSQL"
             ),
             |d| {
-                let env = environment::add(&d.store, "local", "local", user)?;
+                let env = environments::add(&d.store, "local", "local", user)?;
                 let connector = registry::open(&d.store, None)?;
-                inventory::refresh(&mut d.store, &connector, &env)?;
+                discovery::refresh(&mut d.store, &connector, &env)?;
                 d.env = Some(env);
                 d.bin_dir().map(|_| ())
             },
@@ -184,9 +185,9 @@ impl Demo<'_> {
         let source_id = self.timed("discover the source cluster", |d| {
             let connector = registry::open(&d.store, None)?;
             let env = d.env()?.clone();
-            inventory::refresh(&mut d.store, &connector, &env)?;
+            discovery::refresh(&mut d.store, &connector, &env)?;
             let source = d.source_dir().join("data");
-            inventory::source_configs(&d.store, Some("local"))?
+            discovery::source_configs(&d.store, Some("local"))?
                 .into_iter()
                 .find(|s| s.document["data_directory"] == json!(source))
                 .map(|s| s.id.to_string())
@@ -271,7 +272,7 @@ impl Demo<'_> {
         let user = env.user()?;
         let dir = self.source_dir();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
-        super::files::set_mode(&dir, 0o700)?;
+        crate::host::files::set_mode(&dir, 0o700)?;
         user.chown(&dir)?;
         self.source_port = free_port()?;
         env.run_ok(&CommandRequest {

@@ -14,81 +14,21 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::definitions::{check_schema, join_pointer, problem, Definitions};
-use super::error::{Error, Problem, Result};
-use super::files;
-use super::loader::{Connector, Library};
 use crate::abi::manifest::declared_operations;
 use crate::abi::ABI_VERSION;
+use crate::host::connectors::definitions::{check_schema, join_pointer, problem, Definitions};
+use crate::host::connectors::loader::{Connector, Library};
+use crate::host::connectors::manifest::Manifest;
+use crate::host::error::{Error, Problem, Result};
+use crate::host::files;
 
 /// The schema of `plugin.json`, as this host understands it.
-pub const PLUGIN_SCHEMA: &str = include_str!("../../schema/plugin.schema.json");
+pub const PLUGIN_SCHEMA: &str = include_str!("../../../schema/plugin.schema.json");
 
 /// The `format` tag of a packed `connector.json`.
 pub const BUNDLE_FORMAT: &str = "pgvirt-connector/1";
-
-/// The fields of `plugin.json` the host reads.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
-    pub id: String,
-    pub name: String,
-    #[serde(default)]
-    pub display_name: Option<String>,
-    pub version: String,
-    pub build_number: String,
-    pub abi_version: u32,
-    pub host_types: Vec<String>,
-    pub plugin_type: String,
-    pub library: String,
-    pub manual_discovery: bool,
-    pub operations: Value,
-    pub schemas: BTreeMap<String, String>,
-}
-
-impl Manifest {
-    /// The version as semver, with the build number to order equal versions.
-    pub fn version_key(&self) -> Result<(semver::Version, Vec<u64>)> {
-        let v = semver::Version::parse(&self.version).map_err(|e| {
-            Error::usage(format!(
-                "connector version {:?} is not semver: {e}",
-                self.version
-            ))
-        })?;
-        let build = self
-            .build_number
-            .split('.')
-            .map(|p| p.parse::<u64>().unwrap_or(0))
-            .collect();
-        Ok((v, build))
-    }
-
-    /// Migration ids per definition, from `operations.upgrade`.
-    pub fn migrations(&self) -> BTreeMap<String, Vec<String>> {
-        self.operations
-            .get("upgrade")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .map(|(k, ids)| {
-                        let ids = ids
-                            .as_array()
-                            .map(|a| {
-                                a.iter()
-                                    .filter_map(Value::as_str)
-                                    .map(str::to_owned)
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        (k.clone(), ids)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
 
 /// A connector package read from disk.
 pub struct Package {

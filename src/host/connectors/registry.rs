@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use rusqlite::params;
 use serde::Serialize;
 
-use super::error::{Error, Result};
-use super::files;
-use super::loader::Connector;
-use super::package::{Manifest, Package};
-use super::store::{self, Store};
+use crate::host::connectors::loader::Connector;
+use crate::host::connectors::manifest::Manifest;
+use crate::host::connectors::package::Package;
+use crate::host::error::{Error, Result};
+use crate::host::files;
+use crate::host::store::{self, Store};
 
 /// An installed connector, as stored.
 #[derive(Debug, Clone, Serialize)]

@@ -8,8 +8,8 @@ use jsonschema::error::ValidationErrorKind;
 use jsonschema::{ValidationError, Validator};
 use serde_json::Value;
 
-use super::error::{Error, Problem, Result};
 use crate::abi::operations::DEFINITIONS;
+use crate::host::error::{Error, Problem, Result};
 
 /// The six compiled definition schemas of one connector.
 pub struct Definitions {

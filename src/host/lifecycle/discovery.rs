@@ -11,10 +11,10 @@ use rusqlite::params;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::environment::{self, Environment, HostPlatform};
-use super::error::{Error, Result};
-use super::loader::Connector;
-use super::store::{self, Store};
+use crate::host::connectors::loader::Connector;
+use crate::host::environments::{self, Environment, HostPlatform};
+use crate::host::error::{Error, Result};
+use crate::host::store::{self, Store};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Repository {
@@ -266,7 +266,7 @@ pub fn add_source_config(
     repo: Option<&str>,
     document: &Value,
 ) -> Result<SourceConfig> {
-    let env = environment::get(store, env)?;
+    let env = environments::get(store, env)?;
     let repos: Vec<Repository> = repositories(store, Some(&env.name))?
         .into_iter()
         .filter(|r| r.state == "present")

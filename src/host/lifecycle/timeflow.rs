@@ -8,9 +8,9 @@ use rusqlite::params;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::error::{Error, Result};
-use super::storage::Pool;
-use super::store::{self, Store};
+use crate::host::error::{Error, Result};
+use crate::host::storage::Pool;
+use crate::host::store::{self, Store};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Timeflow {
