@@ -195,7 +195,8 @@ fn source_configs_added_by_hand_are_validated_and_removal_is_refused_while_in_us
     store
         .conn()
         .execute(
-            "INSERT INTO dsources (name, source_config_id, parameters, state, created_at) VALUES ('orders', ?1, '{}', 'enabled', 0)",
+            "INSERT INTO dsources (name, source_config_id, environment_id, parameters, state, created_at, dataset, mount_path)
+             SELECT 'orders', id, environment_id, '{}', 'enabled', 0, 'dsource-orders', '/srv/m' FROM source_configs WHERE id = ?1",
             [added["id"].as_i64().expect("id")],
         )
         .expect("insert");
@@ -219,9 +220,11 @@ fn env_add_refuses_root_unknown_users_and_duplicates() {
     assert!(p
         .fails(&["env", "add", "local", "--user", "no-such-user-xyz"])
         .contains("does not exist"));
-    assert!(p
-        .fails(&["env", "add", "ssh", "--user", "postgres"])
-        .contains("not supported"));
+    let err = p.fails(&["env", "add", "ssh", "--user", "postgres"]);
+    assert!(
+        err.contains("invalid value 'ssh'") && err.contains("possible values: local"),
+        "{err}"
+    );
     p.ok(&["env", "add", "local", "--user", "postgres"]);
     assert!(p
         .fails(&["env", "add", "local", "--user", "postgres"])

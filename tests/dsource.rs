@@ -296,9 +296,16 @@ fn a_wrong_password_is_reported_never_echoed_and_leaves_nothing() {
             "{conf} holds the password"
         );
     }
+    // The passfile is outside the staging dataset (so in no snapshot), in
+    // the environment's scratch directory, private to its user.
+    assert!(!std::path::Path::new(&format!("{mount}/pgvirt/pgpass")).exists());
+    let scratch = s.pgvirt.json(&["env", "list"])[0]["scratch"]
+        .as_str()
+        .expect("scratch")
+        .to_owned();
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(format!("{mount}/pgvirt/pgpass"))
-        .expect("passfile")
+    let mode = std::fs::metadata(format!("{scratch}/dsource-secure/pgpass"))
+        .expect("passfile in scratch")
         .permissions()
         .mode();
     assert_eq!(mode & 0o077, 0, "the passfile is private");

@@ -297,14 +297,15 @@ fn mount_paths_are_validated_and_bind_mounts_come_and_go() {
 
 #[test]
 fn retention_keeps_snapshots_with_dependents() {
-    use pgvirt::host::storage::Pool;
-    use pgvirt::host::{lifecycle::timeflow, store::Store};
+    use pgvirt::host::lifecycle::timeflow::{self, ContainerKind::Dsource};
+    use pgvirt::host::storage::{Owned, Pool};
+    use pgvirt::host::store::Store;
     let dir = PoolDir::new();
     let p = pool_on(dir.pool().parent().expect("parent"));
     p.json(&["pool", "dataset", "create", "src", "--owner", "postgres"]);
     let store = Store::open(&p.store()).expect("store");
     let pool = Pool::open(&store).expect("pool");
-    let tf = timeflow::create(&store, "dsource", 1, None).expect("timeflow");
+    let tf = timeflow::create(&store, Dsource, 1, None, "src").expect("timeflow");
     let mut ids = Vec::new();
     for i in 0..4 {
         let ds = pool
@@ -315,22 +316,33 @@ fn retention_keeps_snapshots_with_dependents() {
     // A clone of the oldest snapshot depends on it.
     pool.clone_snapshot(&store, ids[0].dataset_snapshot_id, "vdb-keep", None)
         .expect("clone");
-    timeflow::set_retention(&store, "dsource", 1, Some(1), None).expect("policy");
-    let removed = timeflow::apply_retention(&store, &pool, "dsource", 1).expect("retention");
+    timeflow::set_retention(&store, Dsource, 1, Some(1), None).expect("policy");
+    let removed = timeflow::apply_retention(&store, &pool, Dsource, 1).expect("retention");
     assert_eq!(
         removed,
         vec![ids[1].id, ids[2].id],
         "keeps the newest and the one with a clone"
     );
-    let left: Vec<i64> = timeflow::snapshots(&store, "dsource", 1)
+    let left: Vec<i64> = timeflow::snapshots(&store, Dsource, 1)
         .expect("list")
         .iter()
         .map(|s| s.id)
         .collect();
     assert_eq!(left, vec![ids[0].id, ids[3].id]);
-    assert!(pool
-        .check(&store, false)
-        .expect("check")
-        .problems
-        .is_empty());
+    // These datasets belong to no dSource or VDB: the test says they are owned.
+    let owned = Owned {
+        datasets: ["src", "vdb-keep"].map(String::from).into(),
+        snapshots: [ids[0].dataset_snapshot_id, ids[3].dataset_snapshot_id].into(),
+    };
+    let report = pool.check(&store, false, &owned).expect("check");
+    assert!(report.problems.is_empty(), "{report:?}");
+    // Without owners, pool check names them.
+    let report = pool.check(&store, false, &Owned::default()).expect("check");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("dataset vdb-keep belongs to no dSource or VDB")),
+        "{report:?}"
+    );
 }

@@ -80,7 +80,11 @@ fn provision_write_snapshot_child_refresh_rewind_delete() {
 
     // dev1 cannot go while child stands on its snapshot; the dSource neither.
     let err = s.pgvirt.fails(&["vdb", "delete", "dev1"]);
-    assert!(err.contains("vdb-child"), "{err}");
+    assert!(
+        err.contains("VDB child depends on snapshots of VDB dev1")
+            && err.contains("--with-children"),
+        "{err}"
+    );
     let err = s.pgvirt.fails(&["dsource", "delete", "orders"]);
     assert!(err.contains("depend"), "{err}");
 

@@ -38,12 +38,89 @@ pub struct CommandOutput {
     pub stderr: String,
 }
 
+/// How a dSource ingests its source (the linked-source `ingestion_method`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum IngestionMethod {
+    /// The engine runs pg_basebackup; staging streams from the source.
+    #[default]
+    BasebackupStreaming,
+    /// The customer's base backup; staging streams from the source.
+    BackupStreaming,
+    /// The customer's base backup; staging restores WAL from an archive.
+    BackupLogShipping,
+}
+
+impl IngestionMethod {
+    /// The method a linked-source document names (the default when none).
+    /// An unknown name reads as the default here; the schema refuses it.
+    pub fn of(linked_source: &serde_json::Value) -> Self {
+        linked_source
+            .get("ingestion_method")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_default()
+    }
+
+    /// Whether staging streams from the source (and so needs to reach it).
+    pub fn streams(self) -> bool {
+        self != Self::BackupLogShipping
+    }
+}
+
+/// The kinds of operation errors a caller can match on.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, strum::Display)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum ErrorKind {
+    /// The input does not fit the operation.
+    InvalidInput,
+    /// The connector's output does not fit its schema.
+    InvalidOutput,
+    /// The object is not in a state that allows the operation.
+    InvalidState,
+    /// A command on the environment failed.
+    CommandFailed,
+    NotFound,
+    /// In use, or taken (a port, a slot).
+    Conflict,
+    /// The snapshot cannot be provisioned.
+    NotProvisionable,
+    /// The source cannot be reached or refuses the login.
+    SourceUnreachable,
+    /// The source answered with an error.
+    SourceError,
+    /// Replication from the source has stopped.
+    ReplicationStopped,
+    /// The library does not implement the operation.
+    UnknownOperation,
+    /// The connector panicked (caught before the boundary).
+    Panic,
+    /// Anything else, including kinds this host does not know.
+    #[serde(other)]
+    Internal,
+}
+
 /// An operation's failure: what failed, why, and what to do next.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OperationError {
-    /// A stable kind a caller can match on (`invalid_input`, `command_failed`,
-    /// `not_found`, `conflict`, `panic`, `internal`, ...).
-    pub kind: String,
+    /// A stable kind a caller can match on.
+    pub kind: ErrorKind,
     /// What failed.
     pub message: String,
     /// Why it failed (tool output, the underlying error), if known.
@@ -55,9 +132,9 @@ pub struct OperationError {
 }
 
 impl OperationError {
-    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
-            kind: kind.into(),
+            kind,
             message: message.into(),
             cause: None,
             action: None,
@@ -87,7 +164,7 @@ impl OperationError {
     /// Reads an error that crossed the boundary; text that is not an
     /// [`OperationError`] becomes one of kind `internal`.
     pub fn from_json(text: &str) -> Self {
-        serde_json::from_str(text).unwrap_or_else(|_| Self::new("internal", text))
+        serde_json::from_str(text).unwrap_or_else(|_| Self::new(ErrorKind::Internal, text))
     }
 }
 
@@ -112,11 +189,17 @@ mod tests {
 
     #[test]
     fn operation_error_round_trips_and_reads_foreign_text() {
-        let e =
-            OperationError::new("conflict", "port 5433 is taken").with_action("pick another port");
+        let e = OperationError::new(ErrorKind::Conflict, "port 5433 is taken")
+            .with_action("pick another port");
         assert_eq!(OperationError::from_json(&e.to_json()), e);
         let foreign = OperationError::from_json("boom");
-        assert_eq!(foreign.kind, "internal");
+        assert_eq!(foreign.kind, ErrorKind::Internal);
+        let unknown = OperationError::from_json(r#"{"kind":"brand_new","message":"m"}"#);
+        assert_eq!(
+            unknown.kind,
+            ErrorKind::Internal,
+            "unknown kinds read as internal"
+        );
         assert_eq!(foreign.message, "boom");
     }
 

@@ -21,6 +21,66 @@ use crate::host::lifecycle::{discovery, dsource, vdb};
 use crate::host::storage::Pool;
 use crate::host::store::Store;
 
+/// `pgvirt demo`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Work directory (empty or new); default: a new one under /var/tmp.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// OS user PostgreSQL runs as; default: postgres when root, else you.
+    #[arg(long)]
+    user: Option<String>,
+    /// Keep everything running at the end.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// `postgres` when running as root, else the current user.
+fn default_user() -> String {
+    if nix::unistd::Uid::effective().is_root() {
+        return "postgres".into();
+    }
+    nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "postgres".into())
+}
+
+/// `pgvirt demo`.
+pub fn exec(args: Args) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let user = args.user.unwrap_or_else(default_user);
+    let started = Instant::now();
+    let mut n = 0;
+    let keep = args.keep;
+    let dir = run(
+        &DemoOptions {
+            dir: args.dir,
+            user,
+            keep,
+        },
+        &mut |what, took| {
+            if took.is_zero() {
+                println!("{what}");
+            } else {
+                n += 1;
+                println!("{n:>2}. {what:<88} {:>8.2}s", took.as_secs_f64());
+            }
+        },
+    )
+    .context("running the demo")?;
+    println!("demo finished in {:.1}s", started.elapsed().as_secs_f64());
+    if keep {
+        println!(
+            "kept in {} (store {}/pgvirt.db)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// What the demo needs to know.
 pub struct DemoOptions {
     /// Work directory (made if missing; must be empty). Default: a new one
@@ -147,7 +207,7 @@ impl Demo<'_> {
         let repos = discovery::repositories(&self.store, Some(&env.name))?;
         repos
             .iter()
-            .filter(|r| r.state == "present")
+            .filter(|r| r.state == discovery::Presence::Present)
             .max_by_key(|r| r.document["major_version"].as_u64())
             .and_then(|r| r.document["bin_dir"].as_str().map(str::to_owned))
             .ok_or_else(|| {
@@ -171,7 +231,13 @@ impl Demo<'_> {
                 "add this machine as environment `local` (OS user {user}) and discover PostgreSQL"
             ),
             |d| {
-                let env = environments::add(&d.store, "local", "local", user)?;
+                let env = environments::add(
+                    &d.store,
+                    environments::EnvironmentKind::Local,
+                    "local",
+                    user,
+                    None,
+                )?;
                 let connector = registry::open(&d.store, None)?;
                 discovery::refresh(&mut d.store, &connector, &env)?;
                 d.env = Some(env);
@@ -222,8 +288,6 @@ impl Demo<'_> {
                         vdb::ProvisionRequest {
                             name,
                             from: "shop",
-                            port: None,
-                            environment: None,
                             parameters: json!({}),
                         },
                     )
@@ -308,7 +372,7 @@ printf "port = %s\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s
                 }
             }
             if dsource::find(&self.store, "shop")?.is_some() {
-                if let Err(e) = dsource::delete(&self.store, &connector, "shop", false) {
+                if let Err(e) = dsource::delete(&self.store, &connector, "shop") {
                     first_error.get_or_insert(e);
                 }
             }

@@ -9,6 +9,7 @@ use crate::host::connectors::registry::Installed;
 use crate::host::environments::Environment;
 use crate::host::lifecycle::discovery::{Repository, SourceConfig};
 use crate::host::lifecycle::dsource::DSource;
+use crate::host::lifecycle::timeflow::Listed;
 use crate::host::lifecycle::vdb::Vdb;
 use crate::host::storage::DatasetInfo;
 use crate::host::store::display_time;
@@ -92,7 +93,7 @@ impl Out {
             |e| {
                 vec![
                     e.name.clone(),
-                    e.kind.clone(),
+                    e.kind.to_string(),
                     e.os_user.clone(),
                     e.refreshed_at
                         .map(display_time)
@@ -114,7 +115,7 @@ impl Out {
                     r.name.clone(),
                     text(&r.document, "version"),
                     text(&r.document, "bin_dir"),
-                    r.state.clone(),
+                    r.state.to_string(),
                 ]
             },
         )
@@ -141,8 +142,8 @@ impl Out {
                     text(&s.document, "data_directory"),
                     text(&s.document, "port"),
                     text(&s.document, "running"),
-                    s.origin.clone(),
-                    s.state.clone(),
+                    s.origin.to_string(),
+                    s.state.to_string(),
                 ]
             },
         )
@@ -164,7 +165,7 @@ impl Out {
                 vec![
                     d.dataset.name.clone(),
                     d.dataset.owner.clone().unwrap_or_default(),
-                    d.dataset.state.clone(),
+                    d.dataset.state.to_string(),
                     bytes(d.space.exclusive),
                     bytes(d.space.shared),
                     d.snapshots
@@ -203,7 +204,7 @@ impl Out {
                     d.name.clone(),
                     d.environment.clone(),
                     d.source_config_id.to_string(),
-                    d.state.clone(),
+                    d.state.to_string(),
                     text(&d.parameters, "staging_port"),
                     d.mount_path.display().to_string(),
                 ]
@@ -230,16 +231,19 @@ impl Out {
                 vec![
                     v.name.clone(),
                     v.environment.clone(),
-                    format!("{} {}", v.parent_kind, v.parent_id),
+                    match &v.parent {
+                        Some(name) => format!("{} {name}", v.parent_kind),
+                        None => v.parent_kind.to_string(),
+                    },
                     v.port.to_string(),
-                    v.state.clone(),
+                    v.state.to_string(),
                     v.connection_string(),
                 ]
             },
         )
     }
 
-    pub fn snapshots(&self, items: &[Value]) -> anyhow::Result<()> {
+    pub fn snapshots(&self, items: &[Listed]) -> anyhow::Result<()> {
         self.table(
             items,
             &[
@@ -253,22 +257,18 @@ impl Out {
             ],
             |s| {
                 vec![
-                    text(s, "id"),
-                    text(s, "of"),
-                    text(s, "name"),
-                    text(s, "timeflow"),
-                    s.get("created_at")
-                        .and_then(Value::as_i64)
-                        .map(display_time)
-                        .unwrap_or_default(),
-                    s.pointer("/metadata/replayed_lsn")
-                        .or_else(|| s.pointer("/metadata/checkpoint_lsn"))
+                    s.id.to_string(),
+                    s.of.to_string(),
+                    s.name.clone(),
+                    s.timeflow.to_string(),
+                    display_time(s.created_at),
+                    s.metadata
+                        .get("replayed_lsn")
+                        .or_else(|| s.metadata.get("checkpoint_lsn"))
                         .and_then(Value::as_str)
                         .unwrap_or("")
                         .to_owned(),
-                    s.pointer("/metadata/provisionable")
-                        .map(Value::to_string)
-                        .unwrap_or_default(),
+                    text(&s.metadata, "provisionable"),
                 ]
             },
         )

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::platform::{str_field, Platform};
-use crate::abi::{CommandRequest, OperationError};
+use crate::abi::{CommandRequest, ErrorKind, OperationError};
 
 /// Where a cluster lives and how to reach it.
 #[derive(Debug, Clone)]
@@ -23,11 +23,48 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A cluster at these paths. `pg_ctl` hands the data directory and log
+    /// path to `/bin/sh` inside double quotes, so a path with anything but
+    /// plain characters is refused here, whatever the host checked before.
+    pub fn new(
+        bin_dir: String,
+        data_dir: String,
+        port: u16,
+        socket_dir: String,
+        log_file: String,
+    ) -> Result<Self, OperationError> {
+        for (what, path) in [
+            ("bin_dir", &bin_dir),
+            ("data directory", &data_dir),
+            ("socket directory", &socket_dir),
+            ("log file", &log_file),
+        ] {
+            if let Some(c) = path
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || "/._-+@".contains(*c)))
+            {
+                return Err(OperationError::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "the {what} {path:?} holds {c:?}; paths may hold only letters, digits and / . _ - + @"
+                    ),
+                ));
+            }
+        }
+        Ok(Self {
+            bin_dir,
+            data_dir,
+            port,
+            socket_dir,
+            log_file,
+        })
+    }
+
     /// The repository's bin directory, from an operation's input.
     pub fn bin_dir(input: &Value) -> Result<String, OperationError> {
-        let repo = input
-            .get("repository")
-            .ok_or_else(|| OperationError::new("invalid_input", "input has no `repository`"))?;
+        let repo = input.get("repository").ok_or_else(|| {
+            OperationError::new(ErrorKind::InvalidInput, "input has no `repository`")
+        })?;
         Ok(str_field(repo, "bin_dir", "repository")?.to_owned())
     }
 
@@ -100,13 +137,13 @@ echo "--- last lines of $LOG_FILE" >&2; tail -n 20 -- "$LOG_FILE" >&2; exit $rc
         match out.exit_code {
             0 => Ok(()),
             3 => Err(OperationError::new(
-                "conflict",
+                ErrorKind::Conflict,
                 format!("cannot start PostgreSQL on port {}", self.port),
             )
             .with_cause(out.stderr.trim().to_owned())
             .with_action("choose a free port")),
             code => Err(OperationError::new(
-                "command_failed",
+                ErrorKind::CommandFailed,
                 format!("PostgreSQL in {} did not start", self.data_dir),
             )
             .with_cause(format!("pg_ctl exit code {code}: {}", out.stderr.trim()))),

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::platform::{field, str_field, Platform};
-use crate::abi::{CommandRequest, OperationError};
+use crate::abi::{CommandRequest, ErrorKind, OperationError};
 
 /// Finds installations: every `postgres` on PATH, the distribution layouts,
 /// and the colon-separated `PGVIRT_PG_PATH`. Prints `ok<TAB>bin<TAB>version`
@@ -148,7 +148,10 @@ pub fn source_config(platform: &Platform, input: &Value) -> Result<Value, Operat
         .get("major_version")
         .and_then(Value::as_u64)
         .ok_or_else(|| {
-            OperationError::new("invalid_input", "repository has no integer major_version")
+            OperationError::new(
+                ErrorKind::InvalidInput,
+                "repository has no integer major_version",
+            )
         })?;
     let mut variables = BTreeMap::new();
     variables.insert("BIN_DIR".to_owned(), bin_dir.to_owned());

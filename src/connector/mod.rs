@@ -8,6 +8,7 @@
 //! boundary.
 
 mod cluster;
+mod conf;
 mod discovery;
 mod linked;
 mod platform;
@@ -24,7 +25,9 @@ use abi_stable::{
 };
 use serde_json::Value;
 
-use crate::abi::{ConnectorMod, ConnectorModRef, OperationError, PlatformHandle, ABI_VERSION};
+use crate::abi::{
+    ConnectorMod, ConnectorModRef, ErrorKind, OperationError, PlatformHandle, ABI_VERSION,
+};
 
 pub use platform::Platform;
 
@@ -96,12 +99,14 @@ extern "C" fn invoke(
                 .map(|s| (*s).to_owned())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic payload".to_owned());
-            let error =
-                OperationError::new("panic", format!("connector operation {operation} panicked"))
-                    .with_cause(what)
-                    .with_action(
-                        "this is a bug in the connector; the host is unaffected, please report it",
-                    );
+            let error = OperationError::new(
+                ErrorKind::Panic,
+                format!("connector operation {operation} panicked"),
+            )
+            .with_cause(what)
+            .with_action(
+                "this is a bug in the connector; the host is unaffected, please report it",
+            );
             RResult::RErr(error.to_json().into())
         }
     }
@@ -114,13 +119,13 @@ fn dispatch(operation: &str, input: &str, platform: &Platform) -> Result<Value, 
         .map(|(_, handler)| *handler)
         .ok_or_else(|| {
             OperationError::new(
-                "unknown_operation",
+                ErrorKind::UnknownOperation,
                 format!("this connector does not implement {operation}"),
             )
         })?;
     let input: Value = serde_json::from_str(input).map_err(|e| {
         OperationError::new(
-            "invalid_input",
+            ErrorKind::InvalidInput,
             format!("input of {operation} is not JSON: {e}"),
         )
     })?;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Once};
 use abi_stable::std_types::{RResult, RStr};
 use serde_json::Value;
 
-use crate::abi::{level, CommandOutput, CommandRequest, OperationError, PlatformHandle};
+use crate::abi::{level, CommandOutput, CommandRequest, ErrorKind, OperationError, PlatformHandle};
 
 /// The platform services for one operation.
 #[derive(Clone)]
@@ -27,17 +27,20 @@ impl Platform {
     /// Runs a command; a non-zero exit is returned, not an error.
     pub fn run(&self, request: &CommandRequest) -> Result<CommandOutput, OperationError> {
         let text = serde_json::to_string(request).map_err(|e| {
-            OperationError::new("internal", format!("cannot encode command request: {e}"))
+            OperationError::new(
+                ErrorKind::Internal,
+                format!("cannot encode command request: {e}"),
+            )
         })?;
         match self.handle.run(RStr::from_str(&text)) {
             RResult::ROk(out) => serde_json::from_str(out.as_str()).map_err(|e| {
                 OperationError::new(
-                    "internal",
+                    ErrorKind::Internal,
                     format!("host sent an unreadable command result: {e}"),
                 )
             }),
             RResult::RErr(e) => Err(OperationError::new(
-                "command_failed",
+                ErrorKind::CommandFailed,
                 "the host could not run a command",
             )
             .with_cause(e.into_string())),
@@ -56,7 +59,7 @@ impl Platform {
             Ok(out)
         } else {
             Err(
-                OperationError::new("command_failed", format!("{what} failed")).with_cause(
+                OperationError::new(ErrorKind::CommandFailed, format!("{what} failed")).with_cause(
                     format!("exit code {}: {}", out.exit_code, out.stderr.trim()),
                 ),
             )
@@ -130,15 +133,18 @@ impl log::Log for Bridge {
 
 /// Reads a required object field of an operation's input.
 pub fn field<'a>(input: &'a Value, name: &str) -> Result<&'a Value, OperationError> {
-    input
-        .get(name)
-        .ok_or_else(|| OperationError::new("invalid_input", format!("input has no `{name}`")))
+    input.get(name).ok_or_else(|| {
+        OperationError::new(ErrorKind::InvalidInput, format!("input has no `{name}`"))
+    })
 }
 
 /// Reads a required string field of a JSON object.
 pub fn str_field<'a>(object: &'a Value, name: &str, what: &str) -> Result<&'a str, OperationError> {
     object.get(name).and_then(Value::as_str).ok_or_else(|| {
-        OperationError::new("invalid_input", format!("{what} has no string `{name}`"))
+        OperationError::new(
+            ErrorKind::InvalidInput,
+            format!("{what} has no string `{name}`"),
+        )
     })
 }
 

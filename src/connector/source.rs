@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::abi::OperationError;
+use crate::abi::{ErrorKind, OperationError};
 
 /// Connection facts of a source, from the linked-source parameters.
 #[derive(Clone)]
@@ -33,13 +33,14 @@ impl std::fmt::Debug for Source {
 
 impl Source {
     pub fn from_params(params: &Value) -> Result<Self, OperationError> {
-        let s = params
-            .get("source")
-            .ok_or_else(|| OperationError::new("invalid_input", "linked_source has no source"))?;
+        let s = params.get("source").ok_or_else(|| {
+            OperationError::new(ErrorKind::InvalidInput, "linked_source has no source")
+        })?;
         let text = |k: &str| s.get(k).and_then(Value::as_str).map(str::to_owned);
         Ok(Self {
-            host: text("host")
-                .ok_or_else(|| OperationError::new("invalid_input", "source has no host"))?,
+            host: text("host").ok_or_else(|| {
+                OperationError::new(ErrorKind::InvalidInput, "source has no host")
+            })?,
             port: s
                 .get("port")
                 .and_then(Value::as_u64)
@@ -87,7 +88,7 @@ impl Source {
                 )
             };
             OperationError::new(
-                "source_unreachable",
+                ErrorKind::SourceUnreachable,
                 format!("source {}: {what}", self.where_()),
             )
             .with_cause(cause)
@@ -96,8 +97,11 @@ impl Source {
     }
 
     fn query_err(&self, what: &str, e: postgres::Error) -> OperationError {
-        OperationError::new("source_error", format!("source {}: {what}", self.where_()))
-            .with_cause(scrub(&describe(&e), self.password.as_deref()))
+        OperationError::new(
+            ErrorKind::SourceError,
+            format!("source {}: {what}", self.where_()),
+        )
+        .with_cause(scrub(&describe(&e), self.password.as_deref()))
     }
 
     /// Connects and checks the user may replicate.
@@ -111,7 +115,7 @@ impl Source {
             .map_err(|e| self.query_err("cannot read the user's role", e))?;
         if !row.get::<_, bool>(0) {
             return Err(OperationError::new(
-                "source_error",
+                ErrorKind::SourceError,
                 format!(
                     "source {}: user {} has no REPLICATION privilege",
                     self.where_(),
@@ -138,7 +142,7 @@ impl Source {
         if let Some(row) = rows.first() {
             if row.get::<_, bool>(0) {
                 return Err(OperationError::new(
-                    "conflict",
+                    ErrorKind::Conflict,
                     format!("replication slot {slot} on source {} is in use", self.where_()),
                 )
                 .with_action("another standby streams through it; name another slot in replication_slot.name"));
@@ -166,7 +170,9 @@ impl Source {
     pub fn drop_slot(&self, slot: &str) -> Result<(), OperationError> {
         for _ in 0..50 {
             match self.drop_slot_if_exists(slot) {
-                Err(e) if e.kind == "conflict" => std::thread::sleep(Duration::from_millis(100)),
+                Err(e) if e.kind == ErrorKind::Conflict => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
                 other => return other,
             }
         }

@@ -15,9 +15,9 @@
 use serde_json::{json, Value};
 
 use super::cluster::{Cluster, ClusterConfig};
-use super::linked::{conf_quote, conf_value, parse_lsn};
+use super::conf::{conf_quote, conf_value, parse_lsn};
 use super::platform::{field, request, str_field, Platform};
-use crate::abi::OperationError;
+use crate::abi::{ErrorKind, OperationError};
 
 /// The VDB side of an operation's input.
 struct Vdb {
@@ -44,7 +44,7 @@ impl Vdb {
             .and_then(|p| u16::try_from(p).ok())
             .ok_or_else(|| {
                 OperationError::new(
-                    "invalid_input",
+                    ErrorKind::InvalidInput,
                     "no port for the VDB (vdb.port or virtual_source.port)",
                 )
             })?;
@@ -60,13 +60,13 @@ impl Vdb {
             "/tmp".to_owned()
         };
         Ok(Self {
-            cluster: Cluster {
-                bin_dir: Cluster::bin_dir(input)?,
-                data_dir: format!("{mount}/data"),
+            cluster: Cluster::new(
+                Cluster::bin_dir(input)?,
+                format!("{mount}/data"),
                 port,
                 socket_dir,
-                log_file: format!("{mount}/pgvirt/postgres.log"),
-            },
+                format!("{mount}/pgvirt/postgres.log"),
+            )?,
             mount,
             params,
             name,
@@ -211,7 +211,10 @@ pub fn mount_specification(_platform: &Platform, input: &Value) -> Result<Value,
         .and_then(Value::as_str)
         .or_else(|| input.get("default_mount_path").and_then(Value::as_str))
         .ok_or_else(|| {
-            OperationError::new("invalid_input", "no mount_path and no default_mount_path")
+            OperationError::new(
+                ErrorKind::InvalidInput,
+                "no mount_path and no default_mount_path",
+            )
         })?;
     Ok(json!({"mounts": [{"path": path}]}))
 }
@@ -226,7 +229,7 @@ pub fn configure(platform: &Platform, input: &Value) -> Result<Value, OperationE
             .and_then(Value::as_str)
             .unwrap_or("it is marked not provisionable");
         return Err(OperationError::new(
-            "not_provisionable",
+            ErrorKind::NotProvisionable,
             format!("the snapshot cannot be provisioned: {reason}"),
         )
         .with_action("choose a later snapshot of the dSource"));
@@ -271,7 +274,7 @@ set -eu
 cd -- "$DATA"
 rm -f postmaster.pid postmaster.opts standby.signal recovery.signal backup_label.old tablespace_map.old
 rm -rf pg_replslot/* 2>/dev/null || true
-rm -f -- "$FILES/pgpass"
+rm -f -- "$FILES/pgpass" "$FILES/slot-made" "$FILES/ingesting" "$FILES"/basebackup.*
 if [ -f "$FILES/backup_label" ]; then
   cp -- "$FILES/backup_label" backup_label
   # WAL kept from a log-shipping archive joins the clone's own pg_wal.
@@ -363,7 +366,7 @@ SELECT pg_is_in_recovery();"#,
         Ok(())
     } else {
         Err(OperationError::new(
-            "command_failed",
+            ErrorKind::CommandFailed,
             format!("VDB {} did not leave recovery", vdb.name),
         )
         .with_action(format!("see {}", vdb.cluster.log_file)))
@@ -445,7 +448,9 @@ pub fn post_snapshot(platform: &Platform, input: &Value) -> Result<Value, Operat
     let out = platform.run_ok(
         "reading the VDB's control file",
         &request(
-            r#"LC_ALL=C "$BIN/pg_controldata" -D "$DATA"; echo "--facts"; cat -- "$FILES/vdb-facts.json" 2>/dev/null; echo; [ -f "$FILES/was-running" ] && echo "--was-running"; rm -f -- "$FILES/was-running"; true"#,
+            // In UTC, so the times read are what they say (the environment's
+            // zone may be anything).
+            r#"LC_ALL=C TZ=UTC "$BIN/pg_controldata" -D "$DATA"; echo "PG_VERSION: $(cat -- "$DATA/PG_VERSION")"; echo "--facts"; cat -- "$FILES/vdb-facts.json" 2>/dev/null; echo; [ -f "$FILES/was-running" ] && echo "--was-running"; rm -f -- "$FILES/was-running"; true"#,
             &[
                 ("BIN", vdb.cluster.bin_dir.clone()),
                 ("DATA", vdb.cluster.data_dir.clone()),
@@ -472,11 +477,13 @@ pub fn post_snapshot(platform: &Platform, input: &Value) -> Result<Value, Operat
         .find(|l| l.starts_with('{'))
         .and_then(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| json!({}));
-    let version_num: u64 = get("pg_control version number").parse().unwrap_or(0);
-    let major = input
-        .pointer("/source_config/major_version")
-        .and_then(Value::as_u64)
-        .unwrap_or(if version_num >= 1300 { 15 } else { 0 });
+    // The cluster says its major version (PG_VERSION); nothing is guessed.
+    let major: u64 = get("PG_VERSION").parse().map_err(|_| {
+        OperationError::new(
+            ErrorKind::InvalidState,
+            format!("{} has no readable PG_VERSION", vdb.cluster.data_dir),
+        )
+    })?;
     let meta = json!({
         "postgres_version": facts.get("postgres_version").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| major.to_string()),
         "major_version": major,
@@ -528,8 +535,8 @@ pub fn source_size(platform: &Platform, input: &Value) -> Result<Value, Operatio
         .data_size(platform)?))
 }
 
-/// pg_controldata's C-locale time (`Sun Nov 22 09:59:10 2026`, the
-/// environment's zone, UTC on engine hosts) as RFC 3339; else the text.
+/// pg_controldata's C-locale time (`Sun Nov 22 09:59:10 2026`, printed in
+/// UTC: it runs with `TZ=UTC`) as RFC 3339; else the text.
 fn to_rfc3339(text: &str) -> String {
     let months = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",

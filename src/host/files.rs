@@ -75,3 +75,53 @@ pub fn read_json(path: &Path) -> Result<serde_json::Value> {
         )
     })
 }
+
+/// What a path that may reach a shell (directly, or through a tool that
+/// uses one, as `pg_ctl` does) may hold, for error messages.
+pub const PLAIN_PATH_CHARACTERS: &str = "letters, digits and / . _ - + @";
+
+/// Checks a path holds only [`PLAIN_PATH_CHARACTERS`] and no `..`
+/// component. The error says which character is not allowed.
+pub fn check_plain_path(path: &Path) -> std::result::Result<(), String> {
+    let text = path.to_str().ok_or("is not valid UTF-8")?;
+    if let Some(c) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/._-+@".contains(*c)))
+    {
+        return Err(format!(
+            "holds {c:?}; a path may hold only {PLAIN_PATH_CHARACTERS}"
+        ));
+    }
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err("must not contain '..'".into());
+    }
+    if text.len() > 1024 {
+        return Err("is longer than 1024 bytes".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_paths_refuse_what_a_shell_would_read() {
+        assert!(check_plain_path(Path::new("/srv/pg-data/v1.2_x+y@z")).is_ok());
+        for bad in [
+            "/srv/m $(touch /tmp/x)",
+            "/srv/`id`",
+            "/srv/\"q\"",
+            "/srv/a;b",
+            "/srv/a\nb",
+            "/srv/../etc",
+            "/srv/a b",
+            "/srv/$HOME",
+        ] {
+            assert!(check_plain_path(Path::new(bad)).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -8,7 +8,7 @@
 //!   (btrfs, XFS reflink, copy).
 //! - [`lifecycle`]: discovery, dSources, VDBs, timeflows, hooks — the
 //!   workflows that call the connector.
-//! - [`store`]: the SQLite metadata store.
+//! - [`store`]: the SQLite metadata store; [`secrets`]: secrets sealed at rest.
 //!
 //! Imports run one way, down this list's reverse: lifecycle uses storage,
 //! environments and connectors; connectors use environments (for the
@@ -21,6 +21,8 @@ pub mod environments;
 pub mod error;
 pub mod files;
 pub mod lifecycle;
+pub mod processes;
+pub mod secrets;
 pub mod storage;
 pub mod store;
 

@@ -14,7 +14,9 @@ use abi_stable::std_types::{RArc, RResult, RStr};
 use serde_json::Value;
 
 use crate::abi::operations::{OperationId, Output, DEFINITIONS};
-use crate::abi::{ConnectorModRef, OperationError, Platform_TO, ABI_VERSION, HANDSHAKE_SYMBOL};
+use crate::abi::{
+    ConnectorModRef, ErrorKind, OperationError, Platform_TO, ABI_VERSION, HANDSHAKE_SYMBOL,
+};
 use crate::host::connectors::definitions::Definitions;
 use crate::host::connectors::manifest::Manifest;
 use crate::host::environments::HostPlatform;
@@ -169,7 +171,10 @@ impl Connector {
             })?;
         let output: Value = serde_json::from_str(&text).map_err(|e| Error::Operation {
             operation: operation.to_owned(),
-            error: OperationError::new("invalid_output", format!("output is not JSON: {e}")),
+            error: OperationError::new(
+                ErrorKind::InvalidOutput,
+                format!("output is not JSON: {e}"),
+            ),
         })?;
         self.check_output(operation, id.output(), &output)?;
         Ok(output)
@@ -181,7 +186,7 @@ impl Connector {
             Err(Error::Operation {
                 operation: operation.to_owned(),
                 error: OperationError::new(
-                    "invalid_output",
+                    ErrorKind::InvalidOutput,
                     format!("{what} must be {expected}, got {output}"),
                 ),
             })

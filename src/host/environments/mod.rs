@@ -6,34 +6,53 @@
 //! the environment's. [`HostPlatform`] is what a connector operation gets as
 //! its platform: commands, logging and progress for one environment.
 
-use std::ffi::CString;
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod command;
+mod platform;
 
-use abi_stable::std_types::{RResult, RStr, RString};
-use nix::unistd::{Gid, Uid, User};
+use std::path::PathBuf;
+
 use rusqlite::params;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::abi::{level, CommandOutput, CommandRequest, Platform};
+pub use command::{run_as, OsUser};
+pub use platform::HostPlatform;
+
+use crate::abi::{CommandOutput, CommandRequest};
 use crate::host::error::{Error, ProcessError, Result};
-use crate::host::files;
 use crate::host::store::{self, Store};
 
-/// Variables passed from pgvirt's own environment to every command.
-const PASSED_THROUGH: [&str; 4] = ["PGVIRT_PG_PATH", "PGVIRT_PGDATA_PATH", "TZ", "LANG"];
+/// Where environments are.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum EnvironmentKind {
+    /// This host.
+    Local,
+}
+
+crate::host::store::columns::text_enum_column!(EnvironmentKind);
 
 /// A stored environment.
 #[derive(Debug, Clone, Serialize)]
 pub struct Environment {
     pub id: i64,
     pub name: String,
-    pub kind: String,
+    pub kind: EnvironmentKind,
     pub os_user: String,
     pub scratch: PathBuf,
     pub added_at: i64,
@@ -78,269 +97,17 @@ impl Environment {
     }
 }
 
-/// A resolved OS user.
-#[derive(Debug, Clone)]
-pub struct OsUser {
-    pub name: String,
-    pub uid: Uid,
-    pub gid: Gid,
-    pub groups: Vec<Gid>,
-    pub home: PathBuf,
-}
-
-impl OsUser {
-    pub fn lookup(name: &str) -> Result<Self> {
-        let user = User::from_name(name)
-            .map_err(|e| Error::usage(format!("cannot look up OS user {name:?}: {e}")))?
-            .ok_or_else(|| Error::usage(format!("OS user {name:?} does not exist on this host")))?;
-        let cname =
-            CString::new(name).map_err(|_| Error::usage(format!("bad user name {name:?}")))?;
-        let groups = nix::unistd::getgrouplist(&cname, user.gid).unwrap_or_else(|_| vec![user.gid]);
-        Ok(Self {
-            name: user.name,
-            uid: user.uid,
-            gid: user.gid,
-            groups,
-            home: user.dir,
-        })
-    }
-
-    /// Whether commands for this user need a switch from pgvirt's own user.
-    pub fn needs_switch(&self) -> bool {
-        Uid::effective() != self.uid
-    }
-
-    /// Gives `path` to this user (when pgvirt is root and it is someone else).
-    pub fn chown(&self, path: &Path) -> Result<()> {
-        if Uid::effective().is_root() && self.needs_switch() {
-            nix::unistd::chown(path, Some(self.uid), Some(self.gid))
-                .map_err(|e| Error::io("cannot chown", path, std::io::Error::from(e)))?;
-        }
-        Ok(())
-    }
-}
-
-/// Runs `request` as `user`: bash, a clean environment, the request's
-/// variables, and the switch to the user when pgvirt is root.
-pub fn run_as(user: &OsUser, request: &CommandRequest) -> Result<CommandOutput> {
-    if user.needs_switch() && !Uid::effective().is_root() {
-        return Err(Error::usage(format!(
-            "pgvirt runs as uid {} and cannot run commands as {}; run pgvirt as {} or as root",
-            Uid::effective(),
-            user.name,
-            user.name
-        )));
-    }
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c").arg(&request.command);
-    cmd.env_clear();
-    cmd.env("HOME", &user.home)
-        .env("USER", &user.name)
-        .env("LOGNAME", &user.name)
-        .env(
-            "PATH",
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-        );
-    if std::env::var_os("LANG").is_none() {
-        cmd.env("LANG", "C.UTF-8");
-    }
-    for name in PASSED_THROUGH {
-        if let Some(v) = std::env::var_os(name) {
-            cmd.env(name, v);
-        }
-    }
-    cmd.envs(&request.variables);
-    let cwd = request
-        .cwd
-        .as_ref()
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-        .unwrap_or_else(|| {
-            if user.home.is_dir() {
-                user.home.clone()
-            } else {
-                PathBuf::from("/")
-            }
-        });
-    cmd.current_dir(cwd);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.process_group(0);
-    if user.needs_switch() {
-        let (uid, gid) = (user.uid, user.gid);
-        let groups = user.groups.clone();
-        // SAFETY: runs in the child between fork and exec; setgroups, setgid
-        // and setuid are async-signal-safe system calls, and `groups` was
-        // allocated before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::unistd::setgroups(&groups).map_err(std::io::Error::from)?;
-                nix::unistd::setgid(gid).map_err(std::io::Error::from)?;
-                nix::unistd::setuid(uid).map_err(std::io::Error::from)?;
-                Ok(())
-            });
-        }
-    }
-    let shown = mask(&request.command, request);
-    log::debug!("running as {}: {}", user.name, shown.trim());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io("cannot start bash for", Path::new(&user.name), e))?;
-    let stdout = child.stdout.take().map(reader);
-    let stderr = child.stderr.take().map(reader);
-    let status = match request.timeout_seconds {
-        Some(secs) => {
-            use wait_timeout::ChildExt;
-            match child
-                .wait_timeout(Duration::from_secs(secs))
-                .map_err(|e| Error::io("cannot wait for", Path::new("bash"), e))?
-            {
-                Some(status) => Some(status),
-                None => {
-                    // Kill the whole process group the command started.
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(child.id() as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    let _ = child.wait();
-                    None
-                }
-            }
-        }
-        None => Some(
-            child
-                .wait()
-                .map_err(|e| Error::io("cannot wait for", Path::new("bash"), e))?,
-        ),
-    };
-    let stdout = stdout.and_then(|h| h.join().ok()).unwrap_or_default();
-    let mut stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
-    let exit_code = match status {
-        Some(s) => s.code().unwrap_or(-1),
-        None => {
-            stderr.push_str(&format!(
-                "\n(killed after the {}s timeout)",
-                request.timeout_seconds.unwrap_or(0)
-            ));
-            -1
-        }
-    };
-    Ok(CommandOutput {
-        exit_code,
-        stdout: mask(&stdout, request),
-        stderr: mask(&stderr, request),
-    })
-}
-
-fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-/// Replaces the values of the request's secret variables with `********`.
-fn mask(text: &str, request: &CommandRequest) -> String {
-    let mut out = text.to_owned();
-    for name in &request.secret_variables {
-        if let Some(value) = request.variables.get(name).filter(|v| !v.is_empty()) {
-            out = out.replace(value.as_str(), "********");
-        }
-    }
-    out
-}
-
-/// The platform a connector operation runs with: one environment's commands,
-/// the host's logger, and a progress display.
-#[derive(Clone)]
-pub struct HostPlatform {
-    environment: Arc<Environment>,
-    progress: Arc<Mutex<Option<indicatif::ProgressBar>>>,
-}
-
-impl HostPlatform {
-    pub fn new(environment: &Environment) -> Self {
-        Self {
-            environment: Arc::new(environment.clone()),
-            progress: Arc::new(Mutex::new(None)),
-        }
-    }
-}
-
-impl Drop for HostPlatform {
-    fn drop(&mut self) {
-        if Arc::strong_count(&self.progress) == 1 {
-            if let Ok(mut bar) = self.progress.lock() {
-                if let Some(bar) = bar.take() {
-                    bar.finish_and_clear();
-                }
-            }
-        }
-    }
-}
-
-impl Platform for HostPlatform {
-    fn run(&self, request: RStr<'_>) -> RResult<RString, RString> {
-        let result = serde_json::from_str::<CommandRequest>(request.as_str())
-            .map_err(|e| format!("bad command request: {e}"))
-            .and_then(|req| self.environment.run(&req).map_err(|e| e.to_string()))
-            .and_then(|out| serde_json::to_string(&out).map_err(|e| e.to_string()));
-        match result {
-            Ok(text) => RResult::ROk(text.into()),
-            Err(e) => RResult::RErr(e.into()),
-        }
-    }
-
-    fn log(&self, level: u8, target: RStr<'_>, message: RStr<'_>) {
-        let target = format!("connector::{}", target.as_str());
-        log::logger().log(
-            &log::Record::builder()
-                .level(level::to_log(level))
-                .target(&target)
-                .args(format_args!("{}", message.as_str()))
-                .build(),
-        );
-    }
-
-    fn progress(&self, done: u64, total: u64, unit: RStr<'_>) {
-        use std::io::IsTerminal;
-        if !std::io::stderr().is_terminal() {
-            log::debug!("progress: {done}/{total} {}", unit.as_str());
-            return;
-        }
-        let Ok(mut guard) = self.progress.lock() else {
-            return;
-        };
-        let bar = guard.get_or_insert_with(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            let template = if unit.as_str() == "bytes" {
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
-            } else {
-                "{bar:40} {pos}/{len} {msg}"
-            };
-            if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-                bar.set_style(style);
-            }
-            bar
-        });
-        bar.set_length(total);
-        bar.set_position(done);
-        if done >= total && total > 0 {
-            bar.finish_and_clear();
-            *guard = None;
-        }
-    }
-}
-
-/// Adds an environment. The scratch directory is made and given to its user.
-pub fn add(store: &Store, kind: &str, name: &str, os_user: &str) -> Result<Environment> {
-    if kind != "local" {
-        return Err(Error::usage(format!(
-            "environment kind {kind:?} is not supported (supported: local)"
-        )));
-    }
+/// Adds an environment. Its scratch directory (default: `.pgvirt/<engine
+/// id>` in the user's home, outside every dataset the engine snapshots) is
+/// made, private to its user: connectors keep files there that must not be
+/// in a snapshot, such as passfiles.
+pub fn add(
+    store: &Store,
+    kind: EnvironmentKind,
+    name: &str,
+    os_user: &str,
+    scratch: Option<&std::path::Path>,
+) -> Result<Environment> {
     check_name(name, "environment name")?;
     let user = OsUser::lookup(os_user)?;
     if user.uid.is_root() {
@@ -348,10 +115,10 @@ pub fn add(store: &Store, kind: &str, name: &str, os_user: &str) -> Result<Envir
             "the environment user cannot be root: initdb and pg_ctl refuse to run as root (try --user postgres)",
         ));
     }
-    if user.needs_switch() && !Uid::effective().is_root() {
+    if user.needs_switch() && !nix::unistd::Uid::effective().is_root() {
         return Err(Error::usage(format!(
             "pgvirt runs as uid {} and can only use its own user; run as root to use --user {os_user}",
-            Uid::effective()
+            nix::unistd::Uid::effective()
         )));
     }
     if find(store, name)?.is_some() {
@@ -359,9 +126,20 @@ pub fn add(store: &Store, kind: &str, name: &str, os_user: &str) -> Result<Envir
             "environment {name:?} exists already"
         )));
     }
-    let scratch = store.data_dir().join("scratch").join(name);
-    files::create_private_dir(&scratch)?;
-    user.chown(&scratch)?;
+    let scratch = match scratch {
+        Some(dir) => {
+            if !dir.is_absolute() || crate::host::files::check_plain_path(dir).is_err() {
+                return Err(Error::usage(format!(
+                    "--scratch {} must be an absolute path of {}",
+                    dir.display(),
+                    crate::host::files::PLAIN_PATH_CHARACTERS
+                )));
+            }
+            dir.to_owned()
+        }
+        None => user.home.join(".pgvirt").join(store.engine_id()?),
+    };
+    make_scratch(&user, &scratch)?;
     store
         .conn()
         .execute(
@@ -370,6 +148,27 @@ pub fn add(store: &Store, kind: &str, name: &str, os_user: &str) -> Result<Envir
         )
         .map_err(|e| store.err(e))?;
     get(store, name)
+}
+
+/// Makes the scratch directory as the environment user (so it can reach
+/// it), mode 0700.
+fn make_scratch(user: &OsUser, dir: &std::path::Path) -> Result<()> {
+    let mut req = CommandRequest {
+        command: r#"umask 077; mkdir -p -- "$DIR" && chmod 0700 -- "$DIR""#.into(),
+        ..CommandRequest::default()
+    };
+    req.variables
+        .insert("DIR".into(), dir.to_string_lossy().into_owned());
+    let out = run_as(user, &req)?;
+    if out.exit_code != 0 {
+        return Err(Error::usage(format!(
+            "user {} cannot make its scratch directory {} ({}); choose one it can with --scratch",
+            user.name,
+            dir.display(),
+            out.stderr.trim()
+        )));
+    }
+    Ok(())
 }
 
 /// All environments, by name.
@@ -443,43 +242,6 @@ pub fn check_name(name: &str, what: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn me() -> OsUser {
-        let name = User::from_uid(Uid::effective())
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_else(|| "root".into());
-        OsUser::lookup(&name).expect("current user")
-    }
-
-    #[test]
-    fn runs_bash_with_variables_in_the_environment_and_masks_secrets() {
-        let mut req = CommandRequest {
-            command: r#"echo "v=$GREETING"; echo "pw=$PW" >&2; exit 3"#.into(),
-            ..Default::default()
-        };
-        req.variables
-            .insert("GREETING".into(), "hello world".into());
-        req.variables.insert("PW".into(), "s3cret-value".into());
-        req.secret_variables.push("PW".into());
-        let out = run_as(&me(), &req).expect("runs");
-        assert_eq!(out.exit_code, 3);
-        assert_eq!(out.stdout, "v=hello world\n");
-        assert_eq!(out.stderr, "pw=********\n");
-    }
-
-    #[test]
-    fn a_timeout_kills_the_command() {
-        let req = CommandRequest {
-            command: "sleep 30".into(),
-            timeout_seconds: Some(1),
-            ..Default::default()
-        };
-        let out = run_as(&me(), &req).expect("runs");
-        assert_eq!(out.exit_code, -1);
-        assert!(out.stderr.contains("timeout"));
-    }
 
     #[test]
     fn names_are_checked() {

@@ -14,14 +14,57 @@ use serde_json::{json, Value};
 use crate::host::connectors::loader::Connector;
 use crate::host::environments::{self, Environment, HostPlatform};
 use crate::host::error::{Error, Result};
-use crate::host::store::{self, Store};
+use crate::host::store::{self, columns, Store};
+
+/// Whether the last discovery still found it (never dropped: what uses it
+/// keeps its target).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Presence {
+    Present,
+    Missing,
+}
+
+/// How a source config came to be known.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum ConfigOrigin {
+    /// Found by the connector's discovery.
+    Discovered,
+    /// Added by hand (kept as written).
+    Manual,
+}
+
+columns::text_enum_column!(Presence, ConfigOrigin);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Repository {
     pub id: i64,
     pub environment: String,
     pub name: String,
-    pub state: String,
+    pub state: Presence,
     pub document: Value,
 }
 
@@ -31,8 +74,8 @@ pub struct SourceConfig {
     pub environment: String,
     pub repository_id: i64,
     pub name: String,
-    pub origin: String,
-    pub state: String,
+    pub origin: ConfigOrigin,
+    pub state: Presence,
     pub document: Value,
 }
 
@@ -108,7 +151,7 @@ pub fn refresh(
             for config in configs {
                 let identity = defs.identity("source_config", config);
                 let name = defs.display_name("source_config", config);
-                let existing: Option<(i64, String)> = tx
+                let existing: Option<(i64, ConfigOrigin)> = tx
                     .query_row(
                         "SELECT id, origin FROM source_configs WHERE environment_id = ?1 AND identity = ?2",
                         params![env_id, identity],
@@ -119,7 +162,7 @@ pub fn refresh(
                     // Two installations can both see one cluster: first wins.
                     Some((id, _)) if seen_configs.contains(&id) => {}
                     // What a user added by hand stays as they wrote it.
-                    Some((id, origin)) if origin == "manual" => {
+                    Some((id, ConfigOrigin::Manual)) => {
                         seen_configs.insert(id);
                     }
                     Some((id, _)) => {
@@ -200,7 +243,7 @@ pub fn repositories(store: &Store, env: Option<&str>) -> Result<Vec<Repository>>
                 environment: r.get(1)?,
                 name: r.get(2)?,
                 state: r.get(3)?,
-                document: parse(r.get::<_, String>(4)?),
+                document: columns::json(r, 4, || "document of a repository".into())?,
             })
         })
         .map_err(|e| store.err(e))?;
@@ -227,16 +270,12 @@ pub fn source_configs(store: &Store, env: Option<&str>) -> Result<Vec<SourceConf
                 name: r.get(3)?,
                 origin: r.get(4)?,
                 state: r.get(5)?,
-                document: parse(r.get::<_, String>(6)?),
+                document: columns::json(r, 6, || "document of a source config".into())?,
             })
         })
         .map_err(|e| store.err(e))?;
     rows.collect::<rusqlite::Result<_>>()
         .map_err(|e| store.err(e))
-}
-
-fn parse(text: String) -> Value {
-    serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
 /// Finds a source config by id or name.
@@ -264,12 +303,28 @@ pub fn add_source_config(
     connector: &Connector,
     env: &str,
     repo: Option<&str>,
-    document: &Value,
+    mut document: Value,
 ) -> Result<SourceConfig> {
+    if let Value::Object(doc) = &mut document {
+        if !doc.contains_key("name") {
+            // A name people can read: where it is and on which port.
+            let dir = doc
+                .get("data_directory")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned();
+            let port = doc
+                .get("port")
+                .map(Value::to_string)
+                .unwrap_or_else(|| "?".into());
+            doc.insert("name".into(), json!(format!("{dir} (port {port})")));
+        }
+    }
+    let document = &document;
     let env = environments::get(store, env)?;
     let repos: Vec<Repository> = repositories(store, Some(&env.name))?
         .into_iter()
-        .filter(|r| r.state == "present")
+        .filter(|r| r.state == Presence::Present)
         .collect();
     let repository = match repo {
         Some(key) => repos

@@ -10,8 +10,10 @@
 //! - disable / delete: `stop_staging` (delete then frees storage; refused
 //!   while VDBs depend on its snapshots).
 //!
-//! A link that fails leaves nothing: no row, no dataset, no mount, no staging
-//! process (the connector removes what it made on the source).
+//! Each runs as a [job](super::jobs). A link that fails leaves nothing (no
+//! row, dataset, mount, staging process, or slot it made); a sync cut short
+//! is repaired by the next command ([`repair`]): its unrecorded snapshot
+//! goes, and staging replays WAL again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,15 +22,45 @@ use rusqlite::params;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::discovery::{self, SourceConfig};
+use super::jobs::{self, Job, JobKind, Step};
+use super::timeflow::{self, ContainerKind, Snapshot};
+use super::{hooks, names, placement};
 use crate::host::connectors::loader::Connector;
 use crate::host::environments::{self, Environment, HostPlatform};
 use crate::host::error::{Error, Result};
-use crate::host::lifecycle::discovery::{self, SourceConfig};
-use crate::host::lifecycle::hooks;
-use crate::host::lifecycle::placement;
-use crate::host::lifecycle::timeflow::{self, Snapshot};
 use crate::host::storage::Pool;
-use crate::host::store::{self, Store};
+use crate::host::store::{self, columns, Store};
+
+/// Where a dSource is in its life.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum DsourceState {
+    /// Its first ingest is under way.
+    Linking,
+    /// Staging runs and follows the source.
+    Enabled,
+    /// Staging is stopped and unmounted.
+    Disabled,
+    /// A resync was cut short: the next sync ingests again.
+    ResyncNeeded,
+    /// Being deleted.
+    Deleting,
+}
+
+columns::text_enum_column!(DsourceState);
 
 /// A stored dSource.
 #[derive(Debug, Clone, Serialize)]
@@ -37,12 +69,29 @@ pub struct DSource {
     pub name: String,
     pub source_config_id: i64,
     pub environment: String,
-    /// The linked-source parameters, secrets masked when shown.
+    /// The linked-source parameters; secrets show as `********` (the real
+    /// values are sealed apart, see [`DSource::unsealed_parameters`]).
     pub parameters: Value,
-    pub state: String,
+    pub state: DsourceState,
     pub dataset: String,
     pub mount_path: PathBuf,
     pub created_at: i64,
+    #[serde(skip)]
+    sealed: Option<Vec<u8>>,
+}
+
+impl DSource {
+    /// The parameters with their secrets, for the connector.
+    pub fn unsealed_parameters(&self, store: &Store) -> Result<Value> {
+        let mut doc = self.parameters.clone();
+        store.unseal(&owner(&self.name), &mut doc, self.sealed.as_deref())?;
+        Ok(doc)
+    }
+}
+
+/// The associated data its secrets are sealed with.
+fn owner(name: &str) -> String {
+    format!("dSource {name}")
 }
 
 /// What `link` needs.
@@ -54,10 +103,6 @@ pub struct LinkRequest<'a> {
     pub parameters: Value,
 }
 
-fn dataset_name(name: &str) -> String {
-    format!("dsource-{name}")
-}
-
 /// Links a source: validates everything, then ingests and takes the first
 /// snapshot. On any failure, removes what it made and says why.
 pub fn link(
@@ -65,15 +110,11 @@ pub fn link(
     connector: &Connector,
     request: LinkRequest<'_>,
 ) -> Result<(DSource, Snapshot)> {
-    environments::check_name(request.name, "dSource name")?;
-    if find(store, request.name)?.is_some() {
-        return Err(Error::Conflict(format!(
-            "dSource {:?} exists already",
-            request.name
-        )));
-    }
+    names::check_free(store, request.name, "dSource name")?;
     let config = discovery::find_source_config(store, request.source_config)?;
     let env = environments::get(store, request.environment.unwrap_or(&config.environment))?;
+    let mut request = request;
+    fill_source_defaults(&mut request.parameters, &config);
     connector.definitions.validate(
         "linked_source",
         &request.parameters,
@@ -83,128 +124,143 @@ pub fn link(
         .parameters
         .get("staging_port")
         .and_then(Value::as_u64)
-        .unwrap_or(0);
-    check_port_free(store, port as u16)?;
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| Error::usage("linked-source parameters#/staging_port is required"))?;
+    check_port_free(store, port)?;
     let pool = Pool::open(store)?;
-    let dataset = dataset_name(request.name);
+    let dataset = format!("dsource-{}", request.name);
     let mount_path = match request.parameters.get("mount_path").and_then(Value::as_str) {
         Some(p) => PathBuf::from(p),
         None => pool.default_mount_path(&dataset),
     };
-    pool.check_mount_path(store, &mount_path)?;
-
+    pool.check_mount_path(store, &mount_path, "mount_path")?;
+    let (public, sealed) = store.seal(
+        &owner(request.name),
+        &request.parameters,
+        &connector.definitions.secret_fields("linked_source"),
+    )?;
     store
         .conn()
         .execute(
-            "INSERT INTO dsources (name, source_config_id, parameters, state, created_at, environment_id, dataset, mount_path, pid)
-             VALUES (?1, ?2, ?3, 'linking', ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO dsources (name, source_config_id, parameters, sealed, state, created_at, environment_id, dataset, mount_path)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 request.name,
                 config.id,
-                request.parameters.to_string(),
+                public.to_string(),
+                sealed,
+                DsourceState::Linking,
                 store::now(),
                 env.id,
                 dataset,
                 mount_path.to_string_lossy(),
-                std::process::id()
             ],
         )
         .map_err(|e| store.err(e))?;
-    let dsource = get(store, request.name)?;
+    let d = get(store, request.name)?;
+    let mut job = Job::begin(store, JobKind::Link, ContainerKind::Dsource, d.id, &d.name)?;
     let result = (|| {
-        let user = env.user()?;
-        pool.create_dataset(store, &dataset, Some(&user))?;
-        timeflow::create(store, "dsource", dsource.id, None)?;
-        sync_inner(store, connector, &pool, &dsource, &config, &env, true)
+        job.step(store, Step::Storage)?;
+        pool.create_dataset(store, &dataset, Some(&env.user()?))?;
+        sync_inner(store, connector, &pool, &d, &config, &env, true, &mut job)
     })();
     match result {
         Ok(snapshot) => {
-            set_state(store, dsource.id, "enabled")?;
+            set_state(store, d.id, DsourceState::Enabled)?;
+            job.succeed(store)?;
             Ok((get(store, request.name)?, snapshot))
         }
         Err(e) => {
-            undo_link(store, connector, &pool, &dsource, &config, &env);
+            undo_link(store, connector, &pool, &d, job.step);
+            job.fail(store, &e)?;
             Err(e)
         }
     }
 }
 
-/// Finishes what an interrupted link left: a dSource still `linking` whose
-/// process is gone is removed with everything it made.
-pub fn recover(store: &Store, connector: &Connector) -> Result<Vec<String>> {
-    let mut stmt = store
-        .conn()
-        .prepare("SELECT name, pid FROM dsources WHERE state = 'linking'")
-        .map_err(|e| store.err(e))?;
-    let rows: Vec<(String, Option<i64>)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .map_err(|e| store.err(e))?
-        .collect::<rusqlite::Result<_>>()
-        .map_err(|e| store.err(e))?;
-    let mut cleaned = Vec::new();
-    for (name, pid) in rows {
-        if pid.is_some_and(crate::host::storage::process_alive) {
-            continue;
-        }
-        let d = get(store, &name)?;
-        let config = discovery::find_source_config(store, &d.source_config_id.to_string())?;
-        let env = environments::get(store, &d.environment)?;
-        let pool = Pool::open(store)?;
-        undo_link(store, connector, &pool, &d, &config, &env);
-        log::warn!("removed dSource {name}, left half-made by an interrupted link");
-        cleaned.push(name);
+/// Where to reach a source that streams, when the parameters do not say:
+/// this host (the source config is on a local environment), on the source
+/// config's port.
+fn fill_source_defaults(params: &mut Value, config: &SourceConfig) {
+    if !crate::abi::IngestionMethod::of(params).streams() || !params.is_object() {
+        return;
     }
-    Ok(cleaned)
+    let source = params
+        .as_object_mut()
+        .map(|p| p.entry("source").or_insert_with(|| json!({})));
+    if let Some(Value::Object(source)) = source {
+        source.entry("host").or_insert_with(|| json!("127.0.0.1"));
+        if !source.contains_key("port") {
+            if let Some(port) = config.document.get("port") {
+                source.insert("port".into(), port.clone());
+            }
+        }
+    }
 }
 
-/// Best-effort removal of everything a failed link made.
-fn undo_link(
-    store: &Store,
-    connector: &Connector,
-    pool: &Pool,
-    d: &DSource,
-    config: &SourceConfig,
-    env: &Environment,
-) {
-    if let Ok(input) = input_for(store, pool, d, config, env) {
-        let mut input = input;
-        input["purpose"] = json!("delete");
-        if let Err(e) = connector.invoke("linked.stop_staging", &input, HostPlatform::new(env)) {
-            log::warn!("cleaning up the failed link: {e}");
+/// Removes everything a link made, as far as it got (best effort).
+fn undo_link(store: &Store, connector: &Connector, pool: &Pool, d: &DSource, reached: Step) {
+    if reached >= Step::Connector {
+        // The connector undoes what it made: its staging, its slot, its
+        // passfile. It was not called before this step, so nothing to undo.
+        if let Err(e) = stop_staging(store, connector, pool, d, "delete") {
+            log::warn!("cleaning up the failed link of {}: {e}", d.name);
         }
     }
-    let _ = pool.unmount(store, &d.dataset);
-    for snapshot in timeflow::snapshots(store, "dsource", d.id).unwrap_or_default() {
-        let _ = timeflow::remove_snapshot(store, snapshot.id);
-        let _ = pool.destroy_snapshot(store, snapshot.dataset_snapshot_id);
+    if let Err(e) = remove_storage(store, pool, d) {
+        log::warn!("removing the storage of {}: {e}", d.name);
     }
-    let _ = pool.destroy_dataset(store, &d.dataset);
-    let _ = timeflow::remove_container(store, "dsource", d.id);
     let _ = store
         .conn()
         .execute("DELETE FROM dsources WHERE id = ?1", [d.id]);
 }
 
-/// Syncs a dSource: a new snapshot of its staging (re-ingested with `resync`).
+/// Frees a dSource's storage: processes still using it, its mount, every
+/// snapshot of its dataset (recorded or not), the dataset, its timeflows.
+fn remove_storage(store: &Store, pool: &Pool, d: &DSource) -> Result<()> {
+    pool.release(store, &d.dataset)?;
+    for s in timeflow::snapshots(store, ContainerKind::Dsource, d.id)? {
+        timeflow::remove_snapshot(store, s.id)?;
+    }
+    pool.destroy_dataset_tree(store, &d.dataset)?;
+    timeflow::remove_container(store, ContainerKind::Dsource, d.id)
+}
+
+/// Syncs a dSource: a new snapshot of its staging (re-ingested with `resync`,
+/// on a new timeflow).
 pub fn sync(store: &Store, connector: &Connector, name: &str, resync: bool) -> Result<Snapshot> {
     let d = get(store, name)?;
-    if d.state != "enabled" {
-        return Err(Error::Conflict(format!(
-            "dSource {name} is {}; enable it first (`pgvirt dsource enable {name}`)",
-            d.state
-        )));
-    }
+    let resync = match d.state {
+        DsourceState::Enabled => resync,
+        DsourceState::ResyncNeeded => {
+            log::warn!("dSource {name}: its last resync was cut short; ingesting again");
+            true
+        }
+        other => {
+            return Err(Error::Conflict(format!(
+                "dSource {name} is {other}; enable it first (`pgvirt dsource enable {name}`)"
+            )))
+        }
+    };
     let config = discovery::find_source_config(store, &d.source_config_id.to_string())?;
     let env = environments::get(store, &d.environment)?;
     let pool = Pool::open(store)?;
-    if resync {
-        // A resync starts a new timeflow; the old snapshots stay until
-        // retention removes them.
-        timeflow::create(store, "dsource", d.id, None)?;
-    }
-    sync_inner(store, connector, &pool, &d, &config, &env, resync)
+    jobs::run(
+        store,
+        JobKind::Sync,
+        (ContainerKind::Dsource, d.id, &d.name),
+        |job| {
+            job.note(store, "resync", json!(resync))?;
+            let snapshot = sync_inner(store, connector, &pool, &d, &config, &env, resync, job)?;
+            if d.state == DsourceState::ResyncNeeded {
+                set_state(store, d.id, DsourceState::Enabled)?;
+            }
+            Ok(snapshot)
+        },
+    )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn sync_inner(
     store: &Store,
     connector: &Connector,
@@ -213,6 +269,7 @@ fn sync_inner(
     config: &SourceConfig,
     env: &Environment,
     resync: bool,
+    job: &mut Job,
 ) -> Result<Snapshot> {
     let platform = HostPlatform::new(env);
     let mut input = input_for(store, pool, d, config, env)?;
@@ -231,8 +288,12 @@ fn sync_inner(
     let hook_vars = hook_variables(d, &path);
     hooks::run(env, d.parameters.get("hooks"), "pre_sync", &hook_vars)?;
     input["snapshot_parameters"] = json!({"resync": resync});
+    job.step(store, Step::Connector)?;
     connector.invoke("linked.pre_snapshot", &input, platform.clone())?;
     let label = format!("{}-{}", d.dataset, store::now_millis());
+    job.note(store, "snapshot_of", json!(d.dataset))?;
+    job.note(store, "snapshot", json!(label))?;
+    job.step(store, Step::Snapshot)?;
     let taken = pool.snapshot(store, &d.dataset, &label);
     // post_snapshot also resumes replay: call it even when the snapshot failed.
     let meta = connector.invoke("linked.post_snapshot", &input, platform);
@@ -244,10 +305,16 @@ fn sync_inner(
             return Err(e);
         }
     };
-    let timeflow = timeflow::current(store, "dsource", d.id)?;
-    let snapshot = timeflow::add_snapshot(store, timeflow.id, taken.id, &meta)?;
+    let snapshot = store.atomically(|| {
+        let timeflow = match timeflow::list(store, ContainerKind::Dsource, d.id)?.pop() {
+            Some(tf) if !resync => tf,
+            _ => timeflow::create(store, ContainerKind::Dsource, d.id, None, &d.dataset)?,
+        };
+        timeflow::add_snapshot(store, timeflow.id, taken.id, &meta)
+    })?;
+    job.step(store, Step::Committed)?;
     hooks::run(env, d.parameters.get("hooks"), "post_sync", &hook_vars)?;
-    let removed = timeflow::apply_retention(store, pool, "dsource", d.id)?;
+    let removed = timeflow::apply_retention(store, pool, ContainerKind::Dsource, d.id)?;
     if !removed.is_empty() {
         log::info!(
             "retention removed snapshots {removed:?} of dSource {}",
@@ -288,148 +355,252 @@ fn input_for(
         "environment": env.to_input(),
         "repository": repository.document,
         "source_config": config.document,
-        "linked_source": d.parameters,
+        "linked_source": d.unsealed_parameters(store)?,
         "dsource": {"name": d.name, "id": d.id},
         "mount": {"path": pool.effective_path(&d.dataset, &d.mount_path)},
         "default_mount_path": d.mount_path,
     }))
 }
 
-/// Enables a disabled dSource: mount and start staging.
-pub fn enable(store: &Store, connector: &Connector, name: &str) -> Result<DSource> {
-    let d = get(store, name)?;
-    let config = discovery::find_source_config(store, &d.source_config_id.to_string())?;
-    let env = environments::get(store, &d.environment)?;
-    let pool = Pool::open(store)?;
-    let mut input = input_for(store, &pool, &d, &config, &env)?;
+/// The parts of a dSource's world its workflows need.
+struct Context {
+    config: SourceConfig,
+    env: Environment,
+    pool: Pool,
+}
+
+fn context(store: &Store, d: &DSource) -> Result<Context> {
+    Ok(Context {
+        config: discovery::find_source_config(store, &d.source_config_id.to_string())?,
+        env: environments::get(store, &d.environment)?,
+        pool: Pool::open(store)?,
+    })
+}
+
+/// Mounts staging where the connector says and starts it (replaying WAL).
+fn start_staging(store: &Store, connector: &Connector, d: &DSource) -> Result<()> {
+    let cx = context(store, d)?;
+    let mut input = input_for(store, &cx.pool, d, &cx.config, &cx.env)?;
     placement::mount_as_specified(
         store,
         connector,
-        &pool,
+        &cx.pool,
         placement::Placement {
             group: "linked",
             dataset: &d.dataset,
             fallback: &d.mount_path,
         },
-        &env,
+        &cx.env,
         &mut input,
     )?;
-    connector.invoke("linked.start_staging", &input, HostPlatform::new(&env))?;
-    set_state(store, d.id, "enabled")?;
+    connector.invoke("linked.start_staging", &input, HostPlatform::new(&cx.env))?;
+    Ok(())
+}
+
+/// Stops staging (`purpose`: `disable` or `delete`, which also lets the
+/// connector drop what it made on the source).
+fn stop_staging(
+    store: &Store,
+    connector: &Connector,
+    pool: &Pool,
+    d: &DSource,
+    purpose: &str,
+) -> Result<()> {
+    let config = discovery::find_source_config(store, &d.source_config_id.to_string())?;
+    let env = environments::get(store, &d.environment)?;
+    let mut input = input_for(store, pool, d, &config, &env)?;
+    input["purpose"] = json!(purpose);
+    connector.invoke("linked.stop_staging", &input, HostPlatform::new(&env))?;
+    Ok(())
+}
+
+/// Enables a disabled dSource: mount and start staging.
+pub fn enable(store: &Store, connector: &Connector, name: &str) -> Result<DSource> {
+    let d = get(store, name)?;
+    jobs::run(
+        store,
+        JobKind::EnableDsource,
+        (ContainerKind::Dsource, d.id, &d.name),
+        |_| finish_enable(store, connector, &d),
+    )?;
     get(store, name)
+}
+
+fn finish_enable(store: &Store, connector: &Connector, d: &DSource) -> Result<()> {
+    start_staging(store, connector, d)?;
+    set_state(store, d.id, DsourceState::Enabled)
 }
 
 /// Disables a dSource: stop staging and unmount.
 pub fn disable(store: &Store, connector: &Connector, name: &str) -> Result<DSource> {
     let d = get(store, name)?;
-    let config = discovery::find_source_config(store, &d.source_config_id.to_string())?;
-    let env = environments::get(store, &d.environment)?;
-    let pool = Pool::open(store)?;
-    let mut input = input_for(store, &pool, &d, &config, &env)?;
-    input["purpose"] = json!("disable");
-    connector.invoke("linked.stop_staging", &input, HostPlatform::new(&env))?;
-    Pool::open(store)?.unmount(store, &d.dataset)?;
-    set_state(store, d.id, "disabled")?;
+    jobs::run(
+        store,
+        JobKind::DisableDsource,
+        (ContainerKind::Dsource, d.id, &d.name),
+        |_| finish_disable(store, connector, &d),
+    )?;
     get(store, name)
 }
 
-/// Deletes a dSource: refused while anything depends on its snapshots,
-/// unless `with_vdbs`, which deletes the VDBs made from it first.
-pub fn delete(
-    store: &Store,
-    connector: &Connector,
-    name: &str,
-    with_vdbs: bool,
-) -> Result<Vec<String>> {
+fn finish_disable(store: &Store, connector: &Connector, d: &DSource) -> Result<()> {
+    let pool = Pool::open(store)?;
+    stop_staging(store, connector, &pool, d, "disable")?;
+    pool.unmount(store, &d.dataset)?;
+    set_state(store, d.id, DsourceState::Disabled)
+}
+
+/// Deletes a dSource: refused while anything depends on its snapshots
+/// (delete those first; [`super::teardown`] deletes them too).
+pub fn delete(store: &Store, connector: &Connector, name: &str) -> Result<()> {
     let d = get(store, name)?;
     let pool = Pool::open(store)?;
-    let mut deleted = Vec::new();
-    if with_vdbs {
-        for v in crate::host::lifecycle::vdb::list(store)?
-            .into_iter()
-            .filter(|v| v.parent_kind == "dsource" && v.parent_id == d.id)
-        {
-            deleted.extend(crate::host::lifecycle::vdb::delete_tree(
-                store, connector, &v.name,
-            )?);
-        }
-    }
-    let snapshots = timeflow::snapshots(store, "dsource", d.id)?;
-    let mut dependents = Vec::new();
-    for s in &snapshots {
-        dependents.extend(pool.dependents(store, s.dataset_snapshot_id)?);
-    }
+    let dependents = super::ownership::dependents_of(store, &pool, ContainerKind::Dsource, d.id)?;
     if !dependents.is_empty() {
         return Err(Error::Conflict(format!(
-            "dSource {name} has snapshots that {} depend on; delete those first, or pass --with-vdbs",
-            dependents.join(", ")
+            "{} on snapshots of dSource {name}; delete them first, or pass --with-vdbs",
+            super::ownership::depend_phrase(&dependents)
         )));
     }
-    let config = discovery::find_source_config(store, &d.source_config_id.to_string())?;
-    let env = environments::get(store, &d.environment)?;
-    let mut input = input_for(store, &pool, &d, &config, &env)?;
-    input["purpose"] = json!("delete");
-    connector.invoke("linked.stop_staging", &input, HostPlatform::new(&env))?;
-    pool.unmount(store, &d.dataset)?;
-    for s in &snapshots {
-        timeflow::remove_snapshot(store, s.id)?;
-        pool.destroy_snapshot(store, s.dataset_snapshot_id)?;
-    }
-    pool.destroy_dataset(store, &d.dataset)?;
-    timeflow::remove_container(store, "dsource", d.id)?;
+    jobs::run(
+        store,
+        JobKind::DeleteDsource,
+        (ContainerKind::Dsource, d.id, &d.name),
+        |_| {
+            set_state(store, d.id, DsourceState::Deleting)?;
+            finish_delete(store, connector, &pool, &d)
+        },
+    )
+}
+
+fn finish_delete(store: &Store, connector: &Connector, pool: &Pool, d: &DSource) -> Result<()> {
+    stop_staging(store, connector, pool, d, "delete")?;
+    remove_storage(store, pool, d)?;
     store
         .conn()
         .execute("DELETE FROM dsources WHERE id = ?1", [d.id])
         .map_err(|e| store.err(e))?;
-    Ok(deleted)
+    Ok(())
 }
 
-/// State, replication health and the last snapshot.
+/// Repairs what an interrupted job on a dSource left; says what it did.
+pub fn repair(store: &Store, connector: &Connector, job: &Job) -> Result<String> {
+    let Some(d) = find_by_id(store, job.target_id)? else {
+        return Ok(format!("dSource {} is gone already", job.target_name));
+    };
+    let pool = Pool::open(store)?;
+    match job.kind {
+        JobKind::Link => {
+            undo_link(store, connector, &pool, &d, job.step);
+            Ok(format!(
+                "removed dSource {}, left half-made by an interrupted link",
+                d.name
+            ))
+        }
+        JobKind::Sync => {
+            let mut done = Vec::new();
+            if let Some(label) = job.noted("snapshot") {
+                if super::ownership::discard_unrecorded(store, &pool, &d.dataset, label)? {
+                    done.push("removed its unfinished snapshot".to_owned());
+                }
+            }
+            if d.state == DsourceState::Enabled && job.step >= Step::Connector {
+                match start_staging(store, connector, &d) {
+                    Ok(()) => done.push("staging replays WAL again".to_owned()),
+                    Err(Error::Operation { error, .. })
+                        if error.kind == crate::abi::ErrorKind::InvalidState =>
+                    {
+                        set_state(store, d.id, DsourceState::ResyncNeeded)?;
+                        done.push(format!(
+                            "its staging was being ingested again; the next `pgvirt dsource sync {}` ingests it anew",
+                            d.name
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(format!(
+                "dSource {}: an interrupted sync was repaired ({})",
+                d.name,
+                if done.is_empty() {
+                    "nothing was left".to_owned()
+                } else {
+                    done.join("; ")
+                }
+            ))
+        }
+        JobKind::EnableDsource => {
+            finish_enable(store, connector, &d)?;
+            Ok(format!(
+                "dSource {}: finished an interrupted enable",
+                d.name
+            ))
+        }
+        JobKind::DisableDsource => {
+            finish_disable(store, connector, &d)?;
+            Ok(format!(
+                "dSource {}: finished an interrupted disable",
+                d.name
+            ))
+        }
+        JobKind::DeleteDsource => {
+            finish_delete(store, connector, &pool, &d)?;
+            Ok(format!(
+                "finished the interrupted delete of dSource {}",
+                d.name
+            ))
+        }
+        other => Err(Error::usage(format!(
+            "job {} ({other}) is not a dSource job",
+            job.id
+        ))),
+    }
+}
+
+/// State, replication health, the last snapshot, and any job at work on it.
 pub fn show(store: &Store, connector: &Connector, name: &str) -> Result<Value> {
     let d = get(store, name)?;
-    let config = discovery::find_source_config(store, &d.source_config_id.to_string())?;
-    let env = environments::get(store, &d.environment)?;
-    let pool = Pool::open(store)?;
-    let input = input_for(store, &pool, &d, &config, &env)?;
+    let cx = context(store, &d)?;
+    let mut input = input_for(store, &cx.pool, &d, &cx.config, &cx.env)?;
+    input["snapshot_in_progress"] = json!(jobs::syncing(store, d.id)?);
     let status = connector
-        .invoke("linked.status", &input, HostPlatform::new(&env))
+        .invoke("linked.status", &input, HostPlatform::new(&cx.env))
         .map(|s| s["status"].clone())
         .unwrap_or(json!("UNKNOWN"));
     let health = if status == json!("ACTIVE") {
         connector
-            .invoke("linked.worker", &input, HostPlatform::new(&env))
+            .invoke("linked.worker", &input, HostPlatform::new(&cx.env))
             .unwrap_or_else(|e| json!({"error": e.to_string()}))
     } else {
         json!({"running": false, "connected": false})
     };
-    let last = timeflow::snapshots(store, "dsource", d.id)?
+    let last = timeflow::snapshots(store, ContainerKind::Dsource, d.id)?
         .into_iter()
         .last();
+    let busy: Vec<Value> = jobs::running_on(store, ContainerKind::Dsource, d.id)?
+        .into_iter()
+        .map(|j| json!({"job": j.kind, "pid": j.pid, "since": j.started_at}))
+        .collect();
     Ok(json!({
-        "dsource": masked(&d, connector),
+        "dsource": d,
         "status": status,
         "replication": health,
         "last_snapshot": last,
+        "busy": busy,
     }))
-}
-
-/// The dSource with its secret parameters masked.
-pub fn masked(d: &DSource, connector: &Connector) -> DSource {
-    let mut d = d.clone();
-    d.parameters = connector.definitions.masked("linked_source", &d.parameters);
-    d
 }
 
 /// A staging port must be free on this host before anything is made.
 fn check_port_free(store: &Store, port: u16) -> Result<()> {
     let taken_by: Option<String> = store.optional(store.conn().query_row(
-        "SELECT name FROM dsources WHERE json_extract(parameters, '$.staging_port') = ?1",
+        "SELECT name FROM dsources WHERE json_extract(parameters, '$.staging_port') = ?1
+         UNION ALL SELECT 'VDB ' || name FROM vdbs WHERE port = ?1",
         [port],
         |r| r.get(0),
     ))?;
     if let Some(other) = taken_by {
         return Err(Error::Conflict(format!(
-            "staging port {port} belongs to dSource {other}; choose another"
+            "staging port {port} belongs to {other}; choose another --staging-port"
         )));
     }
     if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
@@ -440,7 +611,7 @@ fn check_port_free(store: &Store, port: u16) -> Result<()> {
     Ok(())
 }
 
-fn set_state(store: &Store, id: i64, state: &str) -> Result<()> {
+fn set_state(store: &Store, id: i64, state: DsourceState) -> Result<()> {
     store
         .conn()
         .execute(
@@ -451,40 +622,46 @@ fn set_state(store: &Store, id: i64, state: &str) -> Result<()> {
     Ok(())
 }
 
-const COLUMNS: &str = "d.id, d.name, d.source_config_id, e.name, d.parameters, d.state, d.dataset, d.mount_path, d.created_at";
+const COLUMNS: &str = "d.id, d.name, d.source_config_id, e.name, d.parameters, d.state, d.dataset, d.mount_path, d.created_at, d.sealed";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DSource> {
+    let name: String = r.get(1)?;
     Ok(DSource {
         id: r.get(0)?,
-        name: r.get(1)?,
         source_config_id: r.get(2)?,
         environment: r.get(3)?,
-        parameters: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or(Value::Null),
+        parameters: columns::json(r, 4, || format!("parameters of dSource {name}"))?,
         state: r.get(5)?,
         dataset: r.get(6)?,
         mount_path: PathBuf::from(r.get::<_, String>(7)?),
         created_at: r.get(8)?,
+        sealed: r.get(9)?,
+        name,
     })
 }
 
-pub fn list(store: &Store) -> Result<Vec<DSource>> {
+fn query(store: &Store, filter: &str, args: impl rusqlite::Params) -> Result<Vec<DSource>> {
     let mut stmt = store
         .conn()
         .prepare(&format!(
-            "SELECT {COLUMNS} FROM dsources d JOIN environments e ON e.id = d.environment_id ORDER BY d.name"
+            "SELECT {COLUMNS} FROM dsources d JOIN environments e ON e.id = d.environment_id {filter} ORDER BY d.name"
         ))
         .map_err(|e| store.err(e))?;
-    let rows = stmt.query_map([], row).map_err(|e| store.err(e))?;
+    let rows = stmt.query_map(args, row).map_err(|e| store.err(e))?;
     rows.collect::<rusqlite::Result<_>>()
         .map_err(|e| store.err(e))
 }
 
+pub fn list(store: &Store) -> Result<Vec<DSource>> {
+    query(store, "", [])
+}
+
 pub fn find(store: &Store, name: &str) -> Result<Option<DSource>> {
-    store.optional(store.conn().query_row(
-        &format!("SELECT {COLUMNS} FROM dsources d JOIN environments e ON e.id = d.environment_id WHERE d.name = ?1"),
-        [name],
-        row,
-    ))
+    Ok(query(store, "WHERE d.name = ?1", [name])?.pop())
+}
+
+pub fn find_by_id(store: &Store, id: i64) -> Result<Option<DSource>> {
+    Ok(query(store, "WHERE d.id = ?1", [id])?.pop())
 }
 
 pub fn get(store: &Store, name: &str) -> Result<DSource> {

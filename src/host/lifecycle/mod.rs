@@ -1,16 +1,28 @@
 //! The data lifecycle: the workflows that call the connector, in the
-//! contract's order.
+//! contract's order, each recorded as a job so that a kill at any moment is
+//! repaired by the next command.
 //!
 //! - [`discovery`]: repositories and source configs, merged by identity.
 //! - [`dsource`]: link, sync, enable, disable, delete dSources.
 //! - [`vdb`]: provision, start, stop, refresh, rewind, snapshot, delete VDBs.
+//! - [`teardown`]: a dSource with every VDB made from it.
 //! - [`timeflow`]: timeflows and snapshots with connector metadata; retention.
+//! - [`jobs`]: what each workflow is doing; [`repair`]: what a cut-short one left.
+//! - [`ownership`]: who owns which dataset and snapshot; `pool check`.
+//! - [`names`]: one name space for dSources and VDBs.
 //! - [`placement`]: mounting a dataset where the connector's specification says.
 //! - [`hooks`]: user shell hooks around workflows.
+//!
+//! Imports run one way: `teardown` → `vdb` → `dsource` → the rest.
 
 pub mod discovery;
 pub mod dsource;
 pub mod hooks;
+pub mod jobs;
+pub mod names;
+pub mod ownership;
 pub mod placement;
+pub mod repair;
+pub mod teardown;
 pub mod timeflow;
 pub mod vdb;

@@ -10,14 +10,50 @@ use serde_json::Value;
 
 use crate::host::error::{Error, Result};
 use crate::host::storage::Pool;
-use crate::host::store::{self, Store};
+use crate::host::store::{self, columns, Store};
+
+/// What a timeflow belongs to.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum ContainerKind {
+    Dsource,
+    Vdb,
+}
+
+impl ContainerKind {
+    /// How people call it.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Dsource => "dSource",
+            Self::Vdb => "VDB",
+        }
+    }
+}
+
+columns::text_enum_column!(ContainerKind);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Timeflow {
     pub id: i64,
-    pub container_kind: String,
+    pub container_kind: ContainerKind,
     pub container_id: i64,
     pub parent_snapshot: Option<i64>,
+    /// The dataset this timeflow lives on.
+    pub dataset: String,
     pub created_at: i64,
 }
 
@@ -30,13 +66,20 @@ pub struct Snapshot {
     pub created_at: i64,
 }
 
-/// Opens a new timeflow for a container.
-pub fn create(store: &Store, kind: &str, container: i64, parent: Option<i64>) -> Result<Timeflow> {
+/// Opens a new timeflow for a container, on `dataset`.
+pub fn create(
+    store: &Store,
+    kind: ContainerKind,
+    container: i64,
+    parent: Option<i64>,
+    dataset: &str,
+) -> Result<Timeflow> {
     store
         .conn()
         .execute(
-            "INSERT INTO timeflows (container_kind, container_id, parent_snapshot, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![kind, container, parent, store::now()],
+            "INSERT INTO timeflows (container_kind, container_id, parent_snapshot, dataset, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![kind, container, parent, dataset, store::now()],
         )
         .map_err(|e| store.err(e))?;
     let id = store.conn().last_insert_rowid();
@@ -47,7 +90,7 @@ fn get(store: &Store, id: i64) -> Result<Timeflow> {
     store
         .conn()
         .query_row(
-            "SELECT id, container_kind, container_id, parent_snapshot, created_at FROM timeflows WHERE id = ?1",
+            "SELECT id, container_kind, container_id, parent_snapshot, coalesce(dataset, ''), created_at FROM timeflows WHERE id = ?1",
             [id],
             timeflow_row,
         )
@@ -60,16 +103,17 @@ fn timeflow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Timeflow> {
         container_kind: r.get(1)?,
         container_id: r.get(2)?,
         parent_snapshot: r.get(3)?,
-        created_at: r.get(4)?,
+        dataset: r.get(4)?,
+        created_at: r.get(5)?,
     })
 }
 
 /// The timeflows of a container, oldest first.
-pub fn list(store: &Store, kind: &str, container: i64) -> Result<Vec<Timeflow>> {
+pub fn list(store: &Store, kind: ContainerKind, container: i64) -> Result<Vec<Timeflow>> {
     let mut stmt = store
         .conn()
         .prepare(
-            "SELECT id, container_kind, container_id, parent_snapshot, created_at FROM timeflows
+            "SELECT id, container_kind, container_id, parent_snapshot, coalesce(dataset, ''), created_at FROM timeflows
              WHERE container_kind = ?1 AND container_id = ?2 ORDER BY id",
         )
         .map_err(|e| store.err(e))?;
@@ -81,10 +125,10 @@ pub fn list(store: &Store, kind: &str, container: i64) -> Result<Vec<Timeflow>> 
 }
 
 /// The container's current (newest) timeflow.
-pub fn current(store: &Store, kind: &str, container: i64) -> Result<Timeflow> {
+pub fn current(store: &Store, kind: ContainerKind, container: i64) -> Result<Timeflow> {
     list(store, kind, container)?
         .pop()
-        .ok_or_else(|| Error::NotFound(format!("{kind} {container} has no timeflow")))
+        .ok_or_else(|| Error::NotFound(format!("{} {container} has no timeflow", kind.title())))
 }
 
 /// Records a snapshot on a timeflow.
@@ -108,11 +152,12 @@ const SNAPSHOT_COLUMNS: &str =
     "s.id, s.timeflow_id, s.dataset_snapshot_id, s.metadata, s.created_at";
 
 fn snapshot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Snapshot> {
+    let id: i64 = r.get(0)?;
     Ok(Snapshot {
-        id: r.get(0)?,
+        id,
         timeflow_id: r.get(1)?,
         dataset_snapshot_id: r.get(2)?,
-        metadata: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(Value::Null),
+        metadata: columns::json(r, 3, || format!("metadata of snapshot {id}"))?,
         created_at: r.get(4)?,
     })
 }
@@ -128,7 +173,7 @@ pub fn snapshot(store: &Store, id: i64) -> Result<Snapshot> {
 }
 
 /// A container's snapshots, oldest first, across its timeflows.
-pub fn snapshots(store: &Store, kind: &str, container: i64) -> Result<Vec<Snapshot>> {
+pub fn snapshots(store: &Store, kind: ContainerKind, container: i64) -> Result<Vec<Snapshot>> {
     let mut stmt = store
         .conn()
         .prepare(&format!(
@@ -169,7 +214,7 @@ pub fn remove_snapshot(store: &Store, id: i64) -> Result<()> {
 }
 
 /// Forgets a container's timeflows (after its snapshots are gone).
-pub fn remove_container(store: &Store, kind: &str, container: i64) -> Result<()> {
+pub fn remove_container(store: &Store, kind: ContainerKind, container: i64) -> Result<()> {
     store
         .conn()
         .execute(
@@ -191,7 +236,7 @@ pub fn remove_container(store: &Store, kind: &str, container: i64) -> Result<()>
 /// and/or those younger than `keep_days`.
 pub fn set_retention(
     store: &Store,
-    kind: &str,
+    kind: ContainerKind,
     container: i64,
     keep_count: Option<u32>,
     keep_days: Option<u32>,
@@ -210,7 +255,12 @@ pub fn set_retention(
 /// Applies retention: removes snapshots beyond the policy, except any that
 /// something depends on (a clone, a timeflow started from it) and the
 /// newest one. Returns the ids removed.
-pub fn apply_retention(store: &Store, pool: &Pool, kind: &str, container: i64) -> Result<Vec<i64>> {
+pub fn apply_retention(
+    store: &Store,
+    pool: &Pool,
+    kind: ContainerKind,
+    container: i64,
+) -> Result<Vec<i64>> {
     let policy: Option<(Option<u32>, Option<u32>)> = store.optional(store.conn().query_row(
         "SELECT keep_count, keep_days FROM retention WHERE container_kind = ?1 AND container_id = ?2",
         params![kind, container],
@@ -248,4 +298,48 @@ pub fn apply_retention(store: &Store, pool: &Pool, kind: &str, container: i64) -
         removed.push(s.id);
     }
     Ok(removed)
+}
+
+/// A snapshot as listed: with the name of what it belongs to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub id: i64,
+    /// `dsource` or `vdb`.
+    pub of: ContainerKind,
+    /// The dSource's or VDB's name.
+    pub name: String,
+    pub timeflow: i64,
+    pub created_at: i64,
+    pub metadata: Value,
+}
+
+/// Snapshots of one container (`kind` and `name`), or of all, oldest first.
+pub fn listing(store: &Store, only: Option<(ContainerKind, i64)>) -> Result<Vec<Listed>> {
+    let mut stmt = store
+        .conn()
+        .prepare(
+            "SELECT s.id, t.container_kind, coalesce(d.name, v.name), t.id, s.created_at, s.metadata
+             FROM snapshots s JOIN timeflows t ON t.id = s.timeflow_id
+             LEFT JOIN dsources d ON t.container_kind = 'dsource' AND d.id = t.container_id
+             LEFT JOIN vdbs v ON t.container_kind = 'vdb' AND v.id = t.container_id
+             WHERE ?1 IS NULL OR (t.container_kind = ?1 AND t.container_id = ?2)
+             ORDER BY t.container_kind, coalesce(d.name, v.name), s.id",
+        )
+        .map_err(|e| store.err(e))?;
+    let (kind, id) = only.map_or((None, None), |(k, i)| (Some(k), Some(i)));
+    let rows = stmt
+        .query_map(params![kind, id], |r| {
+            let id: i64 = r.get(0)?;
+            Ok(Listed {
+                id,
+                of: r.get(1)?,
+                name: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                timeflow: r.get(3)?,
+                created_at: r.get(4)?,
+                metadata: columns::json(r, 5, || format!("metadata of snapshot {id}"))?,
+            })
+        })
+        .map_err(|e| store.err(e))?;
+    rows.collect::<rusqlite::Result<_>>()
+        .map_err(|e| store.err(e))
 }

@@ -18,36 +18,35 @@ use serde::Serialize;
 
 use crate::host::error::{Error, ProcessError, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// How the pool makes datasets, snapshots and clones.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    clap::ValueEnum,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Backend {
+    /// btrfs subvolume snapshots.
     Btrfs,
+    /// File clones by reflink (XFS with reflink, btrfs).
     Reflink,
+    /// Plain copies (any filesystem; every clone is a full copy).
     Copy,
 }
 
 impl Backend {
-    pub fn parse(text: &str) -> Result<Option<Self>> {
-        match text {
-            "auto" => Ok(None),
-            "btrfs" => Ok(Some(Self::Btrfs)),
-            "reflink" => Ok(Some(Self::Reflink)),
-            "copy" => Ok(Some(Self::Copy)),
-            "zfs" => Err(Error::usage(
-                "the zfs backend is not available in this build (no zfs on this host); use auto, btrfs, reflink or copy",
-            )),
-            other => Err(Error::usage(format!(
-                "unknown backend {other:?} (auto, btrfs, reflink, copy)"
-            ))),
-        }
-    }
-
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Btrfs => "btrfs",
-            Self::Reflink => "reflink",
-            Self::Copy => "copy",
-        }
+        self.into()
     }
 
     /// Picks the best backend for `dir` and says why.
@@ -174,7 +173,7 @@ fn reflink_works(dir: &Path) -> bool {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().map_err(|e| {
+    let out = crate::host::processes::output(cmd).map_err(|e| {
         Error::io(
             "cannot run",
             Path::new(&format!("{:?}", cmd.get_program())),

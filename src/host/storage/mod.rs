@@ -15,6 +15,7 @@
 //! [`backend`], space accounting in [`space`], mounts in [`mount`].
 
 pub mod backend;
+mod check;
 pub mod mount;
 pub mod space;
 
@@ -24,6 +25,8 @@ use rusqlite::params;
 use serde::Serialize;
 
 pub use backend::Backend;
+pub use check::{CheckReport, Owned};
+pub use mount::MountKind;
 pub use space::Space;
 
 use crate::host::environments::OsUser;
@@ -57,6 +60,30 @@ pub struct PoolInfo {
     pub snapshots: usize,
 }
 
+/// Where a dataset or snapshot is in its life. `creating` and `destroying`
+/// carry the pid doing it: if that process is gone, the work was cut short.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum DatasetState {
+    Creating,
+    Ready,
+    Destroying,
+}
+
+crate::host::store::columns::text_enum_column!(DatasetState, Backend);
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Dataset {
     pub id: i64,
@@ -64,7 +91,7 @@ pub struct Dataset {
     pub path: PathBuf,
     pub owner: Option<String>,
     pub origin_snapshot: Option<i64>,
-    pub state: String,
+    pub state: DatasetState,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,7 +100,7 @@ pub struct DatasetSnapshot {
     pub dataset: String,
     pub name: String,
     pub path: PathBuf,
-    pub state: String,
+    pub state: DatasetState,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -94,13 +121,6 @@ pub struct SnapshotInfo {
     pub dependents: Vec<String>,
 }
 
-/// What `pool check` found and did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CheckReport {
-    pub problems: Vec<String>,
-    pub repaired: Vec<String>,
-}
-
 impl Pool {
     /// Makes (or adopts) a pool at `dir` and records it as the engine's pool.
     pub fn init(store: &Store, dir: &Path, backend: Option<Backend>) -> Result<Self> {
@@ -110,6 +130,9 @@ impl Pool {
                 dir.display()
             )));
         }
+        // Data directories inside the pool reach shells (pg_ctl uses one).
+        files::check_plain_path(dir)
+            .map_err(|why| Error::usage(format!("--pool {}: {why}", dir.display())))?;
         if let Some(existing) = store.setting("pool.path")? {
             if Path::new(&existing) != dir {
                 return Err(Error::Conflict(format!(
@@ -148,7 +171,7 @@ impl Pool {
             0o644,
         )?;
         store.set_setting("pool.path", &dir.to_string_lossy())?;
-        store.set_setting("pool.backend", backend.name())?;
+        store.set_setting("pool.backend", backend.into())?;
         store.set_setting("pool.reason", &reason)?;
         if backend == Backend::Copy {
             log::warn!("pool {}: {reason}", dir.display());
@@ -178,10 +201,13 @@ impl Pool {
         let path = store.setting("pool.path")?.ok_or_else(|| {
             Error::NotFound("no storage pool yet; run `pgvirt init --pool DIR` first".into())
         })?;
-        let backend = match store.setting("pool.backend")?.as_deref() {
-            Some("btrfs") => Backend::Btrfs,
-            Some("reflink") => Backend::Reflink,
-            _ => Backend::Copy,
+        let backend = match store.setting("pool.backend")? {
+            Some(name) => name.parse::<Backend>().map_err(|_| {
+                Error::usage(format!(
+                    "the store names pool backend {name:?}, which this pgvirt does not know; use a newer pgvirt"
+                ))
+            })?,
+            None => Backend::Copy,
         };
         let pool = Self {
             root: PathBuf::from(path),
@@ -326,7 +352,7 @@ impl Pool {
     ) -> Result<Dataset> {
         check_dataset_name(name)?;
         let snap = self.snapshot_by_id(store, snapshot)?;
-        if snap.state != "ready" {
+        if snap.state != DatasetState::Ready {
             return Err(Error::Conflict(format!(
                 "snapshot {snapshot} is {}, not ready",
                 snap.state
@@ -452,6 +478,77 @@ impl Pool {
         Ok(())
     }
 
+    /// A dataset's snapshot by name.
+    pub fn find_snapshot(
+        &self,
+        store: &Store,
+        dataset: &str,
+        name: &str,
+    ) -> Result<Option<DatasetSnapshot>> {
+        store.optional(store.conn().query_row(
+            "SELECT s.id, d.name, s.name, s.path, s.state FROM dataset_snapshots s
+             JOIN datasets d ON d.id = s.dataset_id WHERE d.name = ?1 AND s.name = ?2",
+            [dataset, name],
+            snapshot_row,
+        ))
+    }
+
+    /// Stops every process still using a dataset (by its own path or where
+    /// it is mounted) and unmounts it: before it is removed or replaced.
+    pub fn release(&self, store: &Store, dataset: &str) -> Result<()> {
+        let Some(ds) = self.find_dataset(store, dataset)? else {
+            return Ok(());
+        };
+        let mut roots = vec![ds.path.clone()];
+        roots.extend(mount::mounted_at(store, ds.id)?);
+        crate::host::processes::kill_holders(&roots, std::time::Duration::from_secs(30));
+        mount::unmount(store, ds.id)
+    }
+
+    /// Destroys a dataset and all its snapshots (refused, naming them, while
+    /// clones depend on one of them).
+    pub fn destroy_dataset_tree(&self, store: &Store, name: &str) -> Result<()> {
+        let Some(ds) = self.find_dataset(store, name)? else {
+            return Ok(());
+        };
+        for snap in self.snapshots_of(store, ds.id)? {
+            self.destroy_snapshot(store, snap.id)?;
+        }
+        self.destroy_dataset(store, name)
+    }
+
+    /// Marks a dataset or snapshot as the operator's (made with the
+    /// low-level `pgvirt pool dataset` commands): `pool check` does not
+    /// count it an orphan.
+    pub fn hold_for_operator(
+        &self,
+        store: &Store,
+        dataset: Option<&str>,
+        snapshot: Option<i64>,
+    ) -> Result<()> {
+        if let Some(name) = dataset {
+            store
+                .conn()
+                .execute("UPDATE datasets SET operator = 1 WHERE name = ?1", [name])
+                .map_err(|e| store.err(e))?;
+        }
+        if let Some(id) = snapshot {
+            store
+                .conn()
+                .execute(
+                    "UPDATE dataset_snapshots SET operator = 1 WHERE id = ?1",
+                    [id],
+                )
+                .map_err(|e| store.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a dataset has snapshots.
+    pub fn has_snapshots(&self, store: &Store, dataset_id: i64) -> Result<bool> {
+        Ok(!self.snapshots_of(store, dataset_id)?.is_empty())
+    }
+
     /// Names of the datasets cloned from a snapshot.
     pub fn dependents(&self, store: &Store, snapshot: i64) -> Result<Vec<String>> {
         let mut stmt = store
@@ -544,8 +641,9 @@ impl Pool {
 
     /// Checks a mount path: absolute, not `/`, no `..`, not inside the pool's
     /// own directories, another dataset or another mount (nor around one).
-    pub fn check_mount_path(&self, store: &Store, path: &Path) -> Result<()> {
-        mount::check_path(store, &self.root, path, None)
+    /// `field` names where the path came from (`mount_path`), for errors.
+    pub fn check_mount_path(&self, store: &Store, path: &Path, field: &str) -> Result<()> {
+        mount::check_path(store, &self.root, path, None, field)
     }
 
     /// Mounts a dataset at `path` (bind mount as root; else the dataset is
@@ -561,111 +659,6 @@ impl Pool {
             Some(ds) => mount::unmount(store, ds.id),
             None => Ok(()),
         }
-    }
-
-    /// Finds (and with `repair` fixes) drift between the store and the
-    /// filesystem: unfinished creates and destroys of dead processes, entries
-    /// on disk without a row, rows without their files, stale mounts.
-    pub fn check(&self, store: &Store, repair: bool) -> Result<CheckReport> {
-        let mut report = CheckReport::default();
-        self.check_interrupted(store, repair, &mut report)?;
-        self.check_drift(store, repair, &mut report)?;
-        report
-            .repaired
-            .extend(mount::check(store, repair, &mut report.problems)?);
-        Ok(report)
-    }
-
-    /// Creates and destroys whose process died before finishing.
-    fn check_interrupted(
-        &self,
-        store: &Store,
-        repair: bool,
-        report: &mut CheckReport,
-    ) -> Result<()> {
-        for table in ["dataset_snapshots", "datasets"] {
-            let mut stmt = store
-                .conn()
-                .prepare(&format!(
-                    "SELECT id, path, state, pid FROM {table} WHERE state <> 'ready'"
-                ))
-                .map_err(|e| store.err(e))?;
-            let rows: Vec<(i64, String, String, Option<i64>)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                .map_err(|e| store.err(e))?
-                .collect::<rusqlite::Result<_>>()
-                .map_err(|e| store.err(e))?;
-            for (id, path, state, pid) in rows {
-                if pid.is_some_and(process_alive) {
-                    continue; // another pgvirt is at work on it
-                }
-                let what = format!(
-                    "{} {path} was left {state} by an interrupted command",
-                    &table[..table.len() - 1]
-                );
-                if repair {
-                    self.backend.destroy(Path::new(&path))?;
-                    if table == "datasets" {
-                        mount::unmount(store, id)?;
-                    }
-                    store
-                        .conn()
-                        .execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id])
-                        .map_err(|e| store.err(e))?;
-                    report.repaired.push(format!("{what}: removed"));
-                } else {
-                    report.problems.push(what);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Entries on disk without a row, rows without their files.
-    fn check_drift(&self, store: &Store, repair: bool, report: &mut CheckReport) -> Result<()> {
-        for (sub, table) in [("datasets", "datasets"), ("snapshots", "dataset_snapshots")] {
-            let dir = self.root.join(sub);
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let known: bool = store
-                    .conn()
-                    .query_row(
-                        &format!("SELECT count(*) > 0 FROM {table} WHERE path = ?1"),
-                        [path.to_string_lossy()],
-                        |r| r.get(0),
-                    )
-                    .map_err(|e| store.err(e))?;
-                if !known {
-                    let what = format!("{} is on disk but not in the store", path.display());
-                    if repair {
-                        self.backend.destroy(&path)?;
-                        report.repaired.push(format!("{what}: removed"));
-                    } else {
-                        report.problems.push(what);
-                    }
-                }
-            }
-        }
-        for table in ["datasets", "dataset_snapshots"] {
-            let mut stmt = store
-                .conn()
-                .prepare(&format!("SELECT path FROM {table} WHERE state = 'ready'"))
-                .map_err(|e| store.err(e))?;
-            let paths: Vec<String> = stmt
-                .query_map([], |r| r.get(0))
-                .map_err(|e| store.err(e))?
-                .collect::<rusqlite::Result<_>>()
-                .map_err(|e| store.err(e))?;
-            for p in paths.into_iter().filter(|p| !Path::new(p).exists()) {
-                report.problems.push(format!(
-                    "{p} is in the store but missing on disk (restore it, or delete what uses it)"
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -704,18 +697,6 @@ fn check_dataset_name(name: &str) -> Result<()> {
         Err(Error::usage(format!(
             "dataset or snapshot name {name:?} must be letters, digits, '-', '_' or '.', not starting with '.'"
         )))
-    }
-}
-
-/// Whether a process with this id exists.
-pub fn process_alive(pid: i64) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    // Signal 0 checks existence; EPERM still means it exists.
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        Ok(()) => true,
-        Err(e) => e == nix::errno::Errno::EPERM,
     }
 }
 

@@ -12,30 +12,63 @@ use super::Dataset;
 use crate::host::error::{Error, Result};
 use crate::host::store::Store;
 
+/// How a dataset is put at its path.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum MountKind {
+    /// A bind mount at the requested path (pgvirt is root).
+    Bind,
+    /// The dataset used in place (pgvirt is not root).
+    Direct,
+}
+
+crate::host::store::columns::text_enum_column!(MountKind);
+
 /// Whether pgvirt can bind-mount (it runs as root).
 pub fn can_bind() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
 /// Checks a mount path. `own` is the dataset being (re)mounted, whose own
-/// mount row does not count as a conflict.
-pub fn check_path(store: &Store, pool: &Path, path: &Path, own: Option<i64>) -> Result<()> {
+/// mount row does not count as a conflict; `field` names where the path
+/// came from in errors. A mount path reaches shells (`pg_ctl` runs the
+/// server through one): only plain characters pass, whatever a schema said.
+pub fn check_path(
+    store: &Store,
+    pool: &Path,
+    path: &Path,
+    own: Option<i64>,
+    field: &str,
+) -> Result<()> {
     let shown = path.display();
     if !path.is_absolute() {
-        return Err(Error::usage(format!("mount path {shown} must be absolute")));
+        return Err(Error::usage(format!("{field} {shown} must be absolute")));
     }
+    crate::host::files::check_plain_path(path)
+        .map_err(|why| Error::usage(format!("{field} {shown:?} {why}")))?;
     if path.components().any(|c| c == Component::ParentDir) {
         return Err(Error::usage(format!(
-            "mount path {shown} must not contain '..'"
+            "{field} {shown} must not contain '..'"
         )));
     }
     if path.parent().is_none() {
-        return Err(Error::usage("mount path / is not allowed"));
+        return Err(Error::usage(format!("{field} / is not allowed")));
     }
     for inside in [pool.join("datasets"), pool.join("snapshots")] {
         if path.starts_with(&inside) || inside.starts_with(path) {
             return Err(Error::usage(format!(
-                "mount path {shown} is inside (or around) the pool's {}",
+                "{field} {shown} is inside (or around) the pool's {}",
                 inside.display()
             )));
         }
@@ -59,7 +92,7 @@ pub fn check_path(store: &Store, pool: &Path, path: &Path, own: Option<i64>) -> 
         let other = Path::new(&other);
         if path.starts_with(other) || other.starts_with(path) {
             return Err(Error::Conflict(format!(
-                "mount path {shown} overlaps {} (dataset {name}); choose another",
+                "{field} {shown} overlaps {} (dataset {name}); choose another",
                 other.display()
             )));
         }
@@ -67,7 +100,7 @@ pub fn check_path(store: &Store, pool: &Path, path: &Path, own: Option<i64>) -> 
     if let Ok(mut entries) = std::fs::read_dir(path) {
         if entries.next().is_some() && !is_mountpoint(path) {
             return Err(Error::Conflict(format!(
-                "mount path {shown} exists and is not empty; choose an empty or new directory"
+                "{field} {shown} exists and is not empty; choose an empty or new directory"
             )));
         }
     }
@@ -92,13 +125,13 @@ pub fn mount(store: &Store, pool: &Path, ds: &Dataset, path: &Path) -> Result<Pa
         }
         unmount(store, ds.id)?;
     }
-    check_path(store, pool, path, Some(ds.id))?;
+    check_path(store, pool, path, Some(ds.id), "mount path")?;
     if !can_bind() {
         store
             .conn()
             .execute(
-                "INSERT INTO mounts (dataset_id, path, kind) VALUES (?1, ?2, 'direct')",
-                params![ds.id, ds.path.to_string_lossy()],
+                "INSERT INTO mounts (dataset_id, path, kind) VALUES (?1, ?2, ?3)",
+                params![ds.id, ds.path.to_string_lossy(), MountKind::Direct],
             )
             .map_err(|e| store.err(e))?;
         log::info!(
@@ -119,8 +152,8 @@ pub fn mount(store: &Store, pool: &Path, ds: &Dataset, path: &Path) -> Result<Pa
     )
     .map_err(|e| Error::io("cannot bind-mount at", path, e.into()))?;
     let recorded = store.conn().execute(
-        "INSERT INTO mounts (dataset_id, path, kind) VALUES (?1, ?2, 'bind')",
-        params![ds.id, path.to_string_lossy()],
+        "INSERT INTO mounts (dataset_id, path, kind) VALUES (?1, ?2, ?3)",
+        params![ds.id, path.to_string_lossy(), MountKind::Bind],
     );
     if let Err(e) = recorded {
         let _ = nix::mount::umount2(path, MntFlags::MNT_DETACH);
@@ -131,7 +164,7 @@ pub fn mount(store: &Store, pool: &Path, ds: &Dataset, path: &Path) -> Result<Pa
 
 /// Unmounts a dataset if it is mounted.
 pub fn unmount(store: &Store, dataset_id: i64) -> Result<()> {
-    let row: Option<(String, String)> = store.optional(store.conn().query_row(
+    let row: Option<(String, MountKind)> = store.optional(store.conn().query_row(
         "SELECT path, kind FROM mounts WHERE dataset_id = ?1",
         [dataset_id],
         |r| Ok((r.get(0)?, r.get(1)?)),
@@ -139,7 +172,7 @@ pub fn unmount(store: &Store, dataset_id: i64) -> Result<()> {
     let Some((path, kind)) = row else {
         return Ok(());
     };
-    if kind == "bind" && is_mountpoint(Path::new(&path)) {
+    if kind == MountKind::Bind && is_mountpoint(Path::new(&path)) {
         nix::mount::umount2(Path::new(&path), MntFlags::empty())
             .or_else(|_| nix::mount::umount2(Path::new(&path), MntFlags::MNT_DETACH))
             .map_err(|e| Error::io("cannot unmount", Path::new(&path), e.into()))?;
@@ -158,10 +191,10 @@ pub fn unmount(store: &Store, dataset_id: i64) -> Result<()> {
 pub fn check(store: &Store, repair: bool, problems: &mut Vec<String>) -> Result<Vec<String>> {
     let mut stmt = store
         .conn()
-        .prepare("SELECT dataset_id, path FROM mounts WHERE kind = 'bind'")
+        .prepare("SELECT dataset_id, path FROM mounts WHERE kind = ?1")
         .map_err(|e| store.err(e))?;
     let rows: Vec<(i64, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_map([MountKind::Bind], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(|e| store.err(e))?
         .collect::<rusqlite::Result<_>>()
         .map_err(|e| store.err(e))?;

@@ -5,151 +5,36 @@
 //!
 //! The store is opened by every command; other modules take a `&Store` and
 //! run their own SQL through [`Store::conn`], keeping each domain's queries in
-//! its own module.
+//! its own module. [`columns`] says how typed values sit in columns.
+//!
+//! Secrets never reach it in plain text: [`Store::seal`] and
+//! [`Store::unseal`] keep them apart from the documents they belong to
+//! (see [`crate::host::secrets`]), and SQLite's `secure_delete` overwrites
+//! what a deleted row held.
 
+pub mod columns;
+mod migrations;
+
+use std::cell::OnceCell;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension};
+use serde_json::Value;
 
 use super::error::{Error, Result};
+use super::secrets::{self, Keyring};
+use migrations::MIGRATIONS;
 
 /// Environment variable naming the store file (the `--store` flag wins).
 pub const STORE_ENV: &str = "PGVIRT_STORE";
-
-/// Schema migrations, in order. Never edit one that has shipped: add another.
-const MIGRATIONS: &[&str] = &[
-    // 1: connectors, environments, discovery, dSources (as users of source configs).
-    r#"
-    CREATE TABLE connectors (
-        id             TEXT PRIMARY KEY,
-        name           TEXT NOT NULL,
-        version        TEXT NOT NULL,
-        build_number   TEXT NOT NULL,
-        manifest       TEXT NOT NULL,
-        schemas        TEXT NOT NULL,
-        library_path   TEXT NOT NULL,
-        library_sha256 TEXT NOT NULL,
-        installed_at   INTEGER NOT NULL
-    );
-    CREATE TABLE environments (
-        id           INTEGER PRIMARY KEY,
-        name         TEXT NOT NULL UNIQUE,
-        kind         TEXT NOT NULL CHECK (kind IN ('local')),
-        os_user      TEXT NOT NULL,
-        scratch      TEXT NOT NULL,
-        added_at     INTEGER NOT NULL,
-        refreshed_at INTEGER
-    );
-    CREATE TABLE repositories (
-        id             INTEGER PRIMARY KEY,
-        environment_id INTEGER NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
-        identity       TEXT NOT NULL,
-        name           TEXT NOT NULL,
-        document       TEXT NOT NULL,
-        state          TEXT NOT NULL CHECK (state IN ('present', 'missing')),
-        UNIQUE (environment_id, identity)
-    );
-    CREATE TABLE source_configs (
-        id             INTEGER PRIMARY KEY,
-        environment_id INTEGER NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
-        repository_id  INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
-        identity       TEXT NOT NULL,
-        name           TEXT NOT NULL,
-        document       TEXT NOT NULL,
-        origin         TEXT NOT NULL CHECK (origin IN ('discovered', 'manual')),
-        state          TEXT NOT NULL CHECK (state IN ('present', 'missing')),
-        UNIQUE (environment_id, identity)
-    );
-    CREATE TABLE dsources (
-        id               INTEGER PRIMARY KEY,
-        name             TEXT NOT NULL UNIQUE,
-        source_config_id INTEGER NOT NULL REFERENCES source_configs(id) ON DELETE RESTRICT,
-        parameters       TEXT NOT NULL,
-        state            TEXT NOT NULL,
-        created_at       INTEGER NOT NULL
-    );
-    "#,
-    // 2: storage (pool, datasets, their snapshots, mounts), timeflows and
-    // snapshots with connector metadata, retention, VDBs; where dSources live.
-    r#"
-    CREATE TABLE settings (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    CREATE TABLE datasets (
-        id              INTEGER PRIMARY KEY,
-        name            TEXT NOT NULL UNIQUE,
-        path            TEXT NOT NULL,
-        owner           TEXT,
-        origin_snapshot INTEGER REFERENCES dataset_snapshots(id) ON DELETE RESTRICT,
-        state           TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'destroying')),
-        pid             INTEGER,
-        created_at      INTEGER NOT NULL
-    );
-    CREATE TABLE dataset_snapshots (
-        id         INTEGER PRIMARY KEY,
-        dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE RESTRICT,
-        name       TEXT NOT NULL,
-        path       TEXT NOT NULL,
-        state      TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'destroying')),
-        pid        INTEGER,
-        created_at INTEGER NOT NULL,
-        UNIQUE (dataset_id, name)
-    );
-    CREATE TABLE mounts (
-        dataset_id INTEGER PRIMARY KEY REFERENCES datasets(id) ON DELETE RESTRICT,
-        path       TEXT NOT NULL UNIQUE,
-        kind       TEXT NOT NULL CHECK (kind IN ('bind', 'direct'))
-    );
-    CREATE TABLE timeflows (
-        id              INTEGER PRIMARY KEY,
-        container_kind  TEXT NOT NULL CHECK (container_kind IN ('dsource', 'vdb')),
-        container_id    INTEGER NOT NULL,
-        parent_snapshot INTEGER REFERENCES snapshots(id) ON DELETE RESTRICT,
-        created_at      INTEGER NOT NULL
-    );
-    CREATE TABLE snapshots (
-        id                  INTEGER PRIMARY KEY,
-        timeflow_id         INTEGER NOT NULL REFERENCES timeflows(id) ON DELETE RESTRICT,
-        dataset_snapshot_id INTEGER NOT NULL REFERENCES dataset_snapshots(id) ON DELETE RESTRICT,
-        metadata            TEXT NOT NULL,
-        created_at          INTEGER NOT NULL
-    );
-    CREATE TABLE retention (
-        container_kind TEXT NOT NULL,
-        container_id   INTEGER NOT NULL,
-        keep_count     INTEGER,
-        keep_days      INTEGER,
-        PRIMARY KEY (container_kind, container_id)
-    );
-    CREATE TABLE vdbs (
-        id              INTEGER PRIMARY KEY,
-        name            TEXT NOT NULL UNIQUE,
-        environment_id  INTEGER NOT NULL REFERENCES environments(id) ON DELETE RESTRICT,
-        parent_kind     TEXT NOT NULL CHECK (parent_kind IN ('dsource', 'vdb', 'empty')),
-        parent_id       INTEGER NOT NULL,
-        parameters      TEXT NOT NULL,
-        port            INTEGER NOT NULL UNIQUE,
-        dataset         TEXT NOT NULL,
-        mount_path      TEXT NOT NULL,
-        state           TEXT NOT NULL,
-        source_config   TEXT NOT NULL,
-        origin_snapshot INTEGER REFERENCES snapshots(id) ON DELETE RESTRICT,
-        pid             INTEGER,
-        created_at      INTEGER NOT NULL
-    );
-    ALTER TABLE dsources ADD COLUMN pid INTEGER;
-    ALTER TABLE dsources ADD COLUMN environment_id INTEGER REFERENCES environments(id);
-    ALTER TABLE dsources ADD COLUMN dataset TEXT NOT NULL DEFAULT '';
-    ALTER TABLE dsources ADD COLUMN mount_path TEXT NOT NULL DEFAULT '';
-    "#,
-];
 
 /// An open metadata store.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    keyring: OnceCell<Keyring>,
 }
 
 impl Store {
@@ -182,11 +67,14 @@ impl Store {
         super::files::set_mode(path, 0o600)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(|e| Error::store(path, e))?;
-        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL;")
-            .map_err(|e| Error::store(path, e))?;
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; PRAGMA secure_delete = ON;",
+        )
+        .map_err(|e| Error::store(path, e))?;
         let mut store = Self {
             conn,
             path: path.to_owned(),
+            keyring: OnceCell::new(),
         };
         store.migrate()?;
         Ok(store)
@@ -204,8 +92,24 @@ impl Store {
             })
     }
 
+    /// This engine's id (made on first use): tells engines apart that share
+    /// a host, as in the default scratch directory of an environment.
+    pub fn engine_id(&self) -> Result<String> {
+        if let Some(id) = self.setting("engine.id")? {
+            return Ok(id);
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        self.conn
+            .execute(
+                "INSERT INTO settings (key, value) VALUES ('engine.id', ?1) ON CONFLICT (key) DO NOTHING",
+                [&id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.setting("engine.id")?.unwrap_or(id))
+    }
+
     /// The directory beside the store where the engine keeps its files
-    /// (installed connector libraries, scratch directories).
+    /// (installed connector libraries, its key).
     pub fn data_dir(&self) -> PathBuf {
         self.path
             .parent()
@@ -264,6 +168,52 @@ impl Store {
             })?;
         }
         Ok(())
+    }
+
+    /// The engine's key (made on first use).
+    fn keyring(&self) -> Result<&Keyring> {
+        if let Some(k) = self.keyring.get() {
+            return Ok(k);
+        }
+        let ring = Keyring::open(&Keyring::path_for(&self.data_dir()))?;
+        Ok(self.keyring.get_or_init(|| ring))
+    }
+
+    /// Splits the `fields` (secret property names) off `doc`: returns the
+    /// document to store and the sealed secrets (none when it has none).
+    pub fn seal(
+        &self,
+        owner: &str,
+        doc: &Value,
+        fields: &[String],
+    ) -> Result<(Value, Option<Vec<u8>>)> {
+        let (public, taken) = secrets::split(doc, fields);
+        if taken.is_empty() {
+            return Ok((public, None));
+        }
+        let plain = serde_json::to_vec(&taken).map_err(|e| Error::usage(e.to_string()))?;
+        Ok((public, Some(self.keyring()?.seal(owner, &plain)?)))
+    }
+
+    /// Puts sealed secrets back into a stored document.
+    pub fn unseal(&self, owner: &str, doc: &mut Value, sealed: Option<&[u8]>) -> Result<()> {
+        let Some(sealed) = sealed else {
+            return Ok(());
+        };
+        let plain = self.keyring()?.unseal(owner, sealed)?;
+        let taken: BTreeMap<String, Value> = serde_json::from_slice(&plain)
+            .map_err(|_| Error::usage(format!("the sealed secrets of {owner} are damaged")))?;
+        secrets::merge(doc, taken);
+        Ok(())
+    }
+
+    /// Runs `f` in a transaction on this connection: every write it makes
+    /// lands, or none does.
+    pub fn atomically<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let value = f()?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(value)
     }
 
     /// Reads one optional row.

@@ -1,0 +1,89 @@
+//! `pgvirt snapshot`: list snapshots, and set how many are kept.
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::Context;
+use crate::host::lifecycle::timeflow::{self, ContainerKind};
+use crate::host::lifecycle::{dsource, vdb};
+use crate::host::storage::Pool;
+use crate::host::Error;
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Snapshots of one dSource or VDB, or of all.
+    List {
+        /// Only this dSource's.
+        #[arg(long, conflicts_with = "vdb")]
+        dsource: Option<String>,
+        /// Only this VDB's.
+        #[arg(long)]
+        vdb: Option<String>,
+    },
+    /// Set how many snapshots a dSource or VDB keeps (applied after each
+    /// sync or snapshot; never one that a VDB or timeflow stands on).
+    Retention {
+        /// The dSource whose snapshots to keep.
+        #[arg(long, conflicts_with = "vdb")]
+        dsource: Option<String>,
+        /// The VDB whose snapshots to keep.
+        #[arg(long)]
+        vdb: Option<String>,
+        /// Keep the newest N snapshots.
+        #[arg(long)]
+        keep: Option<u32>,
+        /// Keep snapshots younger than D days.
+        #[arg(long)]
+        days: Option<u32>,
+    },
+}
+
+fn container(
+    store: &crate::host::store::Store,
+    dsource: Option<String>,
+    vdb: Option<String>,
+) -> anyhow::Result<Option<(ContainerKind, i64, String)>> {
+    Ok(match (dsource, vdb) {
+        (Some(d), _) => Some((ContainerKind::Dsource, dsource::get(store, &d)?.id, d)),
+        (_, Some(v)) => Some((ContainerKind::Vdb, vdb::get(store, &v)?.id, v)),
+        _ => None,
+    })
+}
+
+pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
+    let store = cx.store()?;
+    match cmd {
+        Cmd::List { dsource, vdb } => {
+            let only = container(&store, dsource, vdb)?.map(|(k, id, _)| (k, id));
+            cx.out.snapshots(&timeflow::listing(&store, only)?)
+        }
+        Cmd::Retention {
+            dsource,
+            vdb,
+            keep,
+            days,
+        } => {
+            let Some((kind, id, name)) = container(&store, dsource, vdb)? else {
+                return Err(Error::usage("name a --dsource or a --vdb").into());
+            };
+            if keep.is_none() && days.is_none() {
+                return Err(Error::usage("give --keep N, --days D, or both").into());
+            }
+            timeflow::set_retention(&store, kind, id, keep, days)?;
+            let removed = timeflow::apply_retention(&store, &Pool::open(&store)?, kind, id)?;
+            cx.out.message(
+                &format!(
+                    "{} {name}: keeping {} / {}; removed snapshots {removed:?}",
+                    kind.title(),
+                    keep.map_or("any number of snapshots".into(), |n| format!(
+                        "the newest {n} snapshots"
+                    )),
+                    days.map_or("of any age".into(), |d| format!(
+                        "those younger than {d} days"
+                    )),
+                ),
+                json!({"removed": removed}),
+            )
+        }
+    }
+}

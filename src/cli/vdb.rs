@@ -1,0 +1,247 @@
+//! `pgvirt vdb`: provision VDBs from snapshots, and the rest of their life.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::flags::{self, Given};
+use super::Context;
+use crate::host::connectors::registry;
+use crate::host::lifecycle::vdb;
+
+#[derive(Args, Debug)]
+pub struct VirtualParams {
+    /// A whole virtual-source parameters document (JSON); flags add to it.
+    #[arg(long, value_name = "FILE")]
+    params: Option<PathBuf>,
+    /// Port (default: the first free one of PGVIRT_VDB_PORTS, 6500-6999).
+    #[arg(long)]
+    port: Option<u32>,
+    /// Target environment (default: the parent's).
+    #[arg(long)]
+    env: Option<String>,
+    /// Where to mount the VDB's dataset.
+    #[arg(long)]
+    mount_path: Option<String>,
+    /// Setting NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+}
+
+impl VirtualParams {
+    /// The virtual-source document the flags describe.
+    fn document(&self) -> anyhow::Result<(serde_json::Value, Given)> {
+        let mut doc = flags::object_from(&self.params)?;
+        let mut given = Given::default();
+        if let Some(p) = self.port {
+            given.set(&mut doc, "--port", "/port", json!(p));
+        }
+        if let Some(e) = &self.env {
+            given.set(&mut doc, "--env", "/environment", json!(e));
+        }
+        if let Some(m) = &self.mount_path {
+            given.set(&mut doc, "--mount-path", "/mount_path", json!(m));
+        }
+        if !self.set.is_empty() {
+            let set = flags::settings(&self.set, "--set")?;
+            given.set(&mut doc, "--set", "/config/set", json!(set));
+        }
+        Ok((doc, given))
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Provision a VDB from a dSource's or VDB's snapshot.
+    Provision {
+        /// Name of the new VDB (dSources and VDBs share one name space).
+        name: String,
+        /// The dSource or VDB to clone: NAME for its latest snapshot, NAME@ID for one.
+        #[arg(long, value_name = "NAME[@SNAPSHOT]")]
+        from: String,
+        #[command(flatten)]
+        params: VirtualParams,
+    },
+    /// Create an empty VDB (a new cluster).
+    CreateEmpty {
+        /// Name of the new VDB.
+        name: String,
+        #[command(flatten)]
+        params: VirtualParams,
+    },
+    /// Start a stopped VDB (also after its server crashed).
+    Start {
+        /// The VDB.
+        name: String,
+    },
+    /// Stop a VDB's server and unmount its data.
+    Stop {
+        /// The VDB.
+        name: String,
+    },
+    /// ACTIVE or INACTIVE.
+    Status {
+        /// The VDB.
+        name: String,
+    },
+    /// Bring a disabled VDB back.
+    Enable {
+        /// The VDB.
+        name: String,
+    },
+    /// Stop a VDB and unmount it until it is enabled again.
+    Disable {
+        /// The VDB.
+        name: String,
+    },
+    /// Delete the VDB: its processes, mounts and clone.
+    Delete {
+        /// The VDB.
+        name: String,
+        /// Delete the VDBs provisioned from its snapshots (and theirs) first.
+        #[arg(long)]
+        with_children: bool,
+    },
+    /// Refresh to the parent's latest snapshot (or --snapshot ID).
+    Refresh {
+        /// The VDB.
+        name: String,
+        /// A newer snapshot of the parent than its latest.
+        #[arg(long)]
+        snapshot: Option<i64>,
+    },
+    /// Rewind to one of the VDB's own snapshots.
+    Rewind {
+        /// The VDB.
+        name: String,
+        /// The snapshot (see `pgvirt snapshot list --vdb NAME`).
+        #[arg(long)]
+        snapshot: i64,
+    },
+    /// Take a snapshot of the VDB.
+    Snapshot {
+        /// The VDB.
+        name: String,
+    },
+    /// One VDB, with its connection string.
+    Show {
+        /// The VDB.
+        name: String,
+    },
+    /// All VDBs.
+    List,
+}
+
+pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
+    let store = cx.store()?;
+    let out = &cx.out;
+    if let Cmd::List = cmd {
+        return out.vdbs(&vdb::list(&store)?);
+    }
+    let shown = |v: &vdb::Vdb, what: &str| -> anyhow::Result<()> {
+        let mut value = serde_json::to_value(v)?;
+        value["connection"] = json!(v.connection_string());
+        out.message(
+            &format!("VDB {} {what}: {}", v.name, v.connection_string()),
+            value,
+        )
+    };
+    if let Cmd::Show { name } = &cmd {
+        return shown(&vdb::get(&store, name)?, "");
+    }
+    let connector = registry::open(&store, None)?;
+    let store = &store;
+    let connector = &connector;
+    match cmd {
+        Cmd::Provision { name, from, params } => {
+            let started = std::time::Instant::now();
+            let (parameters, given) = params.document()?;
+            let v = vdb::provision(
+                store,
+                connector,
+                vdb::ProvisionRequest {
+                    name: &name,
+                    from: &from,
+                    parameters,
+                },
+            )
+            .map_err(|e| given.name_flags(e))
+            .with_context(|| format!("provisioning VDB {name} from {from}"))?;
+            log::info!("provisioned {name} in {:.2?}", started.elapsed());
+            shown(&v, "is ready")
+        }
+        Cmd::CreateEmpty { name, params } => {
+            let (parameters, given) = params.document()?;
+            let v = vdb::create_empty(
+                store,
+                connector,
+                vdb::ProvisionRequest {
+                    name: &name,
+                    from: "",
+                    parameters,
+                },
+            )
+            .map_err(|e| given.name_flags(e))
+            .with_context(|| format!("creating empty VDB {name}"))?;
+            shown(&v, "is ready")
+        }
+        Cmd::Start { name } => shown(
+            &vdb::start(store, connector, &name).with_context(|| format!("starting VDB {name}"))?,
+            "started",
+        ),
+        Cmd::Stop { name } => shown(
+            &vdb::stop(store, connector, &name).with_context(|| format!("stopping VDB {name}"))?,
+            "stopped",
+        ),
+        Cmd::Status { name } => {
+            let status = vdb::status(store, connector, &name)?;
+            out.message(&status, json!({"name": name, "status": status}))
+        }
+        Cmd::Enable { name } => shown(
+            &vdb::enable(store, connector, &name)
+                .with_context(|| format!("enabling VDB {name}"))?,
+            "enabled",
+        ),
+        Cmd::Disable { name } => shown(
+            &vdb::disable(store, connector, &name)
+                .with_context(|| format!("disabling VDB {name}"))?,
+            "disabled",
+        ),
+        Cmd::Delete {
+            name,
+            with_children,
+        } => {
+            let deleted = if with_children {
+                vdb::delete_tree(store, connector, &name)
+            } else {
+                vdb::delete(store, connector, &name).map(|()| vec![name.clone()])
+            }
+            .with_context(|| format!("deleting VDB {name}"))?;
+            out.message(
+                &format!("deleted VDB {}", deleted.join(", ")),
+                json!({"deleted": name, "vdbs_deleted": deleted}),
+            )
+        }
+        Cmd::Refresh { name, snapshot } => shown(
+            &vdb::refresh(store, connector, &name, snapshot)
+                .with_context(|| format!("refreshing VDB {name}"))?,
+            "refreshed",
+        ),
+        Cmd::Rewind { name, snapshot } => shown(
+            &vdb::rewind(store, connector, &name, snapshot)
+                .with_context(|| format!("rewinding VDB {name}"))?,
+            "rewound",
+        ),
+        Cmd::Snapshot { name } => {
+            let s = vdb::snapshot(store, connector, &name)
+                .with_context(|| format!("snapshotting VDB {name}"))?;
+            out.message(
+                &format!("VDB {name}: snapshot {}", s.id),
+                serde_json::to_value(&s)?,
+            )
+        }
+        Cmd::Show { .. } | Cmd::List => Ok(()),
+    }
+}

@@ -1,0 +1,159 @@
+//! Staging as a standby: its configuration (port, private socket, hot
+//! standby, the replication connection or the archive it restores from, the
+//! user's settings, a private pg_hba.conf), and the wait for it to stream.
+
+use serde_json::Value;
+
+use super::{default_slot_name, log_shipping, Staging};
+use crate::abi::{ErrorKind, IngestionMethod, OperationError};
+use crate::connector::cluster::ClusterConfig;
+use crate::connector::conf::{conf_quote, conf_value, conninfo_quote};
+use crate::connector::platform::{request, Platform};
+use crate::connector::source::Source;
+
+/// Writes the standby configuration: port, sockets, hot standby, the
+/// replication connection (password in a 0600 passfile outside the mount, so
+/// no snapshot holds it), restore_command for
+/// log shipping, the user's settings, and a private pg_hba.conf.
+pub fn write_config(
+    platform: &Platform,
+    staging: &Staging,
+    source: Option<&Source>,
+) -> Result<(), OperationError> {
+    let mut settings: Vec<(String, String)> = vec![
+        ("port".into(), staging.cluster.port.to_string()),
+        ("listen_addresses".into(), conf_quote("localhost")),
+        (
+            "unix_socket_directories".into(),
+            conf_quote(&staging.cluster.socket_dir),
+        ),
+        ("unix_socket_permissions".into(), "0700".into()),
+        ("hot_standby".into(), "on".into()),
+        ("archive_mode".into(), "off".into()),
+        (
+            "hba_file".into(),
+            conf_quote(&format!("{}/pg_hba.conf", staging.cluster.data_dir)),
+        ),
+        (
+            "ident_file".into(),
+            conf_quote(&format!("{}/pg_ident.conf", staging.cluster.data_dir)),
+        ),
+        (
+            "cluster_name".into(),
+            conf_quote(&format!("pgvirt staging {}", staging.name)),
+        ),
+    ];
+    let mut pgpass = None;
+    if let Some(source) = source {
+        let passfile = staging.passfile();
+        let mut conninfo = format!(
+            "host={} port={} user={} application_name={} connect_timeout={}",
+            conninfo_quote(&source.host),
+            source.port,
+            conninfo_quote(&source.user),
+            conninfo_quote(&default_slot_name(&staging.name)),
+            source.connect_timeout
+        );
+        if source.password.is_some() {
+            conninfo.push_str(&format!(" passfile={}", conninfo_quote(&passfile)));
+            pgpass = Some((passfile, source.pgpass_line()));
+        }
+        settings.push(("primary_conninfo".into(), conf_quote(&conninfo)));
+        if let Some(slot) = staging.slot() {
+            settings.push(("primary_slot_name".into(), conf_quote(&slot)));
+        }
+    }
+    if staging.method == IngestionMethod::BackupLogShipping {
+        settings.push((
+            "restore_command".into(),
+            log_shipping::restore_command(staging)?,
+        ));
+    }
+    let mut comment_out: Vec<String> = [
+        "data_directory",
+        "external_pid_file",
+        "include_dir",
+        "hba_file",
+        "ident_file",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if let Some(config) = staging.params.get("staging_config") {
+        if let Some(set) = config.get("set").and_then(Value::as_object) {
+            for (name, value) in set {
+                settings.push((name.clone(), conf_value(value)));
+            }
+        }
+        if let Some(list) = config.get("comment_out").and_then(Value::as_array) {
+            comment_out.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
+        }
+    }
+    staging.cluster.write_config(
+        platform,
+        &ClusterConfig {
+            settings,
+            comment_out,
+            // Only the environment user reaches staging (socket 0700, trust on it).
+            hba: vec!["local all all trust".into()],
+            signal: Some("standby.signal"),
+            secret_file: pgpass,
+        },
+    )
+}
+
+/// Waits until the walreceiver streams; an error says when it does not.
+pub fn wait_for_streaming(
+    platform: &Platform,
+    staging: &Staging,
+    seconds: u32,
+) -> Result<(), OperationError> {
+    // psql does not interpolate inside dollar quotes: pass through a setting.
+    let script = r#"
+SELECT set_config('pgvirt.wait_seconds', :'seconds', false) IS NULL;
+DO $$
+BEGIN
+  FOR i IN 1..(current_setting('pgvirt.wait_seconds')::int * 10) LOOP
+    EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming');
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), 'not connected');"#;
+    let secs = seconds.to_string();
+    let status = staging.cluster.psql(
+        platform,
+        "checking replication on staging",
+        script,
+        &[("seconds", &secs)],
+    )?;
+    let status = status.lines().last().unwrap_or_default().trim();
+    if status == "streaming" {
+        return Ok(());
+    }
+    let log = platform
+        .run(&request(
+            r#"tail -n 5 -- "$LOG" | tr '\n' ' '"#,
+            &[("LOG", staging.cluster.log_file.clone())],
+        ))
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let source = staging
+        .params
+        .get("source")
+        .map(|s| {
+            format!(
+                "{}:{}",
+                s["host"].as_str().unwrap_or("?"),
+                s["port"].as_u64().unwrap_or(5432)
+            )
+        })
+        .unwrap_or_default();
+    Err(OperationError::new(
+        ErrorKind::ReplicationStopped,
+        format!("streaming replication from {source} has stopped (walreceiver: {status})"),
+    )
+    .with_cause(format!("staging log: {}", log.trim()))
+    .with_action(
+        "check that the source is up and reachable; staging reconnects by itself once it is",
+    ))
+}

@@ -1,0 +1,185 @@
+//! Refresh (to a newer snapshot of the parent) and rewind (to one of the
+//! VDB's own snapshots): the snapshot is cloned onto a new dataset while the
+//! VDB still runs on its old one; the old VDB stops, the new one starts in
+//! its place (same name, port, parameters); only once it runs is the switch
+//! recorded — in one transaction — and the old dataset freed. Cut short
+//! before that, [`rollback`] brings back the old VDB as it was; after it,
+//! only tidying is left. Either way the VDB exists: the old or the new.
+
+use rusqlite::params;
+use serde_json::json;
+
+use super::provision::{check_provisionable, resolve_origin};
+use super::{get, input_for, mount, next_dataset, run_hook, Vdb, VdbState};
+use crate::host::connectors::loader::Connector;
+use crate::host::environments::{self, HostPlatform};
+use crate::host::error::{Error, Result};
+use crate::host::lifecycle::jobs::{Job, JobKind, Step};
+use crate::host::lifecycle::timeflow::{self, ContainerKind, Snapshot};
+use crate::host::storage::Pool;
+use crate::host::store::Store;
+
+/// Refreshes a VDB to its parent's latest (or a chosen newer) snapshot.
+pub fn refresh(
+    store: &Store,
+    connector: &Connector,
+    name: &str,
+    snapshot: Option<i64>,
+) -> Result<Vdb> {
+    let vdb = get(store, name)?;
+    let Some(parent) = vdb
+        .parent
+        .clone()
+        .filter(|_| vdb.parent_kind.container().is_some())
+    else {
+        return Err(Error::usage(format!(
+            "VDB {name} has no parent to refresh from (it was created empty, or its parent is gone)"
+        )));
+    };
+    let spec = match snapshot {
+        Some(id) => format!("{parent}@{id}"),
+        None => parent,
+    };
+    let origin = resolve_origin(store, &spec)?;
+    check_provisionable(&origin.snapshot)?;
+    reclone(store, connector, &vdb, origin.snapshot, JobKind::Refresh)
+}
+
+/// Rewinds a VDB to one of its own earlier snapshots.
+pub fn rewind(store: &Store, connector: &Connector, name: &str, snapshot: i64) -> Result<Vdb> {
+    let vdb = get(store, name)?;
+    let origin = resolve_origin(store, &format!("{name}@{snapshot}"))?;
+    reclone(store, connector, &vdb, origin.snapshot, JobKind::Rewind)
+}
+
+fn reclone(
+    store: &Store,
+    connector: &Connector,
+    vdb: &Vdb,
+    snapshot: Snapshot,
+    kind: JobKind,
+) -> Result<Vdb> {
+    let how = if kind == JobKind::Refresh {
+        "refresh"
+    } else {
+        "rewind"
+    };
+    let env = environments::get(store, &vdb.environment)?;
+    let pool = Pool::open(store)?;
+    let mut job = Job::begin(store, kind, ContainerKind::Vdb, vdb.id, &vdb.name)?;
+    let new_dataset = next_dataset(store, &vdb.name)?;
+    let switched = (|| {
+        job.note(store, "old_dataset", json!(vdb.dataset))?;
+        job.note(store, "old_state", json!(vdb.state))?;
+        job.note(store, "new_dataset", json!(new_dataset))?;
+        run_hook(&env, vdb, &format!("pre_{how}"))?;
+        job.step(store, Step::Storage)?;
+        let user = env.user()?;
+        pool.clone_snapshot(
+            store,
+            snapshot.dataset_snapshot_id,
+            &new_dataset,
+            Some(&user),
+        )?;
+        job.step(store, Step::Connector)?;
+        let input = input_for(store, &pool, vdb, &env)?;
+        connector.invoke("virtual.unconfigure", &input, HostPlatform::new(&env))?;
+        pool.release(store, &vdb.dataset)?;
+        let mut next = vdb.clone();
+        next.dataset = new_dataset.clone();
+        let mut input = input_for(store, &pool, &next, &env)?;
+        mount(store, connector, &pool, &next, &env, &mut input)?;
+        input["snapshot"] = snapshot.metadata.clone();
+        let config = if kind == JobKind::Refresh {
+            connector.invoke("virtual.configure", &input, HostPlatform::new(&env))?
+        } else {
+            input["fresh_clone"] = json!(true);
+            connector.invoke("virtual.reconfigure", &input, HostPlatform::new(&env))?
+        };
+        store.atomically(|| {
+            timeflow::create(
+                store,
+                ContainerKind::Vdb,
+                vdb.id,
+                Some(snapshot.id),
+                &new_dataset,
+            )?;
+            store
+                .conn()
+                .execute(
+                    "UPDATE vdbs SET dataset = ?2, origin_snapshot = ?3, source_config = ?4, state = ?5
+                     WHERE id = ?1",
+                    params![
+                        vdb.id,
+                        new_dataset,
+                        snapshot.id,
+                        config.to_string(),
+                        VdbState::Running
+                    ],
+                )
+                .map_err(|e| store.err(e))?;
+            Ok(())
+        })?;
+        job.step(store, Step::Committed)?;
+        Ok(())
+    })();
+    if let Err(e) = switched {
+        if let Err(back) = rollback(store, connector, &pool, vdb, &new_dataset) {
+            log::warn!(
+                "bringing back VDB {} after a failed {how}: {back}",
+                vdb.name
+            );
+        }
+        job.fail(store, &e)?;
+        return Err(e);
+    }
+    let current = get(store, &vdb.name)?;
+    let after = (|| {
+        if kind == JobKind::Refresh {
+            run_hook(&env, &current, "configure_clone")?;
+        }
+        run_hook(&env, &current, &format!("post_{how}"))
+    })();
+    free_old(store, &pool, &vdb.dataset);
+    job.end(store, &after)?;
+    after.map(|()| current)
+}
+
+/// The old timeflow's dataset goes once the switch is recorded, unless its
+/// snapshots (the VDB's history, which rewinds and children use) live on.
+pub(super) fn free_old(store: &Store, pool: &Pool, old: &str) {
+    let has_snapshots = pool
+        .find_dataset(store, old)
+        .ok()
+        .flatten()
+        .is_some_and(|ds| pool.has_snapshots(store, ds.id).unwrap_or(true));
+    if has_snapshots {
+        return;
+    }
+    if let Err(e) = pool.destroy_dataset(store, old) {
+        log::warn!("keeping the previous dataset {old}: {e}");
+    }
+}
+
+/// Brings back the VDB as it was before a refresh or rewind that did not
+/// get to its switch: whatever runs on the new dataset stops, the new
+/// dataset goes, and the old one is mounted (and started, if it ran).
+pub(super) fn rollback(
+    store: &Store,
+    connector: &Connector,
+    pool: &Pool,
+    vdb: &Vdb,
+    new_dataset: &str,
+) -> Result<()> {
+    pool.release(store, new_dataset)?;
+    pool.destroy_dataset_tree(store, new_dataset)?;
+    if matches!(vdb.state, VdbState::Running | VdbState::Stopped) {
+        let env = environments::get(store, &vdb.environment)?;
+        let mut input = input_for(store, pool, vdb, &env)?;
+        mount(store, connector, pool, vdb, &env, &mut input)?;
+        if vdb.state == VdbState::Running {
+            connector.invoke("virtual.start", &input, HostPlatform::new(&env))?;
+        }
+    }
+    Ok(())
+}
