@@ -8,5 +8,6 @@ mod contract;
 mod demo;
 mod discovery;
 mod dsource;
+mod hardening;
 mod storage;
 mod vdb;

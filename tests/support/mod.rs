@@ -559,3 +559,146 @@ pub fn spawn_paused(mut cmd: Command, step: &str) -> std::process::Child {
     }
     child
 }
+
+/// The pids, command lines and working directories of every process.
+pub fn processes() -> Vec<(i32, Vec<String>, Option<PathBuf>)> {
+    let mut found = Vec::new();
+    for p in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.is_empty() {
+            continue; // a zombie, or a kernel thread
+        }
+        let args = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        found.push((pid, args, std::fs::read_link(p.path().join("cwd")).ok()));
+    }
+    found
+}
+
+impl Stack {
+    /// The root everything of this stack's pool lives under.
+    pub fn pool_root(&self) -> PathBuf {
+        match &self._fs {
+            Some(fs) => fs.path().to_owned(),
+            None => self.pool.pool(),
+        }
+    }
+
+    /// Asserts the state is whole: `pool check` finds nothing; listings are
+    /// true (a running VDB runs, a stopped one does not; an enabled dSource
+    /// replays WAL, unpaused); no server, copy or pg_basebackup runs on the
+    /// pool for an object that is not listed as running; nothing is mounted
+    /// under the pool that is not listed as such; the source holds only the
+    /// listed dSources' slots. `what` says when, for the messages.
+    pub fn assert_whole(&self, what: &str) {
+        let check = self.pgvirt.run(&["pool", "check"]);
+        assert!(
+            check.status.success(),
+            "{what}: pool check found problems:\n{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let root = self.pool_root();
+        let dsources = self.pgvirt.json(&["dsource", "list"]);
+        let vdbs = self.pgvirt.json(&["vdb", "list"]);
+        let mut serving: Vec<PathBuf> = Vec::new();
+        let mut mounted_ok: Vec<PathBuf> = Vec::new();
+        for d in dsources.as_array().expect("dsources") {
+            let name = d["name"].as_str().expect("name");
+            let state = d["state"].as_str().expect("state");
+            assert!(
+                ["enabled", "disabled", "resync_needed"].contains(&state),
+                "{what}: dSource {name} is left {state}"
+            );
+            let mount = PathBuf::from(d["mount_path"].as_str().expect("mount"));
+            let shown = self.pgvirt.json(&["dsource", "show", name]);
+            if state == "enabled" {
+                assert_eq!(shown["status"], serde_json::json!("ACTIVE"), "{what}: {shown}");
+                assert_eq!(
+                    shown["replication"]["replay_paused"],
+                    serde_json::json!(false),
+                    "{what}: replay of {name} is left paused: {shown}"
+                );
+                serving.push(mount.join("data"));
+                mounted_ok.push(mount);
+            }
+        }
+        for v in vdbs.as_array().expect("vdbs") {
+            let name = v["name"].as_str().expect("name");
+            let state = v["state"].as_str().expect("state");
+            let status = self.pgvirt.json(&["vdb", "status", name])["status"].clone();
+            match state {
+                "running" => {
+                    assert_eq!(status, serde_json::json!("ACTIVE"), "{what}: VDB {name} is listed running");
+                    let mount = PathBuf::from(v["mount_path"].as_str().expect("mount"));
+                    serving.push(mount.join("data"));
+                    mounted_ok.push(mount);
+                }
+                "stopped" | "disabled" => {
+                    assert_eq!(status, serde_json::json!("INACTIVE"), "{what}: VDB {name} is listed {state}");
+                }
+                other => panic!("{what}: VDB {name} is left {other}"),
+            }
+        }
+        let root_text = root.to_string_lossy().into_owned();
+        for (pid, args, cwd) in processes() {
+            let line = args.join(" ");
+            if !line.contains(&root_text)
+                && !cwd.as_ref().is_some_and(|c| c.starts_with(&root))
+            {
+                continue;
+            }
+            let program = args.first().map(String::as_str).unwrap_or("");
+            if program.ends_with("/postgres") {
+                let data = args
+                    .iter()
+                    .position(|a| a == "-D")
+                    .and_then(|i| args.get(i + 1))
+                    .map(PathBuf::from);
+                assert!(
+                    data.as_ref().is_some_and(|d| serving.contains(d)),
+                    "{what}: a server (pid {pid}) runs on {data:?}, which nothing listed serves"
+                );
+            } else if program.ends_with("cp") || program.contains("pg_basebackup") || program.ends_with("btrfs") {
+                panic!("{what}: {line} (pid {pid}) still runs");
+            }
+        }
+        for mount in std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+        {
+            let mount = PathBuf::from(mount);
+            if mount.starts_with(root.join("mounts")) {
+                assert!(
+                    mounted_ok.contains(&mount),
+                    "{what}: {} is mounted, and nothing listed running uses it",
+                    mount.display()
+                );
+            }
+        }
+        let slots = self.source.psql(
+            "postgres",
+            "SELECT coalesce(string_agg(slot_name, ',' ORDER BY slot_name), '') FROM pg_replication_slots",
+        );
+        for slot in slots.split(',').filter(|s| !s.is_empty()) {
+            let owner = slot.trim_start_matches("pgvirt_");
+            assert!(
+                dsources
+                    .as_array()
+                    .expect("dsources")
+                    .iter()
+                    .any(|d| d["name"].as_str().map(|n| n.to_lowercase().replace(['-', '.'], "_")) == Some(owner.to_owned())),
+                "{what}: slot {slot} on the source belongs to no dSource"
+            );
+        }
+    }
+}

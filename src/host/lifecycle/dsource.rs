@@ -139,26 +139,31 @@ pub fn link(
         &request.parameters,
         &connector.definitions.secret_fields("linked_source"),
     )?;
-    store
-        .conn()
-        .execute(
-            "INSERT INTO dsources (name, source_config_id, parameters, sealed, state, created_at, environment_id, dataset, mount_path)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                request.name,
-                config.id,
-                public.to_string(),
-                sealed,
-                DsourceState::Linking,
-                store::now(),
-                env.id,
-                dataset,
-                mount_path.to_string_lossy(),
-            ],
-        )
-        .map_err(|e| store.err(e))?;
-    let d = get(store, request.name)?;
-    let mut job = Job::begin(store, JobKind::Link, ContainerKind::Dsource, d.id, &d.name)?;
+    // The row and its job land together: a kill right after leaves a job
+    // the next command repairs, never a row nothing knows how far it got.
+    let (d, mut job) = store.atomically(|| {
+        store
+            .conn()
+            .execute(
+                "INSERT INTO dsources (name, source_config_id, parameters, sealed, state, created_at, environment_id, dataset, mount_path)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    request.name,
+                    config.id,
+                    public.to_string(),
+                    sealed,
+                    DsourceState::Linking,
+                    store::now(),
+                    env.id,
+                    dataset,
+                    mount_path.to_string_lossy(),
+                ],
+            )
+            .map_err(|e| store.err(e))?;
+        let d = get(store, request.name)?;
+        let job = Job::begin(store, JobKind::Link, ContainerKind::Dsource, d.id, &d.name)?;
+        Ok((d, job))
+    })?;
     let result = (|| {
         job.step(store, Step::Storage)?;
         pool.create_dataset(store, &dataset, Some(&env.user()?))?;
@@ -490,6 +495,10 @@ pub fn repair(store: &Store, connector: &Connector, job: &Job) -> Result<String>
     };
     let pool = Pool::open(store)?;
     match job.kind {
+        JobKind::Link if d.state == DsourceState::Enabled => Ok(format!(
+            "dSource {}: its link had finished when it was interrupted",
+            d.name
+        )),
         JobKind::Link => {
             undo_link(store, connector, &pool, &d, job.step);
             Ok(format!(

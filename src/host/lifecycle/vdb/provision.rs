@@ -162,35 +162,39 @@ fn create(
         &req.parameters,
         &connector.definitions.secret_fields("virtual_source"),
     )?;
-    store
-        .conn()
-        .execute(
-            "INSERT INTO vdbs (name, environment_id, parent_kind, parent_id, parameters, sealed, port, dataset,
-                               mount_path, state, source_config, origin_snapshot, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, '{}', ?11, ?12)",
-            params![
-                req.name,
-                env.id,
-                parent_kind,
-                parent_id,
-                public.to_string(),
-                sealed,
-                port,
-                dataset,
-                mount_path.to_string_lossy(),
-                VdbState::Provisioning,
-                origin.as_ref().map(|o| o.snapshot.id),
-                store::now(),
-            ],
-        )
-        .map_err(|e| store.err(e))?;
-    let vdb = get(store, req.name)?;
     let kind = if origin.is_some() {
         JobKind::Provision
     } else {
         JobKind::CreateEmpty
     };
-    let mut job = Job::begin(store, kind, ContainerKind::Vdb, vdb.id, &vdb.name)?;
+    // The row and its job land together (see `dsource::link`).
+    let (vdb, mut job) = store.atomically(|| {
+        store
+            .conn()
+            .execute(
+                "INSERT INTO vdbs (name, environment_id, parent_kind, parent_id, parameters, sealed, port, dataset,
+                                   mount_path, state, source_config, origin_snapshot, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, '{}', ?11, ?12)",
+                params![
+                    req.name,
+                    env.id,
+                    parent_kind,
+                    parent_id,
+                    public.to_string(),
+                    sealed,
+                    port,
+                    dataset,
+                    mount_path.to_string_lossy(),
+                    VdbState::Provisioning,
+                    origin.as_ref().map(|o| o.snapshot.id),
+                    store::now(),
+                ],
+            )
+            .map_err(|e| store.err(e))?;
+        let vdb = get(store, req.name)?;
+        let job = Job::begin(store, kind, ContainerKind::Vdb, vdb.id, &vdb.name)?;
+        Ok((vdb, job))
+    })?;
     let result = (|| {
         job.note(store, "dataset", Value::String(dataset.clone()))?;
         job.step(store, Step::Storage)?;

@@ -28,6 +28,9 @@ pub fn repair(store: &Store, connector: &Connector, job: &Job) -> Result<String>
     let pool = Pool::open(store)?;
     let name = &vdb.name;
     match job.kind {
+        JobKind::Provision | JobKind::CreateEmpty if job.step == Step::Committed => Ok(format!(
+            "VDB {name}: its provision had finished when it was interrupted (its configure_clone hook may not have run)"
+        )),
         JobKind::Provision | JobKind::CreateEmpty => {
             destroy(store, connector, &pool, &vdb);
             Ok(format!(
