@@ -27,6 +27,11 @@ pub struct CommandRequest {
     /// Seconds after which the command is killed; none when absent.
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
+    /// Text written to the command's standard input (then closed): the way
+    /// to hand a command a secret that must not sit in any process's
+    /// environment or argv. Never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
 }
 
 /// What a command did.

@@ -150,6 +150,23 @@ echo "--- last lines of $LOG_FILE" >&2; tail -n 20 -- "$LOG_FILE" >&2; exit $rc
         }
     }
 
+    /// Writes a file only its owner can read, the content through standard
+    /// input (in no process's argv or environment).
+    pub fn write_private_file(
+        platform: &Platform,
+        path: &str,
+        content: &str,
+    ) -> Result<(), OperationError> {
+        let mut request = CommandRequest {
+            command: r#"umask 077; cat > "$FILE.tmp" && chmod 0600 -- "$FILE.tmp" && mv -f -- "$FILE.tmp" "$FILE""#.to_owned(),
+            stdin: Some(format!("{content}\n")),
+            ..CommandRequest::default()
+        };
+        request.variables.insert("FILE".to_owned(), path.to_owned());
+        platform.run_ok(&format!("writing {path}"), &request)?;
+        Ok(())
+    }
+
     /// Bytes of the data directory on disk.
     pub fn data_size(&self, platform: &Platform) -> Result<u64, OperationError> {
         let out = platform.run_ok(
@@ -227,8 +244,6 @@ pub struct ClusterConfig {
     pub hba: Vec<String>,
     /// The signal file to leave (`standby.signal`, `recovery.signal`), if any.
     pub signal: Option<&'static str>,
-    /// A secret file to write with mode 0600: (path, content).
-    pub secret_file: Option<(String, String)>,
 }
 
 impl Cluster {
@@ -245,7 +260,7 @@ impl Cluster {
             .iter()
             .map(|(k, v)| format!("{k} = {v}\n"))
             .collect();
-        let mut extra = vec![
+        let extra = vec![
             (
                 "PGVIRT_CONF".to_owned(),
                 format!("# written by pgvirt (included last: these win)\n{conf}"),
@@ -257,12 +272,6 @@ impl Cluster {
             ),
             ("SIGNAL".to_owned(), config.signal.unwrap_or("").to_owned()),
         ];
-        let mut secret = Vec::new();
-        if let Some((file, content)) = &config.secret_file {
-            extra.push(("SECRET_FILE".to_owned(), file.clone()));
-            extra.push(("SECRET_CONTENT".to_owned(), content.clone()));
-            secret.push("SECRET_CONTENT".to_owned());
-        }
         let script = r#"
 set -eu
 umask 077
@@ -281,11 +290,9 @@ printf '%s' "$PGVIRT_CONF" > pgvirt.conf
 grep -qx "include 'pgvirt.conf'" postgresql.conf || printf '\n%s\n' "include 'pgvirt.conf'" >> postgresql.conf
 rm -f standby.signal recovery.signal
 [ -n "$SIGNAL" ] && : > "$SIGNAL"
-if [ -n "${SECRET_FILE:-}" ]; then printf '%s\n' "$SECRET_CONTENT" > "$SECRET_FILE"; chmod 0600 "$SECRET_FILE"; fi
 exit 0
 "#;
-        let mut request = self.request(script, extra);
-        request.secret_variables = secret;
+        let request = self.request(script, extra);
         platform.run_ok(
             &format!("writing the configuration of {}", self.data_dir),
             &request,

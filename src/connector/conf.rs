@@ -23,8 +23,15 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
 }
 
 /// A postgresql.conf string literal.
+/// Backslashes, quotes and line ends are escaped (postgresql.conf reads
+/// `\n` and `\r` back as themselves; a raw line end would end the file's line).
 pub fn conf_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+    let escaped = value
+        .replace('\\', "\\\\")
+        .replace('\'', "''")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r");
+    format!("'{escaped}'")
 }
 
 /// A postgresql.conf value from JSON: numbers and booleans bare, strings quoted.
@@ -55,6 +62,11 @@ mod tests {
     #[test]
     fn quoting_survives_hostile_values() {
         assert_eq!(conf_quote("it's"), "'it''s'");
+        assert_eq!(
+            conf_quote("a\nb"),
+            r"'a\nb'",
+            "a line end stays inside the string"
+        );
         assert_eq!(conninfo_quote(r"a'b\c"), r"'a\'b\\c'");
         assert_eq!(shell_quote("/x'; rm -rf /"), r"'/x'\''; rm -rf /'");
         assert_eq!(conf_value(&json!(true)), "on");

@@ -177,7 +177,6 @@ impl Vdb {
                 comment_out,
                 hba: self.hba(),
                 signal,
-                secret_file: None,
             },
         )
     }

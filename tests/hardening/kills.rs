@@ -59,17 +59,28 @@ fn sweep(
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         let done = kill_after(s, &a, STEP * (i + 1));
         let out = s.pgvirt.run(ordinary);
-        assert!(out.status.success(), "{op}: {ordinary:?} after the kill failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{op}: {ordinary:?} after the kill failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let said = String::from_utf8_lossy(&out.stderr);
         if said.contains("interrupted") {
             repaired += 1;
         }
-        assert!(!said.contains("could not yet repair"), "{op} killed at {} ms: {said}", (i + 1) * 50);
+        assert!(
+            !said.contains("could not yet repair"),
+            "{op} killed at {} ms: {said}",
+            (i + 1) * 50
+        );
         s.assert_whole(&format!("{op} killed at {} ms", (i + 1) * 50));
         check(i, done);
         if done {
             eprintln!("{op}: killed {i} times, {repaired} repairs, then it ran to its end");
-            assert!(i < 2 || repaired > 0, "{op}: {i} kills and never a repair: the sweep tests nothing");
+            assert!(
+                i < 2 || repaired > 0,
+                "{op}: {i} kills and never a repair: the sweep tests nothing"
+            );
             return;
         }
     }
@@ -120,8 +131,10 @@ fn link_sync_and_delete(s: &Stack) {
     for other in linked.iter().filter(|n| **n != src) {
         s.pgvirt.ok(&["dsource", "delete", other]);
     }
-    s.source
-        .psql("postgres", "CREATE TABLE IF NOT EXISTS k (i int); INSERT INTO k VALUES (1)");
+    s.source.psql(
+        "postgres",
+        "CREATE TABLE IF NOT EXISTS k (i int); INSERT INTO k VALUES (1)",
+    );
     // Sync.
     sweep(
         s,
@@ -138,7 +151,13 @@ fn link_sync_and_delete(s: &Stack) {
             let name = format!("d{i}");
             let port = free_port().to_string();
             s.pgvirt.ok(&[
-                "dsource", "link", &name, "--source", &s.source_id, "--staging-port", &port,
+                "dsource",
+                "link",
+                &name,
+                "--source",
+                &s.source_id,
+                "--staging-port",
+                &port,
             ]);
             vec!["dsource".into(), "delete".into(), name]
         },

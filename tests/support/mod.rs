@@ -116,11 +116,21 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Self {
+        Self::start_in_zone(None)
+    }
+
+    /// A cluster made in time zone `tz` (initdb writes it as the cluster's
+    /// `timezone` and `log_timezone`).
+    pub fn start_in_zone(tz: Option<&str>) -> Self {
         require_postgres();
         let home = PgDir::new("pgvirt-cluster-");
         let data = home.path().join("data");
+        let mut initdb = as_pg_user(Path::new(PG_BIN).join("initdb"));
+        if let Some(tz) = tz {
+            initdb.env("TZ", tz);
+        }
         run_ok(
-            as_pg_user(Path::new(PG_BIN).join("initdb"))
+            initdb
                 .args(["-D"])
                 .arg(&data)
                 .args(["-U", "postgres", "-A", "trust", "--no-sync"]),
@@ -319,15 +329,40 @@ impl Pgvirt {
     /// Installs the connector from the repository and adds the local
     /// environment as the postgres user.
     pub fn with_local_env() -> Self {
-        require_postgres();
         let p = Self::new();
-        p.ok(&[
+        p.install_and_add_local();
+        p
+    }
+
+    /// Installs the connector and adds the local environment.
+    pub fn install_and_add_local(&self) {
+        require_postgres();
+        self.ok(&[
             "connector",
             "install",
             repo_root().to_str().expect("utf-8 path"),
         ]);
-        p.ok(&["env", "add", "local", "--user", PG_USER]);
-        p
+        self.ok(&["env", "add", "local", "--user", PG_USER]);
+    }
+}
+
+impl Drop for Pgvirt {
+    /// Removes the environments' scratch directories it made (outside the
+    /// test's temporary directory: in the environment user's home).
+    fn drop(&mut self) {
+        let Ok(store) = pgvirt::host::store::Store::open(&self.store()) else {
+            return;
+        };
+        let Ok(mut stmt) = store.conn().prepare("SELECT scratch FROM environments") else {
+            return;
+        };
+        let dirs: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .map(|rows| rows.flatten().collect())
+            .unwrap_or_default();
+        for dir in dirs.iter().filter(|d| d.contains("/.pgvirt/")) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -443,17 +478,26 @@ pub struct Stack {
 impl Stack {
     /// On the default filesystem (copy pool).
     pub fn new() -> Self {
-        Self::build(None)
+        Self::build(None, Cluster::start(), Pgvirt::new())
     }
 
     /// On a loop-mounted filesystem (`xfs` or `btrfs`).
     pub fn on(kind: &str) -> Self {
-        Self::build(Some(LoopFs::new(kind, 1024)))
+        Self::build(
+            Some(LoopFs::new(kind, 1024)),
+            Cluster::start(),
+            Pgvirt::new(),
+        )
     }
 
-    fn build(fs: Option<LoopFs>) -> Self {
-        let source = Cluster::start();
-        let pgvirt = Pgvirt::with_local_env();
+    /// On a copy pool, with this source and this pgvirt (its environment
+    /// set as the test needs).
+    pub fn with(source: Cluster, pgvirt: Pgvirt) -> Self {
+        Self::build(None, source, pgvirt)
+    }
+
+    fn build(fs: Option<LoopFs>, source: Cluster, pgvirt: Pgvirt) -> Self {
+        pgvirt.install_and_add_local();
         let pool = PoolDir::new();
         let pool_path = match &fs {
             Some(fs) => fs.path().join("pool"),
@@ -621,7 +665,11 @@ impl Stack {
             let mount = PathBuf::from(d["mount_path"].as_str().expect("mount"));
             let shown = self.pgvirt.json(&["dsource", "show", name]);
             if state == "enabled" {
-                assert_eq!(shown["status"], serde_json::json!("ACTIVE"), "{what}: {shown}");
+                assert_eq!(
+                    shown["status"],
+                    serde_json::json!("ACTIVE"),
+                    "{what}: {shown}"
+                );
                 assert_eq!(
                     shown["replication"]["replay_paused"],
                     serde_json::json!(false),
@@ -637,13 +685,21 @@ impl Stack {
             let status = self.pgvirt.json(&["vdb", "status", name])["status"].clone();
             match state {
                 "running" => {
-                    assert_eq!(status, serde_json::json!("ACTIVE"), "{what}: VDB {name} is listed running");
+                    assert_eq!(
+                        status,
+                        serde_json::json!("ACTIVE"),
+                        "{what}: VDB {name} is listed running"
+                    );
                     let mount = PathBuf::from(v["mount_path"].as_str().expect("mount"));
                     serving.push(mount.join("data"));
                     mounted_ok.push(mount);
                 }
                 "stopped" | "disabled" => {
-                    assert_eq!(status, serde_json::json!("INACTIVE"), "{what}: VDB {name} is listed {state}");
+                    assert_eq!(
+                        status,
+                        serde_json::json!("INACTIVE"),
+                        "{what}: VDB {name} is listed {state}"
+                    );
                 }
                 other => panic!("{what}: VDB {name} is left {other}"),
             }
@@ -651,9 +707,7 @@ impl Stack {
         let root_text = root.to_string_lossy().into_owned();
         for (pid, args, cwd) in processes() {
             let line = args.join(" ");
-            if !line.contains(&root_text)
-                && !cwd.as_ref().is_some_and(|c| c.starts_with(&root))
-            {
+            if !line.contains(&root_text) && !cwd.as_ref().is_some_and(|c| c.starts_with(&root)) {
                 continue;
             }
             let program = args.first().map(String::as_str).unwrap_or("");
@@ -667,7 +721,10 @@ impl Stack {
                     data.as_ref().is_some_and(|d| serving.contains(d)),
                     "{what}: a server (pid {pid}) runs on {data:?}, which nothing listed serves"
                 );
-            } else if program.ends_with("cp") || program.contains("pg_basebackup") || program.ends_with("btrfs") {
+            } else if program.ends_with("cp")
+                || program.contains("pg_basebackup")
+                || program.ends_with("btrfs")
+            {
                 panic!("{what}: {line} (pid {pid}) still runs");
             }
         }
@@ -696,7 +753,10 @@ impl Stack {
                     .as_array()
                     .expect("dsources")
                     .iter()
-                    .any(|d| d["name"].as_str().map(|n| n.to_lowercase().replace(['-', '.'], "_")) == Some(owner.to_owned())),
+                    .any(|d| d["name"]
+                        .as_str()
+                        .map(|n| n.to_lowercase().replace(['-', '.'], "_"))
+                        == Some(owner.to_owned())),
                 "{what}: slot {slot} on the source belongs to no dSource"
             );
         }

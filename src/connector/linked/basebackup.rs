@@ -46,10 +46,9 @@ pub fn run(platform: &Platform, staging: &Staging, source: &Source) -> Result<()
                 .to_owned(),
         ),
     ];
-    let mut secret = Vec::new();
-    if let Some(pw) = &source.password {
-        vars.push(("PGPASSWORD", pw.clone()));
-        secret.push("PGPASSWORD".to_owned());
+    if source.password.is_some() {
+        // The passfile the ingest wrote: the password is in no environment.
+        vars.push(("PGPASSFILE", staging.passfile()));
     }
     // Started detached (output to files), so progress can be read while it runs.
     let start = r#"
@@ -63,9 +62,7 @@ rm -f -- "$FILES/basebackup.rc"
   > "$FILES/basebackup.out" 2> "$FILES/basebackup.log" < /dev/null &
 echo $!
 "#;
-    let mut req = request(start, &vars);
-    req.secret_variables = secret;
-    let out = platform.run_ok("starting pg_basebackup", &req)?;
+    let out = platform.run_ok("starting pg_basebackup", &request(start, &vars))?;
     let pid = out.stdout.trim().to_owned();
     let total = source.database_size().unwrap_or(0);
     // The wrapper writes pg_basebackup's exit code; if it is gone without

@@ -9,6 +9,7 @@
 
 use super::{basebackup, customer_backup, standby, Staging};
 use crate::abi::{ErrorKind, IngestionMethod, OperationError};
+use crate::connector::cluster::Cluster;
 use crate::connector::platform::{request, Platform};
 use crate::connector::source::Source;
 
@@ -43,6 +44,13 @@ pub fn ingest(platform: &Platform, staging: &Staging) -> Result<(), OperationErr
             ],
         ),
     )?;
+    if let Some(line) = source
+        .as_ref()
+        .filter(|s| s.password.is_some())
+        .map(Source::pgpass_line)
+    {
+        Cluster::write_private_file(platform, &staging.passfile(), &line)?;
+    }
     let result = fill(platform, staging, source.as_ref())
         .and_then(|()| standby::write_config(platform, staging, source.as_ref()))
         .and_then(|()| staging.cluster.start(platform))

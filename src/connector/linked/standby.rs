@@ -43,7 +43,6 @@ pub fn write_config(
             conf_quote(&format!("pgvirt staging {}", staging.name)),
         ),
     ];
-    let mut pgpass = None;
     if let Some(source) = source {
         let passfile = staging.passfile();
         let mut conninfo = format!(
@@ -55,8 +54,8 @@ pub fn write_config(
             source.connect_timeout
         );
         if source.password.is_some() {
+            // Written by the ingest, before pg_basebackup needed it.
             conninfo.push_str(&format!(" passfile={}", conninfo_quote(&passfile)));
-            pgpass = Some((passfile, source.pgpass_line()));
         }
         settings.push(("primary_conninfo".into(), conf_quote(&conninfo)));
         if let Some(slot) = staging.slot() {
@@ -97,7 +96,6 @@ pub fn write_config(
             // Only the environment user reaches staging (socket 0700, trust on it).
             hba: vec!["local all all trust".into()],
             signal: Some("standby.signal"),
-            secret_file: pgpass,
         },
     )
 }

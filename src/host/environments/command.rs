@@ -104,9 +104,13 @@ pub fn run_as(user: &OsUser, request: &CommandRequest) -> Result<CommandOutput> 
             }
         });
     cmd.current_dir(cwd);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if request.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     if user.needs_switch() {
         let (uid, gid) = (user.uid, user.gid);
         let groups = user.groups.clone();
@@ -127,6 +131,11 @@ pub fn run_as(user: &OsUser, request: &CommandRequest) -> Result<CommandOutput> 
     let mut child = processes::spawn(&mut cmd)
         .map_err(|e| Error::io("cannot start bash for", Path::new(&user.name), e))?;
     let pgid = child.id();
+    if let (Some(text), Some(mut input)) = (&request.stdin, child.stdin.take()) {
+        use std::io::Write;
+        // A command that does not read it closes the pipe: not an error.
+        let _ = input.write_all(text.as_bytes());
+    }
     let stdout = child.stdout.take().map(reader);
     let stderr = child.stderr.take().map(reader);
     let status = match request.timeout_seconds {

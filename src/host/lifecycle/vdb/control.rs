@@ -132,7 +132,10 @@ pub fn snapshot(store: &Store, connector: &Connector, name: &str) -> Result<Snap
         (ContainerKind::Vdb, vdb.id, &vdb.name),
         |job| {
             run_hook(&env, &vdb, "pre_snapshot")?;
-            let input = input_for(store, &pool, &vdb, &env)?;
+            // A stopped VDB is unmounted: its files must be where the
+            // connector looks.
+            let mut input = input_for(store, &pool, &vdb, &env)?;
+            mount(store, connector, &pool, &vdb, &env, &mut input)?;
             job.step(store, Step::Connector)?;
             connector.invoke("virtual.pre_snapshot", &input, HostPlatform::new(&env))?;
             let label = format!("{}-{}", vdb.dataset, store::now_millis());
