@@ -3,17 +3,22 @@
 //! One crate, two sides of a shared-library boundary:
 //!
 //! - [`abi`]: everything that crosses the boundary — the handshake symbol,
-//!   the `abi_stable` root module, the platform callbacks, the operation
-//!   catalogue. Start here.
+//!   the `abi_stable` root module, the platform callbacks, the JSON
+//!   messages, the operation catalogue. Start here.
 //! - `connector` (private): the PostgreSQL connector built into the `cdylib`:
-//!   discovery now; the linked (staging) and virtual (VDB) lifecycles follow.
-//!   Its operation table is `src/connector/registry.rs`.
-//! - [`host`]: the engine in the `pgvirt` binary — loader, installed
-//!   connectors, environments, discovery inventory, metadata store.
-//! - [`cli`]: the `pgvirt` command line, a thin layer over [`host`].
+//!   `discovery`, the linked lifecycle (`linked/`, one module per ingestion
+//!   method), the virtual lifecycle (`virtual_db`). Its operation table is
+//!   `src/connector/registry.rs`.
+//! - [`host`]: the engine in the `pgvirt` binary, by domain — `connectors`
+//!   (package, loader, registry, definitions), `environments`, `storage`,
+//!   `lifecycle` (discovery, dSources, VDBs, timeflows, jobs and their
+//!   repair), the `store`, and `secrets` sealed at rest.
+//! - [`cli`]: the `pgvirt` command line, one file per command group, a thin
+//!   layer over [`host`] (the demo lives there too).
 //!
 //! `plugin.json` and `schema/` are the contract; `build.rs` embeds them in the
-//! library and checks that the manifest and the operation table agree.
+//! library and checks that the manifest and the operation table agree. The
+//! host never imports `connector`: it reaches it only through the library.
 
 pub mod abi;
 pub mod cli;

@@ -16,6 +16,10 @@ use crate::abi::{CommandOutput, CommandRequest};
 use crate::host::error::{Error, Result};
 use crate::host::processes;
 
+/// The bound of a command that names none: every wait ends (a command that
+/// hangs is killed, with its process group, after this long).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
 /// Variables passed from pgvirt's own environment to every command.
 const PASSED_THROUGH: [&str; 4] = ["PGVIRT_PG_PATH", "PGVIRT_PGDATA_PATH", "TZ", "LANG"];
 
@@ -138,30 +142,27 @@ pub fn run_as(user: &OsUser, request: &CommandRequest) -> Result<CommandOutput> 
     }
     let stdout = child.stdout.take().map(reader);
     let stderr = child.stderr.take().map(reader);
-    let status = match request.timeout_seconds {
-        Some(secs) => {
-            use wait_timeout::ChildExt;
-            match child
-                .wait_timeout(Duration::from_secs(secs))
-                .map_err(|e| Error::io("cannot wait for", Path::new("bash"), e))?
-            {
-                Some(status) => Some(status),
-                None => {
-                    // Kill the whole process group the command started.
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(child.id() as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    let _ = child.wait();
-                    None
-                }
+    let bound = request
+        .timeout_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let status = {
+        use wait_timeout::ChildExt;
+        match child
+            .wait_timeout(bound)
+            .map_err(|e| Error::io("cannot wait for", Path::new("bash"), e))?
+        {
+            Some(status) => Some(status),
+            None => {
+                // Kill the whole process group the command started.
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = child.wait();
+                None
             }
         }
-        None => Some(
-            child
-                .wait()
-                .map_err(|e| Error::io("cannot wait for", Path::new("bash"), e))?,
-        ),
     };
     processes::finished(pgid);
     let stdout = stdout.and_then(|h| h.join().ok()).unwrap_or_default();
@@ -171,7 +172,7 @@ pub fn run_as(user: &OsUser, request: &CommandRequest) -> Result<CommandOutput> 
         None => {
             stderr.push_str(&format!(
                 "\n(killed after the {}s timeout)",
-                request.timeout_seconds.unwrap_or(0)
+                bound.as_secs()
             ));
             -1
         }

@@ -1,0 +1,163 @@
+//! Linking a source: everything checked before anything is made, then the
+//! first ingest and snapshot; on failure (or, by [`super::repair`], after a
+//! kill) everything it made is removed, as far as it got.
+
+use std::path::PathBuf;
+
+use rusqlite::params;
+use serde_json::{json, Value};
+
+use super::sync::sync_inner;
+use super::{check_port_free, get, owner, set_state, stop_staging, DSource, DsourceState};
+use crate::host::connectors::loader::Connector;
+use crate::host::environments;
+use crate::host::error::{Error, Result};
+use crate::host::lifecycle::discovery::{self, SourceConfig};
+use crate::host::lifecycle::jobs::{Job, JobKind, Step};
+use crate::host::lifecycle::names;
+use crate::host::lifecycle::timeflow::{self, ContainerKind, Snapshot};
+use crate::host::storage::Pool;
+use crate::host::store::{self, Store};
+
+/// What `link` needs.
+pub struct LinkRequest<'a> {
+    pub name: &'a str,
+    pub source_config: &'a str,
+    /// The staging environment; default: the source config's.
+    pub environment: Option<&'a str>,
+    pub parameters: Value,
+}
+
+/// Links a source: validates everything, then ingests and takes the first
+/// snapshot. On any failure, removes what it made and says why.
+pub fn link(
+    store: &Store,
+    connector: &Connector,
+    request: LinkRequest<'_>,
+) -> Result<(DSource, Snapshot)> {
+    names::check_free(store, request.name, "dSource name")?;
+    let config = discovery::find_source_config(store, request.source_config)?;
+    let env = environments::get(store, request.environment.unwrap_or(&config.environment))?;
+    let mut request = request;
+    fill_source_defaults(&mut request.parameters, &config);
+    connector.definitions.validate(
+        "linked_source",
+        &request.parameters,
+        "linked-source parameters",
+    )?;
+    let port = request
+        .parameters
+        .get("staging_port")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| Error::usage("linked-source parameters#/staging_port is required"))?;
+    check_port_free(store, port)?;
+    let pool = Pool::open(store)?;
+    let dataset = format!("dsource-{}", request.name);
+    let mount_path = match request.parameters.get("mount_path").and_then(Value::as_str) {
+        Some(p) => PathBuf::from(p),
+        None => pool.default_mount_path(&dataset),
+    };
+    pool.check_mount_path(store, &mount_path, "mount_path")?;
+    let (public, sealed) = store.seal(
+        &owner(request.name),
+        &request.parameters,
+        &connector.definitions.secret_fields("linked_source"),
+    )?;
+    // The row and its job land together: a kill right after leaves a job
+    // the next command repairs, never a row nothing knows how far it got.
+    let (d, mut job) = store.atomically(|| {
+        store
+            .conn()
+            .execute(
+                "INSERT INTO dsources (name, source_config_id, parameters, sealed, state, created_at, environment_id, dataset, mount_path)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    request.name,
+                    config.id,
+                    public.to_string(),
+                    sealed,
+                    DsourceState::Linking,
+                    store::now(),
+                    env.id,
+                    dataset,
+                    mount_path.to_string_lossy(),
+                ],
+            )
+            .map_err(|e| store.err(e))?;
+        let d = get(store, request.name)?;
+        let job = Job::begin(store, JobKind::Link, ContainerKind::Dsource, d.id, &d.name)?;
+        Ok((d, job))
+    })?;
+    let result = (|| {
+        job.step(store, Step::Storage)?;
+        pool.create_dataset(store, &dataset, Some(&env.user()?))?;
+        sync_inner(store, connector, &pool, &d, &config, &env, true, &mut job)
+    })();
+    match result {
+        Ok(snapshot) => {
+            set_state(store, d.id, DsourceState::Enabled)?;
+            job.succeed(store)?;
+            Ok((get(store, request.name)?, snapshot))
+        }
+        Err(e) => {
+            undo_link(store, connector, &pool, &d, job.step);
+            job.fail(store, &e)?;
+            Err(e)
+        }
+    }
+}
+
+/// Where to reach a source that streams, when the parameters do not say:
+/// this host (the source config is on a local environment), on the source
+/// config's port.
+fn fill_source_defaults(params: &mut Value, config: &SourceConfig) {
+    if !crate::abi::IngestionMethod::of(params).streams() || !params.is_object() {
+        return;
+    }
+    let source = params
+        .as_object_mut()
+        .map(|p| p.entry("source").or_insert_with(|| json!({})));
+    if let Some(Value::Object(source)) = source {
+        source.entry("host").or_insert_with(|| json!("127.0.0.1"));
+        if !source.contains_key("port") {
+            if let Some(port) = config.document.get("port") {
+                source.insert("port".into(), port.clone());
+            }
+        }
+    }
+}
+
+/// Removes everything a link made, as far as it got (best effort).
+pub(super) fn undo_link(
+    store: &Store,
+    connector: &Connector,
+    pool: &Pool,
+    d: &DSource,
+    reached: Step,
+) {
+    if reached >= Step::Connector {
+        // The connector undoes what it made: its staging, its slot, its
+        // passfile. It was not called before this step, so nothing to undo.
+        if let Err(e) = stop_staging(store, connector, pool, d, "delete") {
+            log::warn!("cleaning up the failed link of {}: {e}", d.name);
+        }
+    }
+    if let Err(e) = remove_storage(store, pool, d) {
+        log::warn!("removing the storage of {}: {e}", d.name);
+    }
+    let _ = store
+        .conn()
+        .execute("DELETE FROM dsources WHERE id = ?1", [d.id]);
+}
+
+/// Frees a dSource's storage: processes still using it, its mount, every
+/// snapshot of its dataset (recorded or not), the dataset, its timeflows.
+pub(super) fn remove_storage(store: &Store, pool: &Pool, d: &DSource) -> Result<()> {
+    pool.release(store, &d.dataset)?;
+    for s in timeflow::snapshots(store, ContainerKind::Dsource, d.id)? {
+        timeflow::remove_snapshot(store, s.id)?;
+    }
+    pool.destroy_dataset_tree(store, &d.dataset)?;
+    timeflow::remove_container(store, ContainerKind::Dsource, d.id)
+}

@@ -1,0 +1,297 @@
+//! dSources: a source cluster ingested into a staging cluster on engine
+//! storage, kept in sync, and snapshotted on a timeflow.
+//!
+//! The workflows follow the contract's call order:
+//! - link: record it → first sync with `resync: true`;
+//! - sync: `linked.mount_specification` → pre-sync hook →
+//!   `linked.pre_snapshot` → storage snapshot → `linked.post_snapshot` →
+//!   post-sync hook;
+//! - enable: `mount_specification` → mount → `start_staging`;
+//! - disable / delete: `stop_staging` (delete then frees storage; refused
+//!   while VDBs depend on its snapshots).
+//!
+//! Each runs as a [job](super::jobs); one file per workflow: [`link`],
+//! [`sync`], [`control`] (enable, disable, delete), [`repair`]. A link that fails leaves nothing (no
+//! row, dataset, mount, staging process, or slot it made); a sync cut short
+//! is repaired by the next command ([`repair`]): its unrecorded snapshot
+//! goes, and staging replays WAL again.
+
+mod control;
+mod link;
+mod repair;
+mod sync;
+
+use std::path::PathBuf;
+
+use rusqlite::params;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+pub use control::{delete, disable, enable};
+pub use link::{link, LinkRequest};
+pub use repair::repair;
+pub use sync::sync;
+
+use super::discovery::{self, SourceConfig};
+use super::jobs;
+use super::placement;
+use super::timeflow::{self, ContainerKind};
+use crate::host::connectors::loader::Connector;
+use crate::host::environments::{self, Environment, HostPlatform};
+use crate::host::error::{Error, Result};
+use crate::host::storage::Pool;
+use crate::host::store::{columns, Store};
+
+/// Where a dSource is in its life.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum DsourceState {
+    /// Its first ingest is under way.
+    Linking,
+    /// Staging runs and follows the source.
+    Enabled,
+    /// Staging is stopped and unmounted.
+    Disabled,
+    /// A resync was cut short: the next sync ingests again.
+    ResyncNeeded,
+    /// Being deleted.
+    Deleting,
+}
+
+columns::text_enum_column!(DsourceState);
+
+/// A stored dSource.
+#[derive(Debug, Clone, Serialize)]
+pub struct DSource {
+    pub id: i64,
+    pub name: String,
+    pub source_config_id: i64,
+    pub environment: String,
+    /// The linked-source parameters; secrets show as `********` (the real
+    /// values are sealed apart, see [`DSource::unsealed_parameters`]).
+    pub parameters: Value,
+    pub state: DsourceState,
+    pub dataset: String,
+    pub mount_path: PathBuf,
+    pub created_at: i64,
+    #[serde(skip)]
+    sealed: Option<Vec<u8>>,
+}
+
+impl DSource {
+    /// The parameters with their secrets, for the connector.
+    pub fn unsealed_parameters(&self, store: &Store) -> Result<Value> {
+        let mut doc = self.parameters.clone();
+        store.unseal(&owner(&self.name), &mut doc, self.sealed.as_deref())?;
+        Ok(doc)
+    }
+}
+
+/// The associated data its secrets are sealed with.
+fn owner(name: &str) -> String {
+    format!("dSource {name}")
+}
+
+/// The input every linked operation gets.
+pub(super) fn input_for(
+    store: &Store,
+    pool: &Pool,
+    d: &DSource,
+    config: &SourceConfig,
+    env: &Environment,
+) -> Result<Value> {
+    let repository = discovery::repositories(store, Some(&config.environment))?
+        .into_iter()
+        .find(|r| r.id == config.repository_id)
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "repository {} of source config {} is gone",
+                config.repository_id, config.id
+            ))
+        })?;
+    Ok(json!({
+        "environment": env.to_input(),
+        "repository": repository.document,
+        "source_config": config.document,
+        "linked_source": d.unsealed_parameters(store)?,
+        "dsource": {"name": d.name, "id": d.id},
+        "mount": {"path": pool.effective_path(&d.dataset, &d.mount_path)},
+        "default_mount_path": d.mount_path,
+    }))
+}
+
+/// The parts of a dSource's world its workflows need.
+struct Context {
+    config: SourceConfig,
+    env: Environment,
+    pool: Pool,
+}
+
+fn context(store: &Store, d: &DSource) -> Result<Context> {
+    Ok(Context {
+        config: discovery::find_source_config(store, &d.source_config_id.to_string())?,
+        env: environments::get(store, &d.environment)?,
+        pool: Pool::open(store)?,
+    })
+}
+
+/// Mounts staging where the connector says and starts it (replaying WAL).
+pub(super) fn start_staging(store: &Store, connector: &Connector, d: &DSource) -> Result<()> {
+    let cx = context(store, d)?;
+    let mut input = input_for(store, &cx.pool, d, &cx.config, &cx.env)?;
+    placement::mount_as_specified(
+        store,
+        connector,
+        &cx.pool,
+        placement::Placement {
+            group: "linked",
+            dataset: &d.dataset,
+            fallback: &d.mount_path,
+        },
+        &cx.env,
+        &mut input,
+    )?;
+    connector.invoke("linked.start_staging", &input, HostPlatform::new(&cx.env))?;
+    Ok(())
+}
+
+/// Stops staging (`purpose`: `disable` or `delete`, which also lets the
+/// connector drop what it made on the source).
+pub(super) fn stop_staging(
+    store: &Store,
+    connector: &Connector,
+    pool: &Pool,
+    d: &DSource,
+    purpose: &str,
+) -> Result<()> {
+    let config = discovery::find_source_config(store, &d.source_config_id.to_string())?;
+    let env = environments::get(store, &d.environment)?;
+    let mut input = input_for(store, pool, d, &config, &env)?;
+    input["purpose"] = json!(purpose);
+    connector.invoke("linked.stop_staging", &input, HostPlatform::new(&env))?;
+    Ok(())
+}
+
+/// Enables a disabled dSource: mount and start staging.
+pub fn show(store: &Store, connector: &Connector, name: &str) -> Result<Value> {
+    let d = get(store, name)?;
+    let cx = context(store, &d)?;
+    let mut input = input_for(store, &cx.pool, &d, &cx.config, &cx.env)?;
+    input["snapshot_in_progress"] = json!(jobs::syncing(store, d.id)?);
+    let status = connector
+        .invoke("linked.status", &input, HostPlatform::new(&cx.env))
+        .map(|s| s["status"].clone())
+        .unwrap_or(json!("UNKNOWN"));
+    let health = if status == json!("ACTIVE") {
+        connector
+            .invoke("linked.worker", &input, HostPlatform::new(&cx.env))
+            .unwrap_or_else(|e| json!({"error": e.to_string()}))
+    } else {
+        json!({"running": false, "connected": false})
+    };
+    let last = timeflow::snapshots(store, ContainerKind::Dsource, d.id)?
+        .into_iter()
+        .last();
+    let busy: Vec<Value> = jobs::running_on(store, ContainerKind::Dsource, d.id)?
+        .into_iter()
+        .map(|j| json!({"job": j.kind, "pid": j.pid, "since": j.started_at}))
+        .collect();
+    Ok(json!({
+        "dsource": d,
+        "status": status,
+        "replication": health,
+        "last_snapshot": last,
+        "busy": busy,
+    }))
+}
+
+/// A staging port must be free on this host before anything is made.
+pub(super) fn check_port_free(store: &Store, port: u16) -> Result<()> {
+    let taken_by: Option<String> = store.optional(store.conn().query_row(
+        "SELECT name FROM dsources WHERE json_extract(parameters, '$.staging_port') = ?1
+         UNION ALL SELECT 'VDB ' || name FROM vdbs WHERE port = ?1",
+        [port],
+        |r| r.get(0),
+    ))?;
+    if let Some(other) = taken_by {
+        return Err(Error::Conflict(format!(
+            "staging port {port} belongs to {other}; choose another --staging-port"
+        )));
+    }
+    if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        return Err(Error::Conflict(format!(
+            "staging port {port} is already in use on this host; choose another --staging-port"
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn set_state(store: &Store, id: i64, state: DsourceState) -> Result<()> {
+    store
+        .conn()
+        .execute(
+            "UPDATE dsources SET state = ?2 WHERE id = ?1",
+            params![id, state],
+        )
+        .map_err(|e| store.err(e))?;
+    Ok(())
+}
+
+const COLUMNS: &str = "d.id, d.name, d.source_config_id, e.name, d.parameters, d.state, d.dataset, d.mount_path, d.created_at, d.sealed";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DSource> {
+    let name: String = r.get(1)?;
+    Ok(DSource {
+        id: r.get(0)?,
+        source_config_id: r.get(2)?,
+        environment: r.get(3)?,
+        parameters: columns::json(r, 4, || format!("parameters of dSource {name}"))?,
+        state: r.get(5)?,
+        dataset: r.get(6)?,
+        mount_path: PathBuf::from(r.get::<_, String>(7)?),
+        created_at: r.get(8)?,
+        sealed: r.get(9)?,
+        name,
+    })
+}
+
+fn query(store: &Store, filter: &str, args: impl rusqlite::Params) -> Result<Vec<DSource>> {
+    let mut stmt = store
+        .conn()
+        .prepare(&format!(
+            "SELECT {COLUMNS} FROM dsources d JOIN environments e ON e.id = d.environment_id {filter} ORDER BY d.name"
+        ))
+        .map_err(|e| store.err(e))?;
+    let rows = stmt.query_map(args, row).map_err(|e| store.err(e))?;
+    rows.collect::<rusqlite::Result<_>>()
+        .map_err(|e| store.err(e))
+}
+
+pub fn list(store: &Store) -> Result<Vec<DSource>> {
+    query(store, "", [])
+}
+
+pub fn find(store: &Store, name: &str) -> Result<Option<DSource>> {
+    Ok(query(store, "WHERE d.name = ?1", [name])?.pop())
+}
+
+pub fn find_by_id(store: &Store, id: i64) -> Result<Option<DSource>> {
+    Ok(query(store, "WHERE d.id = ?1", [id])?.pop())
+}
+
+pub fn get(store: &Store, name: &str) -> Result<DSource> {
+    find(store, name)?
+        .ok_or_else(|| Error::NotFound(format!("no dSource {name:?}; see `pgvirt dsource list`")))
+}
