@@ -29,7 +29,7 @@ use abi_stable::{
 };
 
 pub use platform::{Platform, PlatformHandle, Platform_TO};
-pub use wire::{CommandOutput, CommandRequest, ErrorKind, IngestionMethod, OperationError};
+pub use wire::{CommandOutput, CommandRequest, ErrorKind, IngestionMethod, OperationError, Status};
 
 /// Version of the boundary. Bump it whenever [`ConnectorMod`], [`Platform`] or
 /// the meaning of the JSON passed through them changes incompatibly.

@@ -88,6 +88,28 @@ impl IngestionMethod {
     }
 }
 
+/// What `status` operations answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    /// The cluster runs.
+    Active,
+    Inactive,
+}
+
+impl Status {
+    /// `{"status": "ACTIVE"}` and the like.
+    pub fn to_output(self) -> serde_json::Value {
+        serde_json::json!({ "status": self })
+    }
+
+    /// Reads a status operation's output.
+    pub fn of(output: &serde_json::Value) -> Option<Self> {
+        serde_json::from_value(output.get("status")?.clone()).ok()
+    }
+}
+
 /// The kinds of operation errors a caller can match on.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, strum::Display)]
 #[serde(rename_all = "snake_case")]

@@ -197,7 +197,7 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
         ),
         Cmd::Status { name } => {
             let status = vdb::status(store, connector, &name)?;
-            out.message(&status, json!({"name": name, "status": status}))
+            out.message(&status.to_string(), json!({"name": name, "status": status}))
         }
         Cmd::Enable { name } => shown(
             &vdb::enable(store, connector, &name)

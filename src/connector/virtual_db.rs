@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::cluster::{Cluster, ClusterConfig};
 use super::conf::{conf_quote, conf_value, parse_lsn};
 use super::platform::{field, request, str_field, Platform};
-use crate::abi::{ErrorKind, OperationError};
+use crate::abi::{ErrorKind, OperationError, Status};
 
 /// The VDB side of an operation's input.
 struct Vdb {
@@ -403,7 +403,12 @@ pub fn stop(platform: &Platform, input: &Value) -> Result<Value, OperationError>
 pub fn status(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
     let vdb = Vdb::from_input(input)?;
     let active = vdb.cluster.is_running(platform)?;
-    Ok(json!({"status": if active { "ACTIVE" } else { "INACTIVE" }}))
+    Ok(if active {
+        Status::Active
+    } else {
+        Status::Inactive
+    }
+    .to_output())
 }
 
 /// `virtual.pre_snapshot`: record what the snapshot holds, then stop the VDB

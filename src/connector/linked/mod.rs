@@ -35,7 +35,7 @@ use super::cluster::Cluster;
 use super::conf::parse_lsn;
 use super::platform::{field, request, str_field, Platform};
 use super::source::Source;
-use crate::abi::{ErrorKind, IngestionMethod, OperationError};
+use crate::abi::{ErrorKind, IngestionMethod, OperationError, Status};
 
 /// The staging side of one dSource, from an operation's input.
 pub(super) struct Staging {
@@ -280,7 +280,12 @@ fn may_own_slot(platform: &Platform, staging: &Staging) -> Result<bool, Operatio
 pub fn status(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
     let staging = Staging::from_input(input)?;
     let active = staging.cluster.is_running(platform)?;
-    Ok(json!({"status": if active { "ACTIVE" } else { "INACTIVE" }}))
+    Ok(if active {
+        Status::Active
+    } else {
+        Status::Inactive
+    }
+    .to_output())
 }
 
 /// `linked.worker`: replication health — connected or not, lag in bytes and

@@ -211,8 +211,8 @@ impl Connector {
                 }
             }
             Output::One(key) => self.definitions.validate(key, output, &what),
-            Output::Status => match output.get("status").and_then(Value::as_str) {
-                Some("ACTIVE" | "INACTIVE") => Ok(()),
+            Output::Status => match crate::abi::Status::of(output) {
+                Some(_) => Ok(()),
                 _ => wrong("{\"status\": \"ACTIVE\" | \"INACTIVE\"}"),
             },
             Output::Size => match output.as_u64() {

@@ -192,9 +192,9 @@ pub fn show(store: &Store, connector: &Connector, name: &str) -> Result<Value> {
     input["snapshot_in_progress"] = json!(jobs::syncing(store, d.id)?);
     let status = connector
         .invoke("linked.status", &input, HostPlatform::new(&cx.env))
-        .map(|s| s["status"].clone())
-        .unwrap_or(json!("UNKNOWN"));
-    let health = if status == json!("ACTIVE") {
+        .ok()
+        .and_then(|s| crate::abi::Status::of(&s));
+    let health = if status == Some(crate::abi::Status::Active) {
         connector
             .invoke("linked.worker", &input, HostPlatform::new(&cx.env))
             .unwrap_or_else(|e| json!({"error": e.to_string()}))
@@ -210,7 +210,7 @@ pub fn show(store: &Store, connector: &Connector, name: &str) -> Result<Value> {
         .collect();
     Ok(json!({
         "dsource": d,
-        "status": status,
+        "status": status.map_or(json!("UNKNOWN"), |s| json!(s)),
         "replication": health,
         "last_snapshot": last,
         "busy": busy,

@@ -2,6 +2,8 @@
 
 use serde_json::json;
 
+use crate::abi::Status;
+
 use super::{get, input_for, mount, run_hook, set_config, set_state, Vdb, VdbState};
 use crate::host::connectors::loader::Connector;
 use crate::host::environments::{self, HostPlatform};
@@ -70,16 +72,17 @@ pub(super) fn finish_stop(
 }
 
 /// ACTIVE or INACTIVE, as the connector sees it now.
-pub fn status(store: &Store, connector: &Connector, name: &str) -> Result<String> {
+pub fn status(store: &Store, connector: &Connector, name: &str) -> Result<Status> {
     live_status(store, connector, &get(store, name)?)
 }
 
-pub(super) fn live_status(store: &Store, connector: &Connector, vdb: &Vdb) -> Result<String> {
+pub(super) fn live_status(store: &Store, connector: &Connector, vdb: &Vdb) -> Result<Status> {
     let env = environments::get(store, &vdb.environment)?;
     let pool = Pool::open(store)?;
     let input = input_for(store, &pool, vdb, &env)?;
     let out = connector.invoke("virtual.status", &input, HostPlatform::new(&env))?;
-    Ok(out["status"].as_str().unwrap_or("INACTIVE").to_owned())
+    // The loader checked the output is a status.
+    Ok(Status::of(&out).unwrap_or(Status::Inactive))
 }
 
 /// Enables a disabled VDB: if INACTIVE, mount and reconfigure.
@@ -95,7 +98,7 @@ pub fn enable(store: &Store, connector: &Connector, name: &str) -> Result<Vdb> {
 }
 
 pub(super) fn finish_enable(store: &Store, connector: &Connector, vdb: &Vdb) -> Result<()> {
-    if live_status(store, connector, vdb)? == "INACTIVE" {
+    if live_status(store, connector, vdb)? == Status::Inactive {
         let env = environments::get(store, &vdb.environment)?;
         let pool = Pool::open(store)?;
         let mut input = input_for(store, &pool, vdb, &env)?;

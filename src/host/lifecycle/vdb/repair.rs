@@ -80,7 +80,7 @@ pub fn repair(store: &Store, connector: &Connector, job: &Job) -> Result<String>
             Ok(format!("VDB {name}: finished an interrupted enable"))
         }
         JobKind::Start | JobKind::Stop => {
-            let state = if live_status(store, connector, &vdb)? == "ACTIVE" {
+            let state = if live_status(store, connector, &vdb)? == crate::abi::Status::Active {
                 VdbState::Running
             } else {
                 pool.unmount(store, &vdb.dataset)?;
