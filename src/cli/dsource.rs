@@ -235,7 +235,7 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
             };
             out.message(&text, json!({"deleted": name, "vdbs_deleted": vdbs}))
         }
-        Cmd::Show { name } => out.json(&dsource::show(&store, &connector, &name)?),
+        Cmd::Show { name } => out.dsource(&dsource::show(&store, &connector, &name)?),
         Cmd::List => Ok(()),
     }
 }

@@ -89,6 +89,47 @@ enum Command {
     /// a source with sample data, link, snapshot, two VDBs, write,
     /// refresh, rewind, tear down. Uses its own store and pool.
     Demo(demo::Args),
+    /// Print a shell completion script (e.g. `pgvirt completions bash > /etc/bash_completion.d/pgvirt`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; e.g. `pgvirt man | man -l -`).
+    Man,
+}
+
+/// Subcommands that use no store and print no listing: the global flags
+/// are not offered there.
+const STORELESS: [&str; 3] = ["demo", "completions", "man"];
+
+/// The command line's definition: the one `Cli` derives, with the global
+/// flags hidden where they do nothing. Completions and the manual are made
+/// from it too.
+pub fn definition() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    for name in STORELESS {
+        // An argument of its own (hidden) keeps the global one out.
+        cmd = cmd.mut_subcommand(name, |sub| {
+            sub.arg(
+                clap::Arg::new("store")
+                    .long("store")
+                    .hide(true)
+                    .help("Not taken here")
+                    .value_parser(clap::value_parser!(PathBuf)),
+            )
+            .arg(
+                clap::Arg::new("output")
+                    .long("output")
+                    .short('o')
+                    .hide(true)
+                    .help("Not taken here")
+                    .value_parser(clap::value_parser!(OutputArg)),
+            )
+        });
+    }
+    cmd
 }
 
 /// What every command gets: how to print, and where the store is.
@@ -121,7 +162,22 @@ impl Context {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    use clap::FromArgMatches;
+    let matches = definition().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Some((name, sub)) = matches.subcommand() {
+        for flag in ["store", "output"] {
+            if STORELESS.contains(&name)
+                && sub.value_source(flag) == Some(clap::parser::ValueSource::CommandLine)
+            {
+                eprintln!("error: `pgvirt {name}` takes no --{flag} (it uses no store and prints no listing)");
+                return 2;
+            }
+        }
+    }
     // Read secrets from the environment once, and take them out of it.
     let password_var = match &cli.command {
         Command::Dsource(dsource::Cmd::Link { params, .. }) => params.password_env.clone(),
@@ -157,6 +213,15 @@ pub fn main() -> i32 {
     }
 }
 
+/// Writes to standard output; a reader that went away is not an error.
+fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 /// Reads a variable and removes it from this process's environment.
 fn take_env(name: &str) -> Option<String> {
     let value = std::env::var(name).ok().filter(|v| !v.is_empty());
@@ -189,5 +254,57 @@ fn run(cli: Cli, replication_password: Option<String>) -> anyhow::Result<()> {
         Command::Snapshot(cmd) => snapshot::exec(cmd, &cx),
         Command::Vdb(cmd) => vdb::exec(cmd, &cx),
         Command::Demo(args) => demo::exec(args),
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut definition(), "pgvirt", &mut text);
+            print_all(&text)
+        }
+        Command::Man => {
+            let mut text = Vec::new();
+            clap_mangen::Man::new(definition()).render(&mut text)?;
+            print_all(&text)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command, argument and flag says what it is for.
+    #[test]
+    fn everything_has_a_line_of_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let here = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(here.clone());
+                }
+                walk(sub, &here, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&definition(), "pgvirt", &mut missing);
+        assert!(missing.is_empty(), "no help for: {missing:#?}");
+    }
+
+    #[test]
+    fn the_demo_offers_no_store_or_output_flag() {
+        let mut def = definition();
+        let demo = def.find_subcommand_mut("demo").expect("demo");
+        let help = demo.render_help().to_string();
+        assert!(
+            !help.contains("--store") && !help.contains("--output"),
+            "{help}"
+        );
     }
 }

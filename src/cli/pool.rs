@@ -47,6 +47,7 @@ pub enum Cmd {
     List,
     /// Find drift between the store and the filesystem; --repair fixes it.
     Check {
+        /// Fix what it finds (and repair interrupted jobs first); says what.
         #[arg(long)]
         repair: bool,
     },
@@ -59,27 +60,51 @@ pub enum Cmd {
 pub enum DatasetCmd {
     /// Create an empty dataset (owned by --owner, mode 0700).
     Create {
+        /// Name of the new dataset.
         name: String,
+        /// OS user who owns it.
         #[arg(long)]
         owner: Option<String>,
     },
     /// Take a read-only snapshot of a dataset.
-    Snapshot { dataset: String, name: String },
+    Snapshot {
+        /// The dataset.
+        dataset: String,
+        /// Name of the snapshot.
+        name: String,
+    },
     /// Clone a snapshot (by id) into a new writable dataset.
     Clone {
+        /// The snapshot's id (see `pgvirt pool list --output json`).
         snapshot: i64,
+        /// Name of the new dataset.
         name: String,
+        /// OS user who owns it (it keeps the snapshot's owners).
         #[arg(long)]
         owner: Option<String>,
     },
     /// Destroy a dataset (it must have no snapshots).
-    Destroy { name: String },
+    Destroy {
+        /// The dataset.
+        name: String,
+    },
     /// Destroy a snapshot (refused, naming them, while clones depend on it).
-    DestroySnapshot { snapshot: i64 },
+    DestroySnapshot {
+        /// The snapshot's id.
+        snapshot: i64,
+    },
     /// Mount a dataset at a path.
-    Mount { name: String, path: PathBuf },
+    Mount {
+        /// The dataset.
+        name: String,
+        /// Where to mount it (absolute, plain characters).
+        path: PathBuf,
+    },
     /// Unmount a dataset.
-    Unmount { name: String },
+    Unmount {
+        /// The dataset.
+        name: String,
+    },
 }
 
 pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {

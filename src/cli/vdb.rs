@@ -140,14 +140,7 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
     if let Cmd::List = cmd {
         return out.vdbs(&vdb::list(&store)?);
     }
-    let shown = |v: &vdb::Vdb, what: &str| -> anyhow::Result<()> {
-        let mut value = serde_json::to_value(v)?;
-        value["connection"] = json!(v.connection_string());
-        out.message(
-            &format!("VDB {} {what}: {}", v.name, v.connection_string()),
-            value,
-        )
-    };
+    let shown = |v: &vdb::Vdb, what: &str| out.vdb(v, what);
     if let Cmd::Show { name } = &cmd {
         return shown(&vdb::get(&store, name)?, "");
     }

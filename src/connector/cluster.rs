@@ -119,7 +119,7 @@ mkdir -p "$(dirname -- "$LOG_FILE")"
 # After a crash, the dead postmaster's children may hold its shared memory
 # for a moment: PostgreSQL then refuses to start. Give them time to exit.
 for attempt in $(seq 1 40); do
-  lines=$(wc -l < "$LOG_FILE" 2>/dev/null || echo 0)
+  lines=$( { wc -l < "$LOG_FILE"; } 2>/dev/null || echo 0)
   if "$BIN/pg_ctl" -D "$PGDATA_DIR" -l "$LOG_FILE" -w -t 600 -o "-p $PORT" start >/dev/null; then
     # pg_ctl can report success for a server that then stopped at once.
     "$BIN/pg_isready" -q -h "$SOCKET_DIR" -p "$PORT" -t 10; ready=$?
@@ -142,11 +142,72 @@ echo "--- last lines of $LOG_FILE" >&2; tail -n 20 -- "$LOG_FILE" >&2; exit $rc
             )
             .with_cause(out.stderr.trim().to_owned())
             .with_action("choose a free port")),
-            code => Err(OperationError::new(
-                ErrorKind::CommandFailed,
-                format!("PostgreSQL in {} did not start", self.data_dir),
+            code => {
+                let (why, action) = self.likely_cause(&out.stderr);
+                Err(OperationError::new(
+                    ErrorKind::CommandFailed,
+                    format!("PostgreSQL in {} did not start: {why}", self.data_dir),
+                )
+                .with_cause(format!(
+                    "pg_ctl exit code {code}; the server log ends:\n{}",
+                    log_tail(&out.stderr)
+                ))
+                .with_action(action))
+            }
+        }
+    }
+
+    /// The likely cause of a failed start, first, from what the server
+    /// logged; and what to do.
+    fn likely_cause(&self, log: &str) -> (String, String) {
+        // The port the server tried: its hint names it (a setting may have
+        // moved it from the one asked for).
+        let port = log
+            .split("on port ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or(self.port);
+        if log.contains("could not bind") && log.contains("Permission denied") {
+            (
+                format!("port {port} is below 1024, which only root may bind, and PostgreSQL never runs as root"),
+                "choose a port from 1024 up".into(),
             )
-            .with_cause(format!("pg_ctl exit code {code}: {}", out.stderr.trim()))),
+        } else if log.contains("Address already in use") {
+            (
+                format!("port {port} is taken by another program"),
+                "choose a free port".into(),
+            )
+        } else if log.contains("Permission denied") {
+            (
+                "the environment user may not read or write something the server needs (permission denied)".into(),
+                format!("check the owner and mode of {} and its parents", self.data_dir),
+            )
+        } else if log.contains("database files are incompatible with server") {
+            (
+                "the data was made by another major version of PostgreSQL".into(),
+                "use the repository of that version".into(),
+            )
+        } else if let Some(line) = log.lines().find(|l| {
+            l.contains("invalid value for parameter")
+                || l.contains("unrecognized configuration parameter")
+        }) {
+            (
+                format!("a setting is not valid ({})", server_message(line)),
+                "fix or remove the setting (--set, config.set)".into(),
+            )
+        } else if log.contains("could not create shared memory")
+            || log.contains("could not map anonymous shared memory")
+        {
+            (
+                "there is not enough shared memory".into(),
+                "lower shared_buffers, or free memory".into(),
+            )
+        } else {
+            (
+                "see the server log below".into(),
+                format!("see {}", self.log_file),
+            )
         }
     }
 
@@ -215,6 +276,33 @@ echo "--- last lines of $LOG_FILE" >&2; tail -n 20 -- "$LOG_FILE" >&2; exit $rc
         let out = platform.run_ok(what, &self.request(&command, extra))?;
         Ok(out.stdout)
     }
+}
+
+/// A server log line without its time, pid and level.
+fn server_message(line: &str) -> &str {
+    ["FATAL:", "ERROR:", "LOG:", "PANIC:"]
+        .iter()
+        .find_map(|level| line.split_once(level).map(|(_, rest)| rest.trim()))
+        .unwrap_or(line.trim())
+}
+
+/// The server log lines worth showing: without pg_ctl's waiting dots and
+/// its complaints about the pid file of a server that never came up.
+fn log_tail(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|l| {
+            let l = l.trim();
+            let noise = l.is_empty()
+                || l.starts_with("waiting for server")
+                || l.starts_with("---")
+                || (l.starts_with("pg_ctl:") && l.contains("No such file or directory"))
+                || l.starts_with("pg_ctl: could not start server")
+                || l.starts_with("Examine the log output");
+            !noise
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The name of the WAL segment file holding byte position `lsn`.

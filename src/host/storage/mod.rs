@@ -175,9 +175,6 @@ impl Pool {
         store.set_setting("pool.path", &dir.to_string_lossy())?;
         store.set_setting("pool.backend", backend.into())?;
         store.set_setting("pool.reason", &reason)?;
-        if backend == Backend::Copy {
-            log::warn!("pool {}: {reason}", dir.display());
-        }
         Ok(Self {
             root: dir.to_owned(),
             backend,

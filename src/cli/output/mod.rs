@@ -320,3 +320,145 @@ fn bytes(n: u64) -> String {
         format!("{v:.1} {}", UNITS[unit])
     }
 }
+
+/// A key list for people: a title, then aligned `key  value` lines.
+pub fn key_list(title: &str, rows: &[(&str, String)]) -> String {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut text = format!("{title}\n");
+    for (key, value) in rows.iter().filter(|(_, v)| !v.is_empty()) {
+        text.push_str(&format!("  {key:<width$}  {value}\n"));
+    }
+    text.trim_end().to_owned()
+}
+
+impl Out {
+    /// `dsource show`: a key list, or the same data as JSON.
+    pub fn dsource(&self, shown: &Value) -> anyhow::Result<()> {
+        if self.is_json() {
+            return self.json(shown);
+        }
+        let d = &shown["dsource"];
+        let r = &shown["replication"];
+        let p = &d["parameters"];
+        let replication = if r["running"] == Value::Bool(false) {
+            "staging is not running".to_owned()
+        } else {
+            let mut t = text(r, "status");
+            if let Some(lag) = r.get("lag_bytes").and_then(Value::as_u64) {
+                t.push_str(&format!(
+                    ", {} behind ({:.1} s)",
+                    bytes(lag),
+                    r.get("lag_seconds").and_then(Value::as_f64).unwrap_or(0.0)
+                ));
+            }
+            if let Some(lsn) = r.get("replayed_lsn").and_then(Value::as_str) {
+                t.push_str(&format!(", replayed to {lsn}"));
+            }
+            if r["replay_paused"] == Value::Bool(true) {
+                t.push_str(", replay PAUSED");
+            }
+            t
+        };
+        let last = &shown["last_snapshot"];
+        let last = if last.is_null() {
+            "none".to_owned()
+        } else {
+            format!(
+                "{} taken {} (LSN {})",
+                text(last, "id"),
+                last["created_at"]
+                    .as_i64()
+                    .map(display_time)
+                    .unwrap_or_default(),
+                last["metadata"]["replayed_lsn"].as_str().unwrap_or("?")
+            )
+        };
+        let busy = shown["busy"]
+            .as_array()
+            .map(|jobs| {
+                jobs.iter()
+                    .map(|j| format!("{} by process {}", text(j, "job"), text(j, "pid")))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default();
+        let rows = [
+            (
+                "state",
+                format!("{} (staging {})", text(d, "state"), text(shown, "status")),
+            ),
+            ("environment", text(d, "environment")),
+            ("source config", text(d, "source_config_id")),
+            (
+                "method",
+                p.get("ingestion_method")
+                    .and_then(Value::as_str)
+                    .unwrap_or("basebackup_streaming")
+                    .to_owned(),
+            ),
+            (
+                "source",
+                match p.get("source") {
+                    Some(s) => format!(
+                        "{}:{} as {}",
+                        text(s, "host"),
+                        text(s, "port"),
+                        s.get("replication_user")
+                            .and_then(Value::as_str)
+                            .unwrap_or("postgres")
+                    ),
+                    None => String::new(),
+                },
+            ),
+            ("staging port", text(p, "staging_port")),
+            ("mount", text(d, "mount_path")),
+            ("dataset", text(d, "dataset")),
+            ("replication", replication),
+            ("problem", text(r, "problem")),
+            ("last snapshot", last),
+            ("busy", busy),
+            (
+                "created",
+                d["created_at"]
+                    .as_i64()
+                    .map(display_time)
+                    .unwrap_or_default(),
+            ),
+        ];
+        println!(
+            "{}",
+            key_list(&format!("dSource {}", text(d, "name")), &rows)
+        );
+        Ok(())
+    }
+
+    /// `vdb show` and what VDB commands print: a key list, or the same
+    /// data as JSON (with its connection string).
+    pub fn vdb(&self, v: &Vdb, headline: &str) -> anyhow::Result<()> {
+        let mut value = serde_json::to_value(v)?;
+        value["connection"] = Value::String(v.connection_string());
+        if self.is_json() {
+            return self.json(&value);
+        }
+        let parent = match (&v.parent, v.origin_snapshot) {
+            (Some(name), Some(snap)) => format!("{} {name}, snapshot {snap}", v.parent_kind),
+            (Some(name), None) => format!("{} {name}", v.parent_kind),
+            (None, _) => v.parent_kind.to_string(),
+        };
+        let rows = [
+            ("state", v.state.to_string()),
+            ("connect", v.connection_string()),
+            ("port", v.port.to_string()),
+            ("parent", parent),
+            ("environment", v.environment.clone()),
+            ("mount", v.mount_path.display().to_string()),
+            ("dataset", v.dataset.clone()),
+            ("created", display_time(v.created_at)),
+        ];
+        println!(
+            "{}",
+            key_list(format!("VDB {} {headline}", v.name).trim_end(), &rows)
+        );
+        Ok(())
+    }
+}

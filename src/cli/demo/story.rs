@@ -1,16 +1,12 @@
-//! `pgvirt demo`: the whole story on a fresh machine, with nothing but
-//! PostgreSQL installed. It makes its own store, pool and source cluster in
-//! a work directory, links the source, provisions two VDBs, shows they are
-//! independent, refreshes one, rewinds the other, and tears it all down.
-//!
-//! Every step goes through the same library calls the commands use; the
-//! demo only strings them together and checks what it shows.
+//! The demo's story: each step through the same library calls the commands
+//! use, checking what it shows.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::place;
+use super::steps::Steps;
 use crate::abi::CommandRequest;
 use crate::host::connectors::loader::Connector;
 use crate::host::connectors::package::Package;
@@ -21,116 +17,23 @@ use crate::host::lifecycle::{discovery, dsource, vdb};
 use crate::host::storage::Pool;
 use crate::host::store::Store;
 
-/// `pgvirt demo`'s arguments.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Work directory (empty or new); default: a new one under /var/tmp.
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// OS user PostgreSQL runs as; default: postgres when root, else you.
-    #[arg(long)]
-    user: Option<String>,
-    /// Keep everything running at the end.
-    #[arg(long)]
-    keep: bool,
-}
-
-/// `postgres` when running as root, else the current user.
-fn default_user() -> String {
-    if nix::unistd::Uid::effective().is_root() {
-        return "postgres".into();
-    }
-    nix::unistd::User::from_uid(nix::unistd::Uid::effective())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| "postgres".into())
-}
-
-/// `pgvirt demo`.
-pub fn exec(args: Args) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let user = args.user.unwrap_or_else(default_user);
-    let started = Instant::now();
-    let mut n = 0;
-    let keep = args.keep;
-    let dir = run(
-        &DemoOptions {
-            dir: args.dir,
-            user,
-            keep,
-        },
-        &mut |what, took| {
-            if took.is_zero() {
-                println!("{what}");
-            } else {
-                n += 1;
-                println!("{n:>2}. {what:<88} {:>8.2}s", took.as_secs_f64());
-            }
-        },
-    )
-    .context("running the demo")?;
-    println!("demo finished in {:.1}s", started.elapsed().as_secs_f64());
-    if keep {
-        println!(
-            "kept in {} (store {}/pgvirt.db)",
-            dir.display(),
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
-/// What the demo needs to know.
-pub struct DemoOptions {
-    /// Work directory (made if missing; must be empty). Default: a new one
-    /// under /var/tmp.
-    pub dir: Option<PathBuf>,
-    /// The OS user PostgreSQL runs as.
-    pub user: String,
-    /// Keep everything at the end instead of tearing down.
-    pub keep: bool,
-}
-
-/// Runs the demo; `step` is told each step's description and duration.
-pub fn run(options: &DemoOptions, step: &mut dyn FnMut(&str, Duration)) -> Result<PathBuf> {
-    let dir = match &options.dir {
-        Some(d) => d.clone(),
-        None => tempfile::Builder::new()
-            .prefix("pgvirt-demo-")
-            .tempdir_in("/var/tmp")
-            .map_err(|e| {
-                Error::io(
-                    "cannot create a work directory in",
-                    Path::new("/var/tmp"),
-                    e,
-                )
-            })?
-            .keep(),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
-    if std::fs::read_dir(&dir)
-        .map_err(|e| Error::io("cannot read", &dir, e))?
-        .next()
-        .is_some()
-    {
-        return Err(Error::usage(format!(
-            "{} is not empty; give the demo an empty directory",
-            dir.display()
-        )));
-    }
-    crate::host::files::set_mode(&dir, 0o711)?;
+/// Runs the demo in `dir` (a new one when none); returns the directory.
+pub fn run(dir: Option<PathBuf>, user: &str, keep: bool, show: &mut Steps) -> Result<PathBuf> {
+    let dir = place::make_dir(dir)?;
     let mut demo = Demo {
         dir: dir.clone(),
         store: Store::open(&dir.join("pgvirt.db"))?,
         connector: None,
         env: None,
         source_port: 0,
-        step,
+        show,
     };
-    let result = demo.story(&options.user);
-    if !options.keep || result.is_err() {
-        let torn = demo.teardown();
+    let result = demo.story(user);
+    if result.is_err() {
+        demo.show.failed();
+    }
+    if !keep || result.is_err() {
+        let torn = place::teardown(&dir, demo.show);
         result?;
         torn?;
     }
@@ -143,14 +46,14 @@ struct Demo<'a> {
     connector: Option<Connector>,
     env: Option<Environment>,
     source_port: u16,
-    step: &'a mut dyn FnMut(&str, Duration),
+    show: &'a mut Steps,
 }
 
 impl Demo<'_> {
     fn timed<T>(&mut self, what: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        let started = Instant::now();
+        self.show.start(what);
         let value = f(self)?;
-        (self.step)(what, started.elapsed());
+        self.show.done();
         Ok(value)
     }
 
@@ -259,11 +162,12 @@ impl Demo<'_> {
                 .map(|s| s.id.to_string())
                 .ok_or_else(|| Error::NotFound("the source cluster was not discovered".into()))
         })?;
-        let backend = self.timed("make the storage pool", |d| {
-            let pool = Pool::init(&d.store, &d.dir.join("pool"), None)?;
-            Ok(pool.info(&d.store)?.backend.name().to_owned())
+        let why = self.timed("make the storage pool", |d| {
+            let (pool, why) = place::pool_dir(&d.dir)?;
+            Pool::init(&d.store, &pool, None)?;
+            Ok(why)
         })?;
-        (self.step)(&format!("  (pool backend: {backend})"), Duration::ZERO);
+        self.show.note(&why);
         self.timed("link the source as dSource `shop` (pg_basebackup + streaming) and snapshot it", |d| {
             let staging = free_port()?;
             dsource::link(
@@ -295,6 +199,8 @@ impl Demo<'_> {
                 },
             )?;
         }
+        let sizes = self.sizes()?;
+        self.show.note(&sizes);
         let sum = "SELECT md5(string_agg(c::text, ',' ORDER BY id)) FROM customers c";
         self.timed(
             "write into `dev`; `test` and the source are untouched",
@@ -360,45 +266,41 @@ printf "port = %s\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s
         Ok(())
     }
 
-    fn teardown(&mut self) -> Result<()> {
-        let started = Instant::now();
-        let mut first_error = None;
-        if let Some(connector) = self.connector.take() {
-            for name in ["test", "dev"] {
-                if vdb::find(&self.store, name)?.is_some() {
-                    if let Err(e) = vdb::delete(&self.store, &connector, name) {
-                        first_error.get_or_insert(e);
-                    }
-                }
+    /// The sizes that show thin cloning: the data, and what each VDB holds
+    /// of its own.
+    fn sizes(&self) -> Result<String> {
+        let pool = Pool::open(&self.store)?;
+        let list = pool.list(&self.store)?;
+        let data = list
+            .iter()
+            .find(|d| d.dataset.name == "dsource-shop")
+            .map(|d| d.space.total())
+            .unwrap_or(0);
+        let mut own = Vec::new();
+        for name in ["dev", "test"] {
+            let v = vdb::get(&self.store, name)?;
+            let bytes = list
+                .iter()
+                .find(|d| d.dataset.name == v.dataset)
+                .map(|d| d.space.exclusive)
+                .unwrap_or(0);
+            own.push(format!("{name} {}", megabytes(bytes)));
+        }
+        Ok(format!(
+            "data {}; of their own the VDBs hold {} ({})",
+            megabytes(data),
+            own.join(", "),
+            if pool.backend() == crate::host::storage::Backend::Copy {
+                "full copies"
+            } else {
+                "thin clones: the rest is shared with the snapshot"
             }
-            if dsource::find(&self.store, "shop")?.is_some() {
-                if let Err(e) = dsource::delete(&self.store, &connector, "shop") {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if let (Some(env), Ok(bin)) = (self.env.clone(), self.bin_dir()) {
-            let _ = env.run(&CommandRequest {
-                command: r#"[ -d "$DIR/data" ] && "$BIN/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null 2>&1; true"#.into(),
-                variables: [
-                    ("BIN".to_owned(), bin),
-                    ("DIR".to_owned(), self.source_dir().to_string_lossy().into_owned()),
-                ]
-                .into_iter()
-                .collect(),
-                ..CommandRequest::default()
-            });
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
-        std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io("cannot remove", &self.dir, e))?;
-        (self.step)(
-            "tear everything down (VDBs, dSource, source, pool, store)",
-            started.elapsed(),
-        );
-        Ok(())
+        ))
     }
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 fn expect(ok: bool, what: &str) -> Result<()> {
