@@ -31,10 +31,14 @@ fn the_demo_runs_start_to_finish_and_leaves_nothing() {
         "{out}"
     );
     assert!(
-        out.contains("of their own the VDBs hold") && out.contains("thin clones: the rest is shared"),
+        out.contains("of their own the VDBs hold")
+            && out.contains("thin clones: the rest is shared"),
         "{out}"
     );
-    assert!(!out.contains("WARN"), "no raw log line in the step table:\n{out}");
+    assert!(
+        !out.contains("WARN"),
+        "no raw log line in the step table:\n{out}"
+    );
     assert!(!work.exists(), "the demo removed its work directory");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(
@@ -55,17 +59,32 @@ fn demo_keep_says_how_to_explore_and_teardown_leaves_nothing() {
     let work_text = work.to_str().expect("utf-8").to_owned();
     let out = p.ok(&["demo", "--keep", "--dir", &work_text]);
     let store = format!("{work_text}/pgvirt.db");
-    assert!(out.contains(&format!("export PGVIRT_STORE={store}")), "{out}");
-    assert!(out.contains(&format!("pgvirt demo --teardown {work_text}")), "{out}");
+    assert!(
+        out.contains(&format!("export PGVIRT_STORE={store}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("pgvirt demo --teardown {work_text}")),
+        "{out}"
+    );
     // Only what it printed: the store it named shows the demo's VDBs.
     let listed = std::process::Command::new(env!("CARGO_BIN_EXE_pgvirt"))
         .args(["vdb", "list", "--output", "json"])
         .env("PGVIRT_STORE", &store)
         .output()
         .expect("runs");
-    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
     let vdbs: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
-    let names: Vec<&str> = vdbs.as_array().expect("list").iter().filter_map(|v| v["name"].as_str()).collect();
+    let names: Vec<&str> = vdbs
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
     assert_eq!(names, ["dev", "test"]);
     // Teardown: nothing of it is left (process, mount, directory).
     let out = p.ok(&["demo", "--teardown", &work_text]);

@@ -19,10 +19,17 @@ fn errors_name_the_vdbs_that_depend_and_the_flag_that_deletes_them_too() {
         "{err}"
     );
     let snap = s.pgvirt.json(&["vdb", "snapshot", "dev"])["id"].to_string();
-    s.pgvirt.ok(&["vdb", "provision", "child", "--from", &format!("dev@{snap}")]);
+    s.pgvirt.ok(&[
+        "vdb",
+        "provision",
+        "child",
+        "--from",
+        &format!("dev@{snap}"),
+    ]);
     let err = s.pgvirt.fails(&["vdb", "delete", "dev"]);
     assert!(
-        err.contains("VDB child depends on snapshots of VDB dev") && err.contains("--with-children"),
+        err.contains("VDB child depends on snapshots of VDB dev")
+            && err.contains("--with-children"),
         "{err}"
     );
     let gone = s.pgvirt.json(&["vdb", "delete", "dev", "--with-children"]);
@@ -35,9 +42,15 @@ fn a_failed_start_says_the_likely_cause_first_then_the_log() {
     // directory" line, and the cause somewhere inside.
     let s = Stack::new();
     s.link("src");
-    let err = s
-        .pgvirt
-        .fails(&["vdb", "provision", "bad", "--from", "src", "--set", "work_mem=banana"]);
+    let err = s.pgvirt.fails(&[
+        "vdb",
+        "provision",
+        "bad",
+        "--from",
+        "src",
+        "--set",
+        "work_mem=banana",
+    ]);
     let first = err.lines().next().unwrap_or_default();
     assert!(
         first.contains("did not start: a setting is not valid") && first.contains("work_mem"),
@@ -56,10 +69,19 @@ fn a_failed_start_says_the_likely_cause_first_then_the_log() {
         "{err}"
     );
     // pgvirt's own settings cannot be set around it.
-    let err = s
-        .pgvirt
-        .fails(&["vdb", "provision", "p80", "--from", "src", "--set", "port=80"]);
-    assert!(err.contains("--set (virtual-source parameters#/config/set"), "{err}");
+    let err = s.pgvirt.fails(&[
+        "vdb",
+        "provision",
+        "p80",
+        "--from",
+        "src",
+        "--set",
+        "port=80",
+    ]);
+    assert!(
+        err.contains("--set (virtual-source parameters#/config/set"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -78,7 +100,10 @@ fn every_show_prints_a_key_list_and_the_same_data_as_json_and_lists_name_parents
     let table = s.pgvirt.ok(&["vdb", "show", "dev"]);
     assert!(table.starts_with("VDB dev\n"), "{table}");
     let shown = s.pgvirt.json(&["vdb", "show", "dev"]);
-    assert!(table.contains(shown["connection"].as_str().expect("connection")), "{table}");
+    assert!(
+        table.contains(shown["connection"].as_str().expect("connection")),
+        "{table}"
+    );
     assert!(table.contains("dsource shop, snapshot"), "{table}");
     let list = s.pgvirt.ok(&["vdb", "list"]);
     assert!(list.contains("dsource shop"), "parents by name: {list}");
@@ -89,10 +114,16 @@ fn completions_and_the_manual_come_from_the_same_definitions() {
     let p = Pgvirt::new();
     for shell in ["bash", "zsh", "fish"] {
         let text = p.ok(&["completions", shell]);
-        assert!(text.contains("pgvirt") && text.contains("provision"), "{shell}");
+        assert!(
+            text.contains("pgvirt") && text.contains("provision"),
+            "{shell}"
+        );
     }
     let man = p.ok(&["man"]);
-    assert!(man.contains(".TH pgvirt 1") && man.contains("dsource"), "{man}");
+    assert!(
+        man.contains(".TH pgvirt 1") && man.contains("dsource"),
+        "{man}"
+    );
     let err = p.fails(&["demo", "--store", "/tmp/x.db"]);
     assert!(err.contains("takes no --store"), "{err}");
 }
