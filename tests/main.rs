@@ -10,5 +10,6 @@ mod discovery;
 mod dsource;
 mod first_hour;
 mod hardening;
+mod pitr;
 mod storage;
 mod vdb;

@@ -161,15 +161,21 @@ fn btrfs_pool_lifecycle() {
 }
 
 #[test]
+fn zfs_pool_lifecycle() {
+    let zfs = crate::support::ZfsPool::new(400);
+    let root = zfs.dataset("pgvirt");
+    let p = Pgvirt::new();
+    let out = p.ok(&["init", "--pool", root.to_str().expect("utf-8")]);
+    assert!(out.contains("ZFS snapshots and clones"), "{out}");
+    lifecycle(&p, "zfs", true);
+}
+
+#[test]
 fn copy_pool_lifecycle_on_the_default_filesystem() {
     let dir = PoolDir::new();
     let p = Pgvirt::new();
-    let out = p.run(&["init", "--pool", dir.pool().to_str().expect("utf-8")]);
-    assert!(out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("clones are full copies"),
-        "a warning says so"
-    );
+    let out = p.ok(&["init", "--pool", dir.pool().to_str().expect("utf-8")]);
+    assert!(out.contains("clones are full copies"), "it says so: {out}");
     lifecycle(&p, "copy", false);
 }
 
@@ -345,4 +351,40 @@ fn retention_keeps_snapshots_with_dependents() {
             .any(|p| p.contains("dataset vdb-keep belongs to no dSource or VDB")),
         "{report:?}"
     );
+}
+
+#[test]
+fn vdbs_on_a_zfs_pool_are_zfs_clones_that_add_little() {
+    // Kept small: zfs-fuse is slow.
+    let s = crate::support::Stack::on("zfs");
+    assert_eq!(s.pgvirt.json(&["pool", "info"])["backend"], json!("zfs"));
+    s.source.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 20000) g",
+    );
+    s.link("z");
+    s.pgvirt.ok(&["vdb", "provision", "z1", "--from", "z"]);
+    s.pgvirt.ok(&["vdb", "provision", "z2", "--from", "z"]);
+    s.vdb_sql("z1", "DELETE FROM t WHERE g <= 100");
+    assert_eq!(s.vdb_sql("z1", "SELECT count(*) FROM t"), "19900");
+    assert_eq!(s.vdb_sql("z2", "SELECT count(*) FROM t"), "20000");
+    let list = s.pgvirt.json(&["pool", "list"]);
+    let v = s.pgvirt.json(&["vdb", "show", "z2"]);
+    let ds = dataset(&list, v["dataset"].as_str().expect("dataset"));
+    let zfs = &ds["space"]["zfs"];
+    let written = zfs["written"].as_u64().expect("written");
+    let referenced = zfs["referenced"].as_u64().expect("referenced");
+    assert!(written < 64 * 1024 * 1024, "a fresh VDB adds little: {zfs}");
+    assert!(referenced > written, "and reaches the shared data: {zfs}");
+    let snap = s.pgvirt.json(&["vdb", "snapshot", "z1"])["id"].to_string();
+    s.pgvirt
+        .ok(&["vdb", "provision", "z3", "--from", &format!("z1@{snap}")]);
+    assert_eq!(s.vdb_sql("z3", "SELECT count(*) FROM t"), "19900");
+    let err = s.pgvirt.fails(&["vdb", "delete", "z1"]);
+    assert!(err.contains("VDB z3 depends"), "{err}");
+    s.pgvirt.ok(&["dsource", "sync", "z"]);
+    s.pgvirt.ok(&["vdb", "refresh", "z2"]);
+    s.pgvirt.ok(&["dsource", "delete", "z", "--with-vdbs"]);
+    assert_eq!(s.pgvirt.json(&["pool", "list"]), json!([]));
+    s.pgvirt.ok(&["pool", "check"]);
 }

@@ -249,7 +249,11 @@ fn a_provision_killed_midway_is_cleaned_by_the_next_command() {
         .iter()
         .map(|d| d["name"].as_str().expect("name").to_owned())
         .collect();
-    assert_eq!(datasets, vec!["dsource-src".to_owned()]);
+    assert_eq!(
+        datasets,
+        vec!["dsource-src".to_owned(), "dsource-src-wal".to_owned()],
+        "only the dSource's datasets are left"
+    );
     s.pgvirt.ok(&["pool", "check"]);
 }
 

@@ -34,6 +34,8 @@ pub const GROUPS: [(&str, &[&str]); 3] = [
             "status",
             "worker",
             "source_size",
+            "wal_range",
+            "wal_prune",
         ],
     ),
     (
@@ -51,6 +53,8 @@ pub const GROUPS: [(&str, &[&str]); 3] = [
             "post_snapshot",
             "initialize",
             "source_size",
+            "wal_range",
+            "wal_prune",
         ],
     ),
 ];

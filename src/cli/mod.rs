@@ -16,6 +16,7 @@ mod pool;
 mod repo;
 mod snapshot;
 mod source;
+mod timeflow;
 mod vdb;
 
 use std::path::PathBuf;
@@ -82,6 +83,9 @@ enum Command {
     /// Snapshots of dSources and VDBs.
     #[command(subcommand)]
     Snapshot(snapshot::Cmd),
+    /// Timeflows: the moments a dSource or VDB can be provisioned at.
+    #[command(subcommand)]
+    Timeflow(timeflow::Cmd),
     /// Virtual databases: writable thin clones of snapshots.
     #[command(subcommand)]
     Vdb(vdb::Cmd),
@@ -163,6 +167,13 @@ impl Context {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     use clap::FromArgMatches;
+    // Output into a closed pipe (`| head`) ends pgvirt quietly, as other
+    // tools do, instead of a panic; the next command repairs anything cut.
+    // SAFETY: setting a signal's disposition to its default, before any
+    // thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let matches = definition().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
@@ -252,6 +263,7 @@ fn run(cli: Cli, replication_password: Option<String>) -> anyhow::Result<()> {
         Command::Pool(cmd) => pool::exec(cmd, &cx),
         Command::Dsource(cmd) => dsource::exec(cmd, &cx),
         Command::Snapshot(cmd) => snapshot::exec(cmd, &cx),
+        Command::Timeflow(cmd) => timeflow::exec(cmd, &cx),
         Command::Vdb(cmd) => vdb::exec(cmd, &cx),
         Command::Demo(args) => demo::exec(args),
         Command::Completions { shell } => {

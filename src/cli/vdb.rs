@@ -9,6 +9,7 @@ use serde_json::json;
 use super::flags::{self, Given};
 use super::Context;
 use crate::host::connectors::registry;
+use crate::host::lifecycle::pitr::Target;
 use crate::host::lifecycle::vdb;
 
 #[derive(Args, Debug)]
@@ -52,6 +53,28 @@ impl VirtualParams {
     }
 }
 
+/// A moment to provision at, past a snapshot.
+#[derive(Args, Debug)]
+pub struct At {
+    /// The moment: every transaction committed at or before it (RFC 3339 /
+    /// ISO 8601, like '2026-12-02 14:03:00+00'; no zone: this host's).
+    #[arg(long, value_name = "TIME", conflicts_with = "at_lsn")]
+    at: Option<String>,
+    /// The moment as an LSN (like 0/5A000000): the records before it.
+    #[arg(long, value_name = "LSN")]
+    at_lsn: Option<String>,
+}
+
+impl At {
+    fn target(&self) -> anyhow::Result<Option<Target>> {
+        Ok(match (&self.at, &self.at_lsn) {
+            (Some(t), _) => Some(Target::parse_time(t)?),
+            (_, Some(l)) => Some(Target::parse_lsn(l)?),
+            _ => None,
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Provision a VDB from a dSource's or VDB's snapshot.
@@ -61,6 +84,8 @@ pub enum Cmd {
         /// The dSource or VDB to clone: NAME for its latest snapshot, NAME@ID for one.
         #[arg(long, value_name = "NAME[@SNAPSHOT]")]
         from: String,
+        #[command(flatten)]
+        at: At,
         #[command(flatten)]
         params: VirtualParams,
     },
@@ -109,8 +134,10 @@ pub enum Cmd {
         /// The VDB.
         name: String,
         /// A newer snapshot of the parent than its latest.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["at", "at_lsn"])]
         snapshot: Option<i64>,
+        #[command(flatten)]
+        at: At,
     },
     /// Rewind to one of the VDB's own snapshots.
     Rewind {
@@ -148,7 +175,12 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
     let store = &store;
     let connector = &connector;
     match cmd {
-        Cmd::Provision { name, from, params } => {
+        Cmd::Provision {
+            name,
+            from,
+            at,
+            params,
+        } => {
             let started = std::time::Instant::now();
             let (parameters, given) = params.document()?;
             let v = vdb::provision(
@@ -158,6 +190,7 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
                     name: &name,
                     from: &from,
                     parameters,
+                    target: at.target()?,
                 },
             )
             .map_err(|e| given.name_flags(e))
@@ -174,6 +207,7 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
                     name: &name,
                     from: "",
                     parameters,
+                    target: None,
                 },
             )
             .map_err(|e| given.name_flags(e))
@@ -217,8 +251,8 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
                 json!({"deleted": name, "vdbs_deleted": deleted}),
             )
         }
-        Cmd::Refresh { name, snapshot } => shown(
-            &vdb::refresh(store, connector, &name, snapshot)
+        Cmd::Refresh { name, snapshot, at } => shown(
+            &vdb::refresh(store, connector, &name, snapshot, at.target()?)
                 .with_context(|| format!("refreshing VDB {name}"))?,
             "refreshed",
         ),

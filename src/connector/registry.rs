@@ -23,6 +23,8 @@ pub(super) const REGISTRY: &[(&str, Handler)] = &[
     ("linked.status", linked::status),
     ("linked.worker", linked::worker),
     ("linked.source_size", linked::source_size),
+    ("linked.wal_range", linked::wal_range),
+    ("linked.wal_prune", linked::wal_prune),
     (
         "virtual.mount_specification",
         virtual_db::mount_specification,

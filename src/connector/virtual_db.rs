@@ -234,9 +234,14 @@ pub fn configure(platform: &Platform, input: &Value) -> Result<Value, OperationE
         .with_action("choose a later snapshot of the dSource"));
     }
     let vdb = Vdb::from_input(input)?;
-    prepare_clone(platform, &vdb, snapshot)?;
+    let target = Target::from_input(input)?;
+    prepare_clone(platform, &vdb, snapshot, target.as_ref())?;
     vdb.cluster.start(platform)?;
     wait_promoted(platform, &vdb)?;
+    if target.is_some() {
+        // Promoted: its configuration no longer names the WAL it read.
+        vdb.write_config(platform, Vec::new())?;
+    }
     vdb.set_password(platform)?;
     Ok(vdb.source_config(snapshot.get("major_version").and_then(Value::as_u64)))
 }
@@ -251,13 +256,17 @@ pub fn reconfigure(platform: &Platform, input: &Value) -> Result<Value, Operatio
         .get("fresh_clone")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    let target = Target::from_input(input)?;
     if let (Some(snapshot), true) = (input.get("snapshot"), fresh_clone) {
-        prepare_clone(platform, &vdb, snapshot)?;
+        prepare_clone(platform, &vdb, snapshot, target.as_ref())?;
     } else {
         vdb.write_config(platform, Vec::new())?;
     }
     vdb.cluster.start(platform)?;
     wait_promoted(platform, &vdb)?;
+    if target.is_some() {
+        vdb.write_config(platform, Vec::new())?;
+    }
     let major = input
         .pointer("/source_config/major_version")
         .or_else(|| input.pointer("/snapshot/major_version"))
@@ -267,7 +276,81 @@ pub fn reconfigure(platform: &Platform, input: &Value) -> Result<Value, Operatio
 
 /// Cleans a fresh clone of everything that tied it to its parent and writes
 /// its configuration, with recovery settings when it must recover.
-fn prepare_clone(platform: &Platform, vdb: &Vdb, snapshot: &Value) -> Result<(), OperationError> {
+/// A moment to recover to, beyond the snapshot (`recovery_target` in the
+/// input): `{"lsn": "0/5A000000"}` or `{"time": "2026-12-02T14:03:00Z"}`,
+/// with the WAL from `wal.path` (mounted read-only).
+struct Target {
+    setting: (String, String),
+    inclusive: bool,
+    wal: String,
+}
+
+impl Target {
+    fn from_input(input: &Value) -> Result<Option<Self>, OperationError> {
+        let Some(target) = input.get("recovery_target") else {
+            return Ok(None);
+        };
+        let wal = input
+            .pointer("/wal/path")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                OperationError::new(
+                    ErrorKind::InvalidInput,
+                    "a recovery_target needs the WAL to recover with (wal.path)",
+                )
+            })?
+            .to_owned();
+        if let Some(lsn) = target.get("lsn").and_then(Value::as_str) {
+            if parse_lsn(lsn).is_none() {
+                return Err(OperationError::new(
+                    ErrorKind::InvalidInput,
+                    format!("recovery_target.lsn {lsn:?} is not an LSN"),
+                ));
+            }
+            // Records that start before the LSN: the database as of it.
+            return Ok(Some(Self {
+                setting: ("recovery_target_lsn".into(), conf_quote(lsn)),
+                inclusive: false,
+                wal,
+            }));
+        }
+        if let Some(time) = target.get("time").and_then(Value::as_str) {
+            // Every transaction committed at or before the time.
+            return Ok(Some(Self {
+                setting: ("recovery_target_time".into(), conf_quote(time)),
+                inclusive: true,
+                wal,
+            }));
+        }
+        Err(OperationError::new(
+            ErrorKind::InvalidInput,
+            "recovery_target names neither an lsn nor a time",
+        ))
+    }
+
+    fn settings(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "restore_command".into(),
+                super::linked::restore_command(&self.wal),
+            ),
+            self.setting.clone(),
+            (
+                "recovery_target_inclusive".into(),
+                if self.inclusive { "on" } else { "off" }.into(),
+            ),
+            ("recovery_target_action".into(), "promote".into()),
+            ("recovery_target_timeline".into(), conf_quote("current")),
+        ]
+    }
+}
+
+fn prepare_clone(
+    platform: &Platform,
+    vdb: &Vdb,
+    snapshot: &Value,
+    pitr: Option<&Target>,
+) -> Result<(), OperationError> {
     let script = r#"
 set -eu
 cd -- "$DATA"
@@ -309,9 +392,11 @@ fi
             ],
         ),
     )?;
-    let recovery: Vec<(String, String)> = match out.stdout.trim() {
-        "clean" => Vec::new(),
-        how => {
+    let recovery: Vec<(String, String)> = match (out.stdout.trim(), pitr) {
+        // A moment past the snapshot: recover to it with the kept WAL.
+        (_, Some(pitr)) => pitr.settings(),
+        ("clean", None) => Vec::new(),
+        (how, None) => {
             // No archive: WAL comes only from the clone's own pg_wal.
             let mut r = vec![
                 ("restore_command".into(), conf_quote("false")),

@@ -16,6 +16,9 @@ use serde_json::Value;
 #[path = "loopfs.rs"]
 mod loopfs;
 pub use loopfs::LoopFs;
+#[path = "zfs.rs"]
+mod zfs;
+pub use zfs::ZfsPool;
 
 /// The PostgreSQL 15 binaries the tests use.
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -472,7 +475,31 @@ pub struct Stack {
     pub pool: PoolDir,
     /// Source config id of the source cluster.
     pub source_id: String,
-    _fs: Option<LoopFs>,
+    fs: Option<PoolFs>,
+}
+
+/// A file system of the test's own that the pool lives on.
+pub enum PoolFs {
+    Loop(LoopFs),
+    Zfs(ZfsPool),
+}
+
+impl PoolFs {
+    /// Where the file system is mounted.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Loop(fs) => fs.path(),
+            Self::Zfs(z) => z.path(),
+        }
+    }
+
+    /// The pool directory on it (a dataset of its own on ZFS).
+    fn pool_dir(&self) -> PathBuf {
+        match self {
+            Self::Loop(fs) => fs.path().join("pool"),
+            Self::Zfs(z) => z.dataset("pgvirt"),
+        }
+    }
 }
 
 impl Stack {
@@ -481,13 +508,14 @@ impl Stack {
         Self::build(None, Cluster::start(), Pgvirt::new())
     }
 
-    /// On a loop-mounted filesystem (`xfs` or `btrfs`).
+    /// On a loop-mounted filesystem (`xfs` or `btrfs`), or a ZFS pool
+    /// (`zfs`, through zfs-fuse: slow, keep such tests small).
     pub fn on(kind: &str) -> Self {
-        Self::build(
-            Some(LoopFs::new(kind, 1024)),
-            Cluster::start(),
-            Pgvirt::new(),
-        )
+        let fs = match kind {
+            "zfs" => PoolFs::Zfs(ZfsPool::new(1024)),
+            other => PoolFs::Loop(LoopFs::new(other, 1024)),
+        };
+        Self::build(Some(fs), Cluster::start(), Pgvirt::new())
     }
 
     /// On a copy pool, with this source and this pgvirt (its environment
@@ -496,11 +524,11 @@ impl Stack {
         Self::build(None, source, pgvirt)
     }
 
-    fn build(fs: Option<LoopFs>, source: Cluster, pgvirt: Pgvirt) -> Self {
+    fn build(fs: Option<PoolFs>, source: Cluster, pgvirt: Pgvirt) -> Self {
         pgvirt.install_and_add_local();
         let pool = PoolDir::new();
         let pool_path = match &fs {
-            Some(fs) => fs.path().join("pool"),
+            Some(fs) => fs.pool_dir(),
             None => pool.pool(),
         };
         pgvirt.ok(&["init", "--pool", pool_path.to_str().expect("utf-8")]);
@@ -518,7 +546,7 @@ impl Stack {
             source,
             pool,
             source_id,
-            _fs: fs,
+            fs,
         }
     }
 
@@ -567,7 +595,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let root = match &self._fs {
+        let root = match &self.fs {
             Some(fs) => fs.path().to_owned(),
             None => self.pool.pool(),
         };
@@ -630,7 +658,7 @@ pub fn processes() -> Vec<(i32, Vec<String>, Option<PathBuf>)> {
 impl Stack {
     /// The root everything of this stack's pool lives under.
     pub fn pool_root(&self) -> PathBuf {
-        match &self._fs {
+        match &self.fs {
             Some(fs) => fs.path().to_owned(),
             None => self.pool.pool(),
         }
@@ -676,6 +704,8 @@ impl Stack {
                     "{what}: replay of {name} is left paused: {shown}"
                 );
                 serving.push(mount.join("data"));
+                // And its WAL dataset, beside it.
+                mounted_ok.push(PathBuf::from(format!("{}-wal", mount.display())));
                 mounted_ok.push(mount);
             }
         }

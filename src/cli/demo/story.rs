@@ -193,6 +193,7 @@ impl Demo<'_> {
                             name,
                             from: "shop",
                             parameters: json!({}),
+                            target: None,
                         },
                     )
                     .map(|_| ())
@@ -218,7 +219,7 @@ impl Demo<'_> {
         self.timed("the source changes; sync `shop`; refresh `test`: it sees the change", |d| {
             d.source_sql("INSERT INTO customers (name, email) VALUES ('new customer', 'new@example.invalid')")?;
             dsource::sync(&d.store, d.connector()?, "shop", false)?;
-            vdb::refresh(&d.store, d.connector()?, "test", None)?;
+            vdb::refresh(&d.store, d.connector()?, "test", None, None)?;
             expect(d.vdb_sql("test", sum)? == d.source_sql(sum)?, "test matches the source again")
         })?;
         self.timed(

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{log_shipping, Staging};
+use super::{log_shipping, wal, Staging};
 use crate::abi::{ErrorKind, IngestionMethod, OperationError};
 use crate::connector::conf::parse_size;
 use crate::connector::platform::{request, Platform};
@@ -133,6 +133,18 @@ SELECT json_build_object('stop_lsn', lsn::text, 'labelfile', labelfile, 'spcmapf
             let _ = staging.resume_replay(platform);
             return Err(e);
         }
+    }
+    // The WAL from the backup's start to this point is kept in the WAL
+    // dataset too (the segment in progress as a partial).
+    let timeline = facts["timeline"].as_u64().unwrap_or(1);
+    let seg_size = facts["wal_segment_size"]
+        .as_u64()
+        .unwrap_or(16 * 1024 * 1024);
+    let redo = facts["redo_lsn"].as_str().unwrap_or("").to_owned();
+    let replayed = facts["replayed_lsn"].as_str().unwrap_or("").to_owned();
+    if let Err(e) = wal::keep_partial(platform, staging, timeline, &redo, &replayed, seg_size) {
+        let _ = staging.resume_replay(platform);
+        return Err(e);
     }
     let write = r#"
 set -eu

@@ -28,6 +28,9 @@ mod customer_backup;
 mod ingest;
 mod log_shipping;
 mod standby;
+mod wal;
+
+pub use wal::restore_command;
 
 use serde_json::{json, Value};
 
@@ -46,6 +49,8 @@ pub(super) struct Staging {
     method: IngestionMethod,
     /// A directory of this dSource's outside every dataset (for secrets).
     private: String,
+    /// Where the WAL dataset is mounted, when the engine gave one.
+    wal: Option<String>,
 }
 
 impl Staging {
@@ -83,6 +88,10 @@ impl Staging {
             )?,
             method: IngestionMethod::of(&params),
             private: format!("{scratch}/dsource-{name}"),
+            wal: input
+                .pointer("/wal/path")
+                .and_then(Value::as_str)
+                .map(|p| p.trim_end_matches('/').to_owned()),
             mount,
             params,
             name,
@@ -154,12 +163,13 @@ fn default_slot_name(dsource: &str) -> String {
     s
 }
 
-/// `linked.mount_specification`: where the staging dataset goes.
+/// `linked.mount_specification`: where the staging dataset goes, and (every
+/// method here replays WAL) where the WAL dataset that keeps it goes: beside
+/// the mount, or where the engine offers (`default_wal_path`).
 pub fn mount_specification(_platform: &Platform, input: &Value) -> Result<Value, OperationError> {
     let params = field(input, "linked_source")?;
-    let path = params
-        .get("mount_path")
-        .and_then(Value::as_str)
+    let explicit = params.get("mount_path").and_then(Value::as_str);
+    let path = explicit
         .or_else(|| input.get("default_mount_path").and_then(Value::as_str))
         .ok_or_else(|| {
             OperationError::new(
@@ -167,7 +177,29 @@ pub fn mount_specification(_platform: &Platform, input: &Value) -> Result<Value,
                 "no mount_path and no default_mount_path",
             )
         })?;
-    Ok(json!({"mounts": [{"path": path}]}))
+    let wal = match (
+        explicit,
+        input.get("default_wal_path").and_then(Value::as_str),
+    ) {
+        (Some(p), _) => Some(format!("{}-wal", p.trim_end_matches('/'))),
+        (None, Some(w)) => Some(w.to_owned()),
+        (None, None) => None,
+    };
+    let mut spec = json!({"mounts": [{"path": path}]});
+    if let Some(wal) = wal {
+        spec["wal"] = json!({ "path": wal });
+    }
+    Ok(spec)
+}
+
+/// `linked.wal_range`: what the WAL dataset holds from an LSN on.
+pub fn wal_range(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    wal::range(platform, input)
+}
+
+/// `linked.wal_prune`: removes kept WAL no one needs any more.
+pub fn wal_prune(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    wal::prune(platform, input)
 }
 
 /// `linked.pre_snapshot`: ingest if asked (`resync`) or never done, make sure

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::{default_slot_name, log_shipping, Staging};
+use super::{default_slot_name, log_shipping, wal, Staging};
 use crate::abi::{ErrorKind, IngestionMethod, OperationError};
 use crate::connector::cluster::ClusterConfig;
 use crate::connector::conf::{conf_quote, conf_value, conninfo_quote};
@@ -61,6 +61,11 @@ pub fn write_config(
         if let Some(slot) = staging.slot() {
             settings.push(("primary_slot_name".into(), conf_quote(&slot)));
         }
+    }
+    if let Some(dir) = &staging.wal {
+        // Keep every segment staging replays, for point-in-time VDBs.
+        settings.retain(|(k, _)| k != "archive_mode");
+        settings.extend(wal::archive_settings(dir));
     }
     if staging.method == IngestionMethod::BackupLogShipping {
         settings.push((

@@ -10,6 +10,7 @@
 //! - [`jobs`]: what each workflow is doing; [`repair`]: what a cut-short one left.
 //! - [`ownership`]: who owns which dataset and snapshot; `pool check`.
 //! - [`names`]: one name space for dSources and VDBs.
+//! - [`pitr`]: provisionable ranges (snapshots and kept WAL) and point-in-time targets.
 //! - [`placement`]: mounting a dataset where the connector's specification says.
 //! - [`hooks`]: user shell hooks around workflows.
 //!
@@ -21,6 +22,7 @@ pub mod hooks;
 pub mod jobs;
 pub mod names;
 pub mod ownership;
+pub mod pitr;
 pub mod placement;
 pub mod repair;
 pub mod teardown;

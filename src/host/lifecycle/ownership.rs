@@ -25,7 +25,7 @@ pub struct Dependent {
 /// The object a dataset belongs to, if any.
 pub fn owner_of_dataset(store: &Store, dataset: &str) -> Result<Option<Dependent>> {
     let row: Option<(ContainerKind, String)> = store.optional(store.conn().query_row(
-        "SELECT 'dsource', name FROM dsources WHERE dataset = ?1
+        "SELECT 'dsource', name FROM dsources WHERE dataset = ?1 OR dataset || '-wal' = ?1
          UNION ALL SELECT 'vdb', name FROM vdbs WHERE dataset = ?1
          UNION ALL SELECT t.container_kind, coalesce(v.name, d.name) FROM timeflows t
              LEFT JOIN vdbs v ON t.container_kind = 'vdb' AND v.id = t.container_id
@@ -87,6 +87,7 @@ pub fn owned(store: &Store) -> Result<Owned> {
         .conn()
         .prepare(
             "SELECT dataset FROM dsources
+             UNION SELECT dataset || '-wal' FROM dsources
              UNION SELECT name FROM datasets WHERE operator = 1
              UNION SELECT dataset FROM vdbs WHERE dataset <> ''
              UNION SELECT t.dataset FROM timeflows t WHERE t.dataset IS NOT NULL AND (

@@ -1,5 +1,7 @@
 //! What the dSource and VDB workflows share: asking the connector where a
-//! dataset goes (`mount_specification`) and putting it there.
+//! dataset goes (`mount_specification`) and putting it there — and, when
+//! the connector keeps WAL (`"wal": {"path": ...}` in its answer), the
+//! dataset's WAL dataset (`<dataset>-wal`, made when missing) too.
 
 use std::path::{Path, PathBuf};
 
@@ -20,9 +22,21 @@ pub struct Placement<'a> {
     pub fallback: &'a Path,
 }
 
-/// Calls `<group>.mount_specification`, mounts the dataset where it says,
-/// and records the path in `input` for the operations that follow. Returns
-/// the path the user sees.
+/// The name of a dataset's WAL dataset.
+pub fn wal_dataset(dataset: &str) -> String {
+    format!("{dataset}-wal")
+}
+
+/// What `input` offers the connector for placing `dataset`: its default
+/// mount path and its WAL dataset's.
+pub fn offer(pool: &Pool, dataset: &str, fallback: &Path, input: &mut Value) {
+    input["default_mount_path"] = json!(fallback);
+    input["default_wal_path"] = json!(pool.default_mount_path(&wal_dataset(dataset)));
+}
+
+/// Calls `<group>.mount_specification`, mounts the dataset (and its WAL
+/// dataset) where it says, and records the paths in `input` for the
+/// operations that follow. Returns the path the user sees.
 pub fn mount_as_specified(
     store: &Store,
     connector: &Connector,
@@ -39,6 +53,14 @@ pub fn mount_as_specified(
         .map(PathBuf::from)
         .unwrap_or_else(|| placement.fallback.to_owned());
     let path = pool.mount(store, placement.dataset, &wanted)?;
-    input["mount"] = json!({"path": path});
+    input["mount"] = json!({ "path": path });
+    if let Some(wal) = spec.pointer("/wal/path").and_then(Value::as_str) {
+        let name = wal_dataset(placement.dataset);
+        if pool.find_dataset(store, &name)?.is_none() {
+            pool.create_dataset(store, &name, Some(&env.user()?))?;
+        }
+        let wal_path = pool.mount(store, &name, Path::new(wal))?;
+        input["wal"] = json!({ "path": wal_path });
+    }
     Ok(path)
 }

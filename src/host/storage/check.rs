@@ -137,7 +137,10 @@ impl Pool {
                 .map_err(|e| store.err(e))?
                 .collect::<rusqlite::Result<_>>()
                 .map_err(|e| store.err(e))?;
-            for p in paths.into_iter().filter(|p| !Path::new(p).exists()) {
+            for p in paths {
+                if self.backend.exists(Path::new(&p))? {
+                    continue;
+                }
                 report.problems.push(format!(
                     "{p} is in the store but missing on disk (restore it, or delete what uses it)"
                 ));

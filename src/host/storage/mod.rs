@@ -161,6 +161,10 @@ impl Pool {
             }
             None => Backend::detect(dir)?,
         };
+        if backend == Backend::Zfs {
+            // Datasets are ZFS file systems under a container of their own.
+            backend::zfs::create_container(&dir.join("datasets"))?;
+        }
         for (sub, mode) in [("datasets", 0o711), ("snapshots", 0o700), ("mounts", 0o711)] {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(|e| Error::io("cannot create", &p, e))?;
@@ -298,19 +302,28 @@ impl Pool {
             let mut snapshots = Vec::new();
             for s in self.snapshots_of(store, ds.id)? {
                 snapshots.push(SnapshotInfo {
-                    space: space::tree_space(&s.path)?,
+                    space: self.space_of(&s.path)?,
                     dependents: self.dependents(store, s.id)?,
                     snapshot: s,
                 });
             }
             out.push(DatasetInfo {
-                space: space::tree_space(&ds.path)?,
+                space: self.space_of(&ds.path)?,
                 mount: mount::mounted_at(store, ds.id)?,
                 dataset: ds,
                 snapshots,
             });
         }
         Ok(out)
+    }
+
+    /// The space of a dataset or snapshot: as the backend accounts it, or
+    /// from its files' extents.
+    pub fn space_of(&self, path: &Path) -> Result<Space> {
+        match self.backend.space(path)? {
+            Some(space) => Ok(space),
+            None => space::tree_space(path),
+        }
     }
 
     /// Checks a mount path: absolute, not `/`, no `..`, not inside the pool's

@@ -217,6 +217,44 @@ pub fn check(store: &Store, repair: bool, problems: &mut Vec<String>) -> Result<
     Ok(repaired)
 }
 
+/// Bind-mounts `source` read-only at `target` for a while (not recorded:
+/// the caller notes it in its job and calls [`unmount_path`] after). As
+/// root only; otherwise the source is used as it is.
+pub fn bind_read_only(source: &Path, target: &Path) -> Result<PathBuf> {
+    if !can_bind() {
+        return Ok(source.to_owned());
+    }
+    crate::host::files::check_plain_path(target)
+        .map_err(|why| Error::usage(format!("{}: {why}", target.display())))?;
+    std::fs::create_dir_all(target)
+        .map_err(|e| Error::io("cannot create mount point", target, e))?;
+    nix::mount::mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| Error::io("cannot bind-mount at", target, e.into()))?;
+    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    if let Err(e) = nix::mount::mount(None::<&str>, target, None::<&str>, ro, None::<&str>) {
+        let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+        return Err(Error::io("cannot make read-only", target, e.into()));
+    }
+    Ok(target.to_owned())
+}
+
+/// Unmounts what [`bind_read_only`] mounted, and removes its mount point.
+pub fn unmount_path(target: &Path) -> Result<()> {
+    if is_mountpoint(target) {
+        nix::mount::umount2(target, MntFlags::empty())
+            .or_else(|_| nix::mount::umount2(target, MntFlags::MNT_DETACH))
+            .map_err(|e| Error::io("cannot unmount", target, e.into()))?;
+    }
+    let _ = std::fs::remove_dir(target);
+    Ok(())
+}
+
 /// Whether `path` is a mount point (in /proc/self/mountinfo).
 pub fn is_mountpoint(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {

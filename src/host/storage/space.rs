@@ -18,6 +18,20 @@ pub struct Space {
     pub exclusive: u64,
     /// Bytes this tree shares with another dataset or snapshot.
     pub shared: u64,
+    /// ZFS's own figures, on a ZFS pool: `used`, `referenced`, `written`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zfs: Option<ZfsSpace>,
+}
+
+/// Space as ZFS accounts it.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct ZfsSpace {
+    /// Space the dataset (and its snapshots) consume.
+    pub used: u64,
+    /// Data the dataset can reach, shared or not.
+    pub referenced: u64,
+    /// Data written since its origin snapshot (or since it was made).
+    pub written: u64,
 }
 
 impl Space {
@@ -82,7 +96,7 @@ fn file_space(path: &Path) -> Result<Space> {
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
             return Ok(Space {
                 exclusive: len,
-                shared: 0,
+                ..Space::default()
             });
         }
         let n = (map.fm_mapped_extents as usize).min(EXTENTS);

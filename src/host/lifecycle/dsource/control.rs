@@ -5,11 +5,12 @@ use super::{get, set_state, start_staging, stop_staging, DSource, DsourceState};
 use crate::host::connectors::loader::Connector;
 use crate::host::error::{Error, Result};
 use crate::host::lifecycle::jobs::{self, JobKind};
-use crate::host::lifecycle::ownership;
 use crate::host::lifecycle::timeflow::ContainerKind;
+use crate::host::lifecycle::{ownership, placement};
 use crate::host::storage::Pool;
 use crate::host::store::Store;
 
+/// Enables a disabled dSource: mount and start staging.
 pub fn enable(store: &Store, connector: &Connector, name: &str) -> Result<DSource> {
     let d = get(store, name)?;
     jobs::run(
@@ -42,6 +43,7 @@ pub(super) fn finish_disable(store: &Store, connector: &Connector, d: &DSource) 
     let pool = Pool::open(store)?;
     stop_staging(store, connector, &pool, d, "disable")?;
     pool.unmount(store, &d.dataset)?;
+    pool.unmount(store, &placement::wal_dataset(&d.dataset))?;
     set_state(store, d.id, DsourceState::Disabled)
 }
 

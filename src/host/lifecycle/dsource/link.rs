@@ -154,10 +154,13 @@ pub(super) fn undo_link(
 /// Frees a dSource's storage: processes still using it, its mount, every
 /// snapshot of its dataset (recorded or not), the dataset, its timeflows.
 pub(super) fn remove_storage(store: &Store, pool: &Pool, d: &DSource) -> Result<()> {
+    let wal = crate::host::lifecycle::placement::wal_dataset(&d.dataset);
     pool.release(store, &d.dataset)?;
+    pool.release(store, &wal)?;
     for s in timeflow::snapshots(store, ContainerKind::Dsource, d.id)? {
         timeflow::remove_snapshot(store, s.id)?;
     }
     pool.destroy_dataset_tree(store, &d.dataset)?;
+    pool.destroy_dataset_tree(store, &wal)?;
     timeflow::remove_container(store, ContainerKind::Dsource, d.id)
 }

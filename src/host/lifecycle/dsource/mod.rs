@@ -34,8 +34,8 @@ pub use sync::sync;
 
 use super::discovery::{self, SourceConfig};
 use super::jobs;
-use super::placement;
 use super::timeflow::{self, ContainerKind};
+use super::{pitr, placement};
 use crate::host::connectors::loader::Connector;
 use crate::host::environments::{self, Environment, HostPlatform};
 use crate::host::error::{Error, Result};
@@ -121,15 +121,23 @@ pub(super) fn input_for(
                 config.repository_id, config.id
             ))
         })?;
-    Ok(json!({
+    let mut input = json!({
         "environment": env.to_input(),
         "repository": repository.document,
         "source_config": config.document,
         "linked_source": d.unsealed_parameters(store)?,
         "dsource": {"name": d.name, "id": d.id},
         "mount": {"path": pool.effective_path(&d.dataset, &d.mount_path)},
-        "default_mount_path": d.mount_path,
-    }))
+    });
+    placement::offer(pool, &d.dataset, &d.mount_path, &mut input);
+    // Where the WAL dataset is, when there is one (it is mounted there).
+    let wal = placement::wal_dataset(&d.dataset);
+    if let Some(ds) = pool.find_dataset(store, &wal)? {
+        if let Some(at) = crate::host::storage::mount::mounted_at(store, ds.id)? {
+            input["wal"] = json!({ "path": pool.effective_path(&wal, &at) });
+        }
+    }
+    Ok(input)
 }
 
 /// The parts of a dSource's world its workflows need.
@@ -184,7 +192,38 @@ pub(super) fn stop_staging(
     Ok(())
 }
 
-/// Enables a disabled dSource: mount and start staging.
+/// The provisionable ranges of a dSource: its snapshots and the WAL kept
+/// after them.
+pub fn ranges(store: &Store, connector: &Connector, d: &DSource) -> Result<Vec<pitr::Range>> {
+    let snapshots = timeflow::snapshots(store, ContainerKind::Dsource, d.id)?;
+    let cx = context(store, d)?;
+    let wal = cx
+        .pool
+        .find_dataset(store, &placement::wal_dataset(&d.dataset))?;
+    let mut input = input_for(store, &cx.pool, d, &cx.config, &cx.env)?;
+    pitr::ranges(&snapshots, |s| {
+        let Some(wal) = &wal else {
+            return Ok(pitr::Kept::default());
+        };
+        // The dataset itself: it is there whether staging runs or not.
+        input["wal"] = json!({ "path": wal.path });
+        input["from_lsn"] = s.metadata["replayed_lsn"].clone();
+        input["timeline"] = s.metadata["timeline"].clone();
+        input["wal_segment_size"] = s.metadata["wal_segment_size"].clone();
+        let out = connector.invoke("linked.wal_range", &input, HostPlatform::new(&cx.env))?;
+        Ok(pitr::Kept::from_output(&out))
+    })
+}
+
+/// The path of a dSource's WAL dataset, if it has one.
+pub fn wal_path(store: &Store, d: &DSource) -> Result<Option<PathBuf>> {
+    let pool = Pool::open(store)?;
+    Ok(pool
+        .find_dataset(store, &placement::wal_dataset(&d.dataset))?
+        .map(|ds| ds.path))
+}
+
+/// State, replication health, the last snapshot, and any job at work on it.
 pub fn show(store: &Store, connector: &Connector, name: &str) -> Result<Value> {
     let d = get(store, name)?;
     let cx = context(store, &d)?;

@@ -15,9 +15,10 @@ use crate::host::connectors::loader::Connector;
 use crate::host::environments::{self, HostPlatform};
 use crate::host::error::{Error, Result};
 use crate::host::lifecycle::jobs::{Job, JobKind, Step};
+use crate::host::lifecycle::pitr::{self, Target};
 use crate::host::lifecycle::timeflow::{self, ContainerKind, Snapshot};
 use crate::host::lifecycle::{dsource, names};
-use crate::host::storage::Pool;
+use crate::host::storage::{mount, Pool};
 use crate::host::store::{self, Store};
 
 /// Where a provision starts from: a dSource or VDB and one of its snapshots.
@@ -98,13 +99,58 @@ pub struct ProvisionRequest<'a> {
     pub name: &'a str,
     pub from: &'a str,
     pub parameters: Value,
+    /// A moment to recover to (`--at`, `--at-lsn`), past a snapshot.
+    pub target: Option<Target>,
 }
 
 /// Provisions a VDB and leaves it running. On failure nothing is left.
+/// With a target, from the latest snapshot at or before it, recovered with
+/// the kept WAL to exactly that moment.
 pub fn provision(store: &Store, connector: &Connector, req: ProvisionRequest<'_>) -> Result<Vdb> {
-    let origin = resolve_origin(store, req.from)?;
+    let mut origin = resolve_origin(store, req.from)?;
+    if let Some(target) = &req.target {
+        if req.from.contains('@') {
+            return Err(Error::usage(format!(
+                "--from {} names a snapshot and --at a moment: give one of them",
+                req.from
+            )));
+        }
+        origin.snapshot = at_target(store, connector, &origin, target)?;
+    }
     check_provisionable(&origin.snapshot)?;
     create(store, connector, req, Some(origin))
+}
+
+/// The snapshot a moment is provisioned from (refused, printing the
+/// ranges, when no range holds it).
+pub(super) fn at_target(
+    store: &Store,
+    connector: &Connector,
+    origin: &Origin,
+    target: &Target,
+) -> Result<Snapshot> {
+    if origin.kind != ContainerKind::Dsource {
+        return Err(Error::usage(format!(
+            "VDB {} keeps no WAL of its own yet: a moment can be provisioned from a dSource",
+            origin.name
+        )));
+    }
+    let d = dsource::get(store, &origin.name)?;
+    if dsource::wal_path(store, &d)?.is_none() {
+        return Err(Error::usage(format!(
+            "dSource {} keeps no WAL to recover to a moment with (it is not available for this method, or it was linked before pgvirt kept WAL: resync it)",
+            d.name
+        )));
+    }
+    let ranges = dsource::ranges(store, connector, &d)?;
+    let snapshots = timeflow::snapshots(store, ContainerKind::Dsource, d.id)?;
+    Ok(pitr::resolve(&snapshots, &ranges, target, &format!("dSource {}", d.name))?.clone())
+}
+
+/// Where a VDB's dataset reads the WAL it recovers with (mounted read-only
+/// there for the length of its recovery).
+pub(super) fn wal_source(pool: &Pool, dataset: &str) -> std::path::PathBuf {
+    pool.default_mount_path(&format!("{dataset}-walsrc"))
 }
 
 /// Creates an empty VDB (a new cluster) with `virtual.initialize`.
@@ -209,13 +255,30 @@ fn create(
         let platform = HostPlatform::new(&env);
         let mut input = input_for(store, &pool, &vdb, &env)?;
         mount(store, connector, &pool, &vdb, &env, &mut input)?;
-        let config = match &origin {
+        if let (Some(target), Some(o)) = (&req.target, &origin) {
+            // The parent's WAL, read-only to the VDB while it recovers.
+            let d = dsource::get(store, &o.name)?;
+            let kept = dsource::wal_path(store, &d)?
+                .ok_or_else(|| Error::NotFound(format!("dSource {} keeps no WAL", d.name)))?;
+            let at = wal_source(&pool, &dataset);
+            job.note(
+                store,
+                "wal_source",
+                Value::String(at.to_string_lossy().into_owned()),
+            )?;
+            let path = mount::bind_read_only(&kept, &at)?;
+            input["wal"] = serde_json::json!({ "path": path });
+            input["recovery_target"] = target.to_input();
+        }
+        let configured = match &origin {
             Some(o) => {
                 input["snapshot"] = o.snapshot.metadata.clone();
-                connector.invoke("virtual.configure", &input, platform)?
+                connector.invoke("virtual.configure", &input, platform)
             }
-            None => connector.invoke("virtual.initialize", &input, platform)?,
+            None => connector.invoke("virtual.initialize", &input, platform),
         };
+        mount::unmount_path(&wal_source(&pool, &dataset))?;
+        let config = configured?;
         store.atomically(|| {
             timeflow::create(
                 store,

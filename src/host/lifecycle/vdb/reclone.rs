@@ -9,14 +9,16 @@
 use rusqlite::params;
 use serde_json::json;
 
-use super::provision::{check_provisionable, resolve_origin};
+use super::provision::{at_target, check_provisionable, resolve_origin, wal_source};
 use super::{get, input_for, mount, next_dataset, run_hook, Vdb, VdbState};
 use crate::host::connectors::loader::Connector;
 use crate::host::environments::{self, HostPlatform};
 use crate::host::error::{Error, Result};
+use crate::host::lifecycle::dsource;
 use crate::host::lifecycle::jobs::{Job, JobKind, Step};
+use crate::host::lifecycle::pitr::Target;
 use crate::host::lifecycle::timeflow::{self, ContainerKind, Snapshot};
-use crate::host::storage::Pool;
+use crate::host::storage::{mount, Pool};
 use crate::host::store::Store;
 
 /// Refreshes a VDB to its parent's latest (or a chosen newer) snapshot.
@@ -25,6 +27,7 @@ pub fn refresh(
     connector: &Connector,
     name: &str,
     snapshot: Option<i64>,
+    target: Option<Target>,
 ) -> Result<Vdb> {
     let vdb = get(store, name)?;
     let Some(parent) = vdb
@@ -40,16 +43,34 @@ pub fn refresh(
         Some(id) => format!("{parent}@{id}"),
         None => parent,
     };
-    let origin = resolve_origin(store, &spec)?;
+    let mut origin = resolve_origin(store, &spec)?;
+    if let Some(target) = &target {
+        origin.snapshot = at_target(store, connector, &origin, target)?;
+    }
     check_provisionable(&origin.snapshot)?;
-    reclone(store, connector, &vdb, origin.snapshot, JobKind::Refresh)
+    let at = target.map(|t| (t, origin.name.clone()));
+    reclone(
+        store,
+        connector,
+        &vdb,
+        origin.snapshot,
+        JobKind::Refresh,
+        at,
+    )
 }
 
 /// Rewinds a VDB to one of its own earlier snapshots.
 pub fn rewind(store: &Store, connector: &Connector, name: &str, snapshot: i64) -> Result<Vdb> {
     let vdb = get(store, name)?;
     let origin = resolve_origin(store, &format!("{name}@{snapshot}"))?;
-    reclone(store, connector, &vdb, origin.snapshot, JobKind::Rewind)
+    reclone(
+        store,
+        connector,
+        &vdb,
+        origin.snapshot,
+        JobKind::Rewind,
+        None,
+    )
 }
 
 fn reclone(
@@ -58,6 +79,8 @@ fn reclone(
     vdb: &Vdb,
     snapshot: Snapshot,
     kind: JobKind,
+    // A moment past the snapshot, and the dSource whose WAL reaches it.
+    at: Option<(Target, String)>,
 ) -> Result<Vdb> {
     let how = if kind == JobKind::Refresh {
         "refresh"
@@ -90,12 +113,23 @@ fn reclone(
         let mut input = input_for(store, &pool, &next, &env)?;
         mount(store, connector, &pool, &next, &env, &mut input)?;
         input["snapshot"] = snapshot.metadata.clone();
-        let config = if kind == JobKind::Refresh {
-            connector.invoke("virtual.configure", &input, HostPlatform::new(&env))?
+        let walsrc = wal_source(&pool, &new_dataset);
+        if let Some((target, parent)) = &at {
+            let d = dsource::get(store, parent)?;
+            let kept = dsource::wal_path(store, &d)?
+                .ok_or_else(|| Error::NotFound(format!("dSource {} keeps no WAL", d.name)))?;
+            job.note(store, "wal_source", json!(walsrc))?;
+            input["wal"] = json!({ "path": mount::bind_read_only(&kept, &walsrc)? });
+            input["recovery_target"] = target.to_input();
+        }
+        let configured = if kind == JobKind::Refresh {
+            connector.invoke("virtual.configure", &input, HostPlatform::new(&env))
         } else {
             input["fresh_clone"] = json!(true);
-            connector.invoke("virtual.reconfigure", &input, HostPlatform::new(&env))?
+            connector.invoke("virtual.reconfigure", &input, HostPlatform::new(&env))
         };
+        mount::unmount_path(&walsrc)?;
+        let config = configured?;
         store.atomically(|| {
             timeflow::create(
                 store,
@@ -171,6 +205,7 @@ pub(super) fn rollback(
     vdb: &Vdb,
     new_dataset: &str,
 ) -> Result<()> {
+    mount::unmount_path(&wal_source(pool, new_dataset))?;
     pool.release(store, new_dataset)?;
     pool.destroy_dataset_tree(store, new_dataset)?;
     if matches!(vdb.state, VdbState::Running | VdbState::Stopped) {

@@ -1,0 +1,154 @@
+//! Point-in-time VDBs (issue 10): any moment between snapshots, from the
+//! WAL each dSource keeps; a moment outside every range refused, with the
+//! ranges printed.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::Stack;
+
+/// One committed row: its id, a time before and after its commit, and the
+/// WAL insert position after it.
+struct Row {
+    id: i64,
+    before: String,
+    after: String,
+    lsn_after: String,
+}
+
+/// Writes `n` rows, one transaction each, `gap` apart.
+fn write(port: u16, from: i64, n: i64, gap: Duration) -> Vec<Row> {
+    let mut client = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname("postgres")
+        .connect(postgres::NoTls)
+        .expect("writer connects");
+    let mut rows = Vec::new();
+    for id in from..from + n {
+        let before: String = client
+            .query_one(
+                "INSERT INTO w VALUES ($1) RETURNING to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+                &[&id],
+            )
+            .expect("insert")
+            .get(0);
+        let row = client
+            .query_one(
+                "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), pg_current_wal_insert_lsn()::text",
+                &[],
+            )
+            .expect("after");
+        rows.push(Row {
+            id,
+            before,
+            after: row.get(0),
+            lsn_after: row.get(1),
+        });
+        std::thread::sleep(gap);
+    }
+    rows
+}
+
+/// A time strictly between two commits: the midpoint of the gap after `a`.
+fn between(a: &Row, b: &Row) -> String {
+    let t0: jiff::Timestamp = a.after.parse().expect("time");
+    let t1: jiff::Timestamp = b.before.parse().expect("time");
+    let half = t0.duration_until(t1) / 2;
+    (t0 + half).to_string()
+}
+
+#[test]
+fn a_vdb_at_any_moment_between_two_snapshots_holds_exactly_what_was_committed_by_then() {
+    let s = Stack::new();
+    s.source
+        .psql("postgres", "CREATE TABLE w (id bigint PRIMARY KEY)");
+    let first = s.link("pit")["snapshot"].clone();
+    let rows = write(s.source.port, 1, 60, Duration::from_millis(25));
+    let second = s.pgvirt.json(&["dsource", "sync", "pit"]);
+    // After the second snapshot, more; then the segment completes.
+    let later = write(s.source.port, 61, 20, Duration::from_millis(10));
+    s.source.psql("postgres", "SELECT pg_switch_wal()");
+    std::thread::sleep(Duration::from_secs(2));
+
+    let shown = s.pgvirt.json(&["timeflow", "show", "pit"]);
+    let ranges = shown["ranges"].as_array().expect("ranges");
+    assert_eq!(
+        ranges.len(),
+        1,
+        "one range from the first snapshot on: {shown}"
+    );
+    assert_eq!(ranges[0]["from_lsn"], first["metadata"]["replayed_lsn"]);
+    let table = s.pgvirt.ok(&["timeflow", "show", "pit"]);
+    assert!(table.contains("held by snapshots"), "{table}");
+
+    // Ten moments between the snapshots, by time: each VDB exactly right.
+    let picks: Vec<usize> = (0..10).map(|k| 2 + k * 5).collect();
+    for (n, i) in picks.iter().enumerate() {
+        let at = between(&rows[*i], &rows[i + 1]);
+        let name = format!("t{n}");
+        let v = s
+            .pgvirt
+            .json(&["vdb", "provision", &name, "--from", "pit", "--at", &at]);
+        let want = rows[*i].id.to_string();
+        assert_eq!(
+            s.vdb_sql(&name, "SELECT count(*) FROM w"),
+            want,
+            "{name} at {at}: rows committed by then ({v})"
+        );
+        assert_eq!(s.vdb_sql(&name, "SELECT max(id) FROM w"), want);
+        s.pgvirt.ok(&["vdb", "delete", &name]);
+    }
+    // By LSN, and past the second snapshot.
+    for row in [&rows[7], &later[5]] {
+        let v = s.pgvirt.json(&[
+            "vdb",
+            "provision",
+            "bylsn",
+            "--from",
+            "pit",
+            "--at-lsn",
+            &row.lsn_after,
+        ]);
+        assert_eq!(
+            s.vdb_sql("bylsn", "SELECT max(id) FROM w"),
+            row.id.to_string(),
+            "{v}"
+        );
+        s.pgvirt.ok(&["vdb", "delete", "bylsn"]);
+    }
+    let _ = second;
+
+    // A moment one second before the first snapshot, and one past the
+    // last WAL kept: refused, with the ranges.
+    let taken: jiff::Timestamp = first["metadata"]["taken_at"]
+        .as_str()
+        .expect("taken_at")
+        .parse()
+        .expect("time");
+    for at in [
+        (taken - jiff::SignedDuration::from_secs(1)).to_string(),
+        (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600)).to_string(),
+    ] {
+        let err = s
+            .pgvirt
+            .fails(&["vdb", "provision", "never", "--from", "pit", "--at", &at]);
+        assert!(
+            err.contains("outside every provisionable range") && err.contains("held by snapshot"),
+            "{at}: {err}"
+        );
+    }
+    assert_eq!(s.pgvirt.json(&["vdb", "list"]), Value::Array(Vec::new()));
+
+    // Refresh to a moment, too.
+    s.pgvirt.ok(&["vdb", "provision", "r", "--from", "pit"]);
+    let at = between(&rows[30], &rows[31]);
+    s.pgvirt.ok(&["vdb", "refresh", "r", "--at", &at]);
+    assert_eq!(
+        s.vdb_sql("r", "SELECT max(id) FROM w"),
+        rows[30].id.to_string()
+    );
+    s.assert_whole("after point-in-time provisions");
+}
