@@ -356,7 +356,7 @@ set -eu
 cd -- "$DATA"
 rm -f postmaster.pid postmaster.opts standby.signal recovery.signal backup_label.old tablespace_map.old
 rm -rf pg_replslot/* 2>/dev/null || true
-rm -f -- "$FILES/pgpass" "$FILES/slot-made" "$FILES/ingesting" "$FILES"/basebackup.*
+rm -f -- "$FILES/pgpass" "$FILES/slot-made" "$FILES/ingesting" "$FILES"/basebackup.* "$FILES/was-running" "$FILES/vdb-facts.json"
 if [ -f "$FILES/backup_label" ]; then
   cp -- "$FILES/backup_label" backup_label
   # WAL kept from a log-shipping archive joins the clone's own pg_wal.

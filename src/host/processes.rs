@@ -174,8 +174,8 @@ fn start_time(pid: i64) -> Option<i64> {
     stat_fields(pid)?.get(19)?.parse().ok()
 }
 
-/// Processes with an open file, a mapped file or their working directory
-/// under any of `roots`.
+/// Processes with an open file, their working directory, or an argument
+/// (a `cp` between two files holds none open) under any of `roots`.
 pub fn holders(roots: &[PathBuf]) -> Vec<i32> {
     let me = std::process::id() as i32;
     let under = |p: &Path| roots.iter().any(|r| p.starts_with(r));
@@ -193,6 +193,14 @@ pub fn holders(roots: &[PathBuf]) -> Vec<i32> {
         let dir = entry.path();
         let cwd = std::fs::read_link(dir.join("cwd")).ok();
         let mut holds = cwd.as_deref().is_some_and(under);
+        if !holds {
+            if let Ok(cmdline) = std::fs::read(dir.join("cmdline")) {
+                holds = cmdline
+                    .split(|b| *b == 0)
+                    .filter(|a| a.starts_with(b"/"))
+                    .any(|a| under(Path::new(&*String::from_utf8_lossy(a))));
+            }
+        }
         if !holds {
             if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
                 holds = fds

@@ -25,7 +25,8 @@ pub struct Dependent {
 /// The object a dataset belongs to, if any.
 pub fn owner_of_dataset(store: &Store, dataset: &str) -> Result<Option<Dependent>> {
     let row: Option<(ContainerKind, String)> = store.optional(store.conn().query_row(
-        "SELECT 'dsource', name FROM dsources WHERE dataset = ?1 OR dataset || '-wal' = ?1
+        "SELECT 'dsource', name FROM dsources
+             WHERE dataset = ?1 OR dataset || '-wal' = ?1 OR substr(?1, 1, length(dataset) + 6) = dataset || '-prep-'
          UNION ALL SELECT 'vdb', name FROM vdbs WHERE dataset = ?1
          UNION ALL SELECT t.container_kind, coalesce(v.name, d.name) FROM timeflows t
              LEFT JOIN vdbs v ON t.container_kind = 'vdb' AND v.id = t.container_id
@@ -56,7 +57,13 @@ pub fn dependents_of(
     ))?;
     let mut found = BTreeSet::new();
     for s in timeflow::snapshots(store, kind, id)? {
-        for dataset in pool.dependents(store, s.dataset_snapshot_id)? {
+        for dataset in s
+            .images()
+            .into_iter()
+            .map(|image| pool.dependents(store, image))
+            .collect::<Result<Vec<_>>>()?
+            .concat()
+        {
             let dependent = owner_of_dataset(store, &dataset)?.unwrap_or(Dependent {
                 kind: ContainerKind::Vdb,
                 name: format!("(dataset {dataset})"),
@@ -89,6 +96,8 @@ pub fn owned(store: &Store) -> Result<Owned> {
             "SELECT dataset FROM dsources
              UNION SELECT dataset || '-wal' FROM dsources
              UNION SELECT name FROM datasets WHERE operator = 1
+             UNION SELECT d.name FROM snapshots s JOIN dataset_snapshots i ON i.id = s.prepared_id
+                 JOIN datasets d ON d.id = i.dataset_id
              UNION SELECT dataset FROM vdbs WHERE dataset <> ''
              UNION SELECT t.dataset FROM timeflows t WHERE t.dataset IS NOT NULL AND (
                  (t.container_kind = 'vdb' AND EXISTS (SELECT 1 FROM vdbs v WHERE v.id = t.container_id))
@@ -104,7 +113,9 @@ pub fn owned(store: &Store) -> Result<Owned> {
     let mut stmt = store
         .conn()
         .prepare(
-            "SELECT dataset_snapshot_id FROM snapshots UNION SELECT id FROM dataset_snapshots WHERE operator = 1",
+            "SELECT dataset_snapshot_id FROM snapshots
+             UNION SELECT prepared_id FROM snapshots WHERE prepared_id IS NOT NULL
+             UNION SELECT id FROM dataset_snapshots WHERE operator = 1",
         )
         .map_err(|e| store.err(e))?;
     let ids = stmt
@@ -123,7 +134,7 @@ pub fn owned(store: &Store) -> Result<Owned> {
         for (key, value) in details {
             let Some(text) = value.as_str() else { continue };
             match key.as_str() {
-                "dataset" | "new_dataset" | "old_dataset" => {
+                "dataset" | "new_dataset" | "old_dataset" | "prep_dataset" => {
                     owned.datasets.insert(text.to_owned());
                 }
                 "snapshot" => {
@@ -156,7 +167,7 @@ pub fn discard_unrecorded(store: &Store, pool: &Pool, dataset: &str, label: &str
     let recorded: bool = store
         .conn()
         .query_row(
-            "SELECT count(*) > 0 FROM snapshots WHERE dataset_snapshot_id = ?1",
+            "SELECT count(*) > 0 FROM snapshots WHERE dataset_snapshot_id = ?1 OR prepared_id = ?1",
             [snap.id],
             |r| r.get(0),
         )

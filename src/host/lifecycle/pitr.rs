@@ -247,6 +247,7 @@ mod tests {
             dataset_snapshot_id: id,
             metadata: json!({"replayed_lsn": lsn, "taken_at": at, "provisionable": true}),
             created_at: 0,
+            prepared_id: None,
         }
     }
 

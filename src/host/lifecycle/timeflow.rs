@@ -61,9 +61,28 @@ pub struct Timeflow {
 pub struct Snapshot {
     pub id: i64,
     pub timeflow_id: i64,
+    /// The storage snapshot, as taken.
     pub dataset_snapshot_id: i64,
     pub metadata: Value,
     pub created_at: i64,
+    /// The prepared image: recovered to the snapshot's point once and
+    /// shut down cleanly, so clones of it start without recovery.
+    pub prepared_id: Option<i64>,
+}
+
+impl Snapshot {
+    /// The storage snapshot a clone of this snapshot is made from: the
+    /// prepared image when there is one.
+    pub fn image(&self) -> i64 {
+        self.prepared_id.unwrap_or(self.dataset_snapshot_id)
+    }
+
+    /// Every storage snapshot it holds (as taken, and prepared).
+    pub fn images(&self) -> Vec<i64> {
+        std::iter::once(self.dataset_snapshot_id)
+            .chain(self.prepared_id)
+            .collect()
+    }
 }
 
 /// Opens a new timeflow for a container, on `dataset`.
@@ -149,7 +168,7 @@ pub fn add_snapshot(
 }
 
 const SNAPSHOT_COLUMNS: &str =
-    "s.id, s.timeflow_id, s.dataset_snapshot_id, s.metadata, s.created_at";
+    "s.id, s.timeflow_id, s.dataset_snapshot_id, s.metadata, s.created_at, s.prepared_id";
 
 fn snapshot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Snapshot> {
     let id: i64 = r.get(0)?;
@@ -159,6 +178,7 @@ fn snapshot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Snapshot> {
         dataset_snapshot_id: r.get(2)?,
         metadata: columns::json(r, 3, || format!("metadata of snapshot {id}"))?,
         created_at: r.get(4)?,
+        prepared_id: r.get(5)?,
     })
 }
 
@@ -186,6 +206,52 @@ pub fn snapshots(store: &Store, kind: ContainerKind, container: i64) -> Result<V
         .map_err(|e| store.err(e))?;
     rows.collect::<rusqlite::Result<_>>()
         .map_err(|e| store.err(e))
+}
+
+/// Records a snapshot's prepared image.
+pub fn set_prepared(store: &Store, id: i64, image: i64) -> Result<()> {
+    store
+        .conn()
+        .execute(
+            "UPDATE snapshots SET prepared_id = ?2 WHERE id = ?1",
+            params![id, image],
+        )
+        .map_err(|e| store.err(e))?;
+    Ok(())
+}
+
+/// Whether anything was cloned from a snapshot (as taken, or prepared).
+pub fn has_clones(pool: &Pool, store: &Store, s: &Snapshot) -> Result<bool> {
+    // The dataset the prepared image was made on is the snapshot's own.
+    let own = s
+        .prepared_id
+        .and_then(|p| pool.snapshot_by_id(store, p).ok())
+        .map(|image| image.dataset);
+    for image in s.images() {
+        if pool
+            .dependents(store, image)?
+            .iter()
+            .any(|d| Some(d) != own.as_ref())
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Forgets a snapshot and destroys its storage: the prepared image (and the
+/// dataset it was made on), then the snapshot as taken.
+pub fn discard(store: &Store, pool: &Pool, s: &Snapshot) -> Result<()> {
+    remove_snapshot(store, s.id)?;
+    if let Some(prepared) = s.prepared_id {
+        // (Gone already when its dataset went first.)
+        if let Ok(image) = pool.snapshot_by_id(store, prepared) {
+            pool.destroy_snapshot(store, prepared)?;
+            pool.release(store, &image.dataset)?;
+            pool.destroy_dataset_tree(store, &image.dataset)?;
+        }
+    }
+    pool.destroy_snapshot(store, s.dataset_snapshot_id)
 }
 
 /// Forgets a snapshot record (its storage snapshot is the caller's, who
@@ -290,11 +356,10 @@ pub fn apply_retention(
                 |r| r.get(0),
             )
             .map_err(|e| store.err(e))?;
-        if parent_of_timeflow || !pool.dependents(store, s.dataset_snapshot_id)?.is_empty() {
+        if parent_of_timeflow || has_clones(pool, store, s)? {
             continue;
         }
-        remove_snapshot(store, s.id)?;
-        pool.destroy_snapshot(store, s.dataset_snapshot_id)?;
+        discard(store, pool, s)?;
         removed.push(s.id);
     }
     Ok(removed)

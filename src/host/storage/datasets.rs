@@ -277,6 +277,17 @@ impl Pool {
         Ok(())
     }
 
+    /// The names of all datasets.
+    pub fn dataset_names(&self, store: &Store) -> Result<Vec<String>> {
+        let mut stmt = store
+            .conn()
+            .prepare("SELECT name FROM datasets ORDER BY name")
+            .map_err(|e| store.err(e))?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| store.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| store.err(e))
+    }
+
     /// Whether a dataset has snapshots.
     pub fn has_snapshots(&self, store: &Store, dataset_id: i64) -> Result<bool> {
         Ok(!self.snapshots_of(store, dataset_id)?.is_empty())

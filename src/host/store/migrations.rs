@@ -228,4 +228,12 @@ pub const MIGRATIONS: &[&str] = &[
         WHEN EXISTS (SELECT 1 FROM dsources WHERE name = NEW.name)
         BEGIN SELECT RAISE(ABORT, 'a dSource has this name'); END;
     "#,
+    // 4: prepared images of snapshots (recovered once, so clones start
+    // without recovery), WAL retention, VDB quotas.
+    r#"
+    ALTER TABLE snapshots ADD COLUMN prepared_id INTEGER REFERENCES dataset_snapshots(id) ON DELETE SET NULL;
+    ALTER TABLE retention ADD COLUMN wal_keep_days INTEGER CHECK (wal_keep_days >= 0);
+    ALTER TABLE retention ADD COLUMN wal_keep_bytes INTEGER CHECK (wal_keep_bytes >= 0);
+    ALTER TABLE vdbs ADD COLUMN quota_bytes INTEGER CHECK (quota_bytes > 0);
+    "#,
 ];

@@ -101,7 +101,11 @@ pub fn link(
             Ok((get(store, request.name)?, snapshot))
         }
         Err(e) => {
-            undo_link(store, connector, &pool, &d, job.step);
+            if let Err(undo) = undo_link(store, connector, &pool, &d, job.step) {
+                // The job stays running-dead: the next command repairs it.
+                log::warn!("cleaning up the failed link of {}: {undo}", d.name);
+                return Err(e);
+            }
             job.fail(store, &e)?;
             Err(e)
         }
@@ -135,7 +139,7 @@ pub(super) fn undo_link(
     pool: &Pool,
     d: &DSource,
     reached: Step,
-) {
+) -> Result<()> {
     if reached >= Step::Connector {
         // The connector undoes what it made: its staging, its slot, its
         // passfile. It was not called before this step, so nothing to undo.
@@ -143,12 +147,14 @@ pub(super) fn undo_link(
             log::warn!("cleaning up the failed link of {}: {e}", d.name);
         }
     }
-    if let Err(e) = remove_storage(store, pool, d) {
-        log::warn!("removing the storage of {}: {e}", d.name);
-    }
-    let _ = store
+    // Storage that cannot go yet keeps the row (and its job, for the next
+    // command): nothing is left that no object owns.
+    remove_storage(store, pool, d)?;
+    store
         .conn()
-        .execute("DELETE FROM dsources WHERE id = ?1", [d.id]);
+        .execute("DELETE FROM dsources WHERE id = ?1", [d.id])
+        .map_err(|e| store.err(e))?;
+    Ok(())
 }
 
 /// Frees a dSource's storage: processes still using it, its mount, every
@@ -157,8 +163,17 @@ pub(super) fn remove_storage(store: &Store, pool: &Pool, d: &DSource) -> Result<
     let wal = crate::host::lifecycle::placement::wal_dataset(&d.dataset);
     pool.release(store, &d.dataset)?;
     pool.release(store, &wal)?;
+    // Prepared images first (they are clones of the snapshots), recorded
+    // or left unrecorded by a cut-short sync.
+    let prefix = format!("{}-prep-", d.dataset);
+    for name in pool.dataset_names(store)? {
+        if name.starts_with(&prefix) {
+            pool.release(store, &name)?;
+            pool.destroy_dataset_tree(store, &name)?;
+        }
+    }
     for s in timeflow::snapshots(store, ContainerKind::Dsource, d.id)? {
-        timeflow::remove_snapshot(store, s.id)?;
+        timeflow::discard(store, pool, &s)?;
     }
     pool.destroy_dataset_tree(store, &d.dataset)?;
     pool.destroy_dataset_tree(store, &wal)?;

@@ -18,6 +18,7 @@
 
 mod control;
 mod link;
+mod prepare;
 mod repair;
 mod sync;
 

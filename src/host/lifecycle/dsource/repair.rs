@@ -24,7 +24,7 @@ pub fn repair(store: &Store, connector: &Connector, job: &Job) -> Result<String>
             d.name
         )),
         JobKind::Link => {
-            undo_link(store, connector, &pool, &d, job.step);
+            undo_link(store, connector, &pool, &d, job.step)?;
             Ok(format!(
                 "removed dSource {}, left half-made by an interrupted link",
                 d.name
@@ -32,6 +32,22 @@ pub fn repair(store: &Store, connector: &Connector, job: &Job) -> Result<String>
         }
         JobKind::Sync => {
             let mut done = Vec::new();
+            if let Some(prep) = job.noted("prep_dataset") {
+                // A preparation cut short: its image was never recorded.
+                let recorded: bool = store
+                    .conn()
+                    .query_row(
+                        "SELECT count(*) > 0 FROM snapshots s JOIN dataset_snapshots i ON i.id = s.prepared_id
+                         JOIN datasets d ON d.id = i.dataset_id WHERE d.name = ?1",
+                        [prep],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| store.err(e))?;
+                if !recorded && pool.find_dataset(store, prep)?.is_some() {
+                    super::prepare::discard(store, &pool, prep);
+                    done.push("removed its unfinished prepared image".to_owned());
+                }
+            }
             if let Some(label) = job.noted("snapshot") {
                 if ownership::discard_unrecorded(store, &pool, &d.dataset, label)? {
                     done.push("removed its unfinished snapshot".to_owned());

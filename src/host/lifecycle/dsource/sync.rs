@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{get, input_for, set_state, DSource, DsourceState};
+use super::{get, input_for, prepare, set_state, DSource, DsourceState};
 use crate::host::connectors::loader::Connector;
 use crate::host::environments::{self, Environment, HostPlatform};
 use crate::host::error::{Error, Result};
@@ -104,6 +104,17 @@ pub(super) fn sync_inner(
         timeflow::add_snapshot(store, timeflow.id, taken.id, &meta)
     })?;
     job.step(store, Step::Committed)?;
+    let snapshot = match prepare::prepare(store, connector, pool, d, config, env, &snapshot, job) {
+        Ok(()) => timeflow::snapshot(store, snapshot.id)?,
+        Err(e) => {
+            log::warn!(
+                "snapshot {} of dSource {} could not be prepared ({e}); VDBs made from it recover at start",
+                snapshot.id,
+                d.name
+            );
+            snapshot
+        }
+    };
     hooks::run(env, d.parameters.get("hooks"), "post_sync", &hook_vars)?;
     let removed = timeflow::apply_retention(store, pool, ContainerKind::Dsource, d.id)?;
     if !removed.is_empty() {

@@ -331,9 +331,8 @@ fn destroy_storage(store: &Store, pool: &Pool, vdb: &Vdb) -> Result<()> {
         let before = datasets.len() + snapshots.len();
         let mut kept = Vec::new();
         for s in snapshots {
-            if pool.dependents(store, s.dataset_snapshot_id)?.is_empty() {
-                timeflow::remove_snapshot(store, s.id)?;
-                pool.destroy_snapshot(store, s.dataset_snapshot_id)?;
+            if !timeflow::has_clones(pool, store, &s)? {
+                timeflow::discard(store, pool, &s)?;
             } else {
                 kept.push(s);
             }

@@ -247,7 +247,16 @@ fn create(
         let user = env.user()?;
         match &origin {
             Some(o) => {
-                pool.clone_snapshot(store, o.snapshot.dataset_snapshot_id, &dataset, Some(&user))?
+                {
+                    // The prepared image starts without recovery; a moment past
+                    // the snapshot recovers from the snapshot as taken.
+                    let image = if req.target.is_some() {
+                        o.snapshot.dataset_snapshot_id
+                    } else {
+                        o.snapshot.image()
+                    };
+                    pool.clone_snapshot(store, image, &dataset, Some(&user))?
+                }
             }
             None => pool.create_dataset(store, &dataset, Some(&user))?,
         };

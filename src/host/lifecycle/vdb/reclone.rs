@@ -98,12 +98,12 @@ fn reclone(
         run_hook(&env, vdb, &format!("pre_{how}"))?;
         job.step(store, Step::Storage)?;
         let user = env.user()?;
-        pool.clone_snapshot(
-            store,
-            snapshot.dataset_snapshot_id,
-            &new_dataset,
-            Some(&user),
-        )?;
+        let image = if at.is_some() {
+            snapshot.dataset_snapshot_id
+        } else {
+            snapshot.image()
+        };
+        pool.clone_snapshot(store, image, &new_dataset, Some(&user))?;
         job.step(store, Step::Connector)?;
         let input = input_for(store, &pool, vdb, &env)?;
         connector.invoke("virtual.unconfigure", &input, HostPlatform::new(&env))?;

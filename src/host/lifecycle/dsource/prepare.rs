@@ -1,0 +1,89 @@
+//! Prepared images: each snapshot of a dSource is recovered once, right
+//! after it is taken — cloned, brought to its point by `virtual.configure`
+//! (recovery from its backup label), shut down cleanly by
+//! `virtual.pre_snapshot`, and snapshotted — so that VDBs cloned from it
+//! start without recovery, however much WAL staging had to replay (issue
+//! 10: provision time that does not grow with the write load). A moment past
+//! the snapshot is recovered from the snapshot as taken.
+
+use serde_json::json;
+
+use super::{input_for, DSource};
+use crate::host::connectors::loader::Connector;
+use crate::host::environments::{Environment, HostPlatform};
+use crate::host::error::{Error, Result};
+use crate::host::lifecycle::discovery::SourceConfig;
+use crate::host::lifecycle::jobs::Job;
+use crate::host::lifecycle::timeflow::{self, Snapshot};
+use crate::host::storage::Pool;
+use crate::host::store::Store;
+
+/// The dataset a snapshot's image is prepared on.
+pub(super) fn dataset_for(d: &DSource, snapshot: &Snapshot) -> String {
+    format!("{}-prep-{}", d.dataset, snapshot.id)
+}
+
+/// Prepares the image of `snapshot`; on failure removes what it made (the
+/// snapshot stays, provisionable with recovery).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn prepare(
+    store: &Store,
+    connector: &Connector,
+    pool: &Pool,
+    d: &DSource,
+    config: &SourceConfig,
+    env: &Environment,
+    snapshot: &Snapshot,
+    job: &mut Job,
+) -> Result<()> {
+    let name = dataset_for(d, snapshot);
+    job.note(store, "prep_dataset", json!(name))?;
+    pool.clone_snapshot(
+        store,
+        snapshot.dataset_snapshot_id,
+        &name,
+        Some(&env.user()?),
+    )?;
+    let made = (|| {
+        let path = pool.mount(store, &name, &pool.default_mount_path(&name))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| {
+                Error::io(
+                    "cannot find a free port on",
+                    std::path::Path::new("127.0.0.1"),
+                    e,
+                )
+            })?;
+        let linked = input_for(store, pool, d, config, env)?;
+        let input = json!({
+            "environment": linked["environment"],
+            "repository": linked["repository"],
+            "virtual_source": {},
+            "vdb": {"name": name, "port": port},
+            "mount": {"path": path},
+            "snapshot": snapshot.metadata,
+        });
+        connector.invoke("virtual.configure", &input, HostPlatform::new(env))?;
+        // Stops it cleanly and leaves no backup label for its clones.
+        connector.invoke("virtual.pre_snapshot", &input, HostPlatform::new(env))?;
+        pool.unmount(store, &name)?;
+        let image = pool.snapshot(store, &name, "prepared")?;
+        timeflow::set_prepared(store, snapshot.id, image.id)
+    })();
+    if made.is_err() {
+        discard(store, pool, &name);
+    }
+    made
+}
+
+/// Removes a prepared dataset and what runs on it (best effort).
+pub(super) fn discard(store: &Store, pool: &Pool, name: &str) {
+    if let Err(e) = pool
+        .release(store, name)
+        .and_then(|()| pool.destroy_dataset_tree(store, name))
+    {
+        log::warn!("removing the unfinished prepared image {name}: {e}");
+    }
+}
