@@ -152,3 +152,77 @@ fn a_vdb_at_any_moment_between_two_snapshots_holds_exactly_what_was_committed_by
     );
     s.assert_whole("after point-in-time provisions");
 }
+
+#[test]
+fn kept_wal_is_pruned_by_size_but_never_what_the_newest_range_needs() {
+    let s = Stack::new();
+    s.source
+        .psql("postgres", "CREATE TABLE w (id bigint PRIMARY KEY)");
+    s.link("kept");
+    // Several segments of WAL, then a second snapshot.
+    for _ in 0..4 {
+        s.source.psql(
+            "postgres",
+            "INSERT INTO w SELECT g FROM generate_series((SELECT coalesce(max(id), 0) + 1 FROM w), (SELECT coalesce(max(id), 0) + 100000 FROM w)) g; SELECT pg_switch_wal()",
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let second = s.pgvirt.json(&["dsource", "sync", "kept"]);
+    let wal_dir = |s: &Stack| {
+        let list = s.pgvirt.json(&["pool", "list"]);
+        let ds = list
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|d| d["name"] == serde_json::json!("dsource-kept-wal"))
+            .expect("a WAL dataset")
+            .clone();
+        std::fs::read_dir(ds["path"].as_str().expect("path"))
+            .expect("read")
+            .count()
+    };
+    let before = wal_dir(&s);
+    let ranges = s.pgvirt.json(&["timeflow", "show", "kept"]);
+    assert_eq!(
+        ranges["ranges"][0]["snapshots"]
+            .as_array()
+            .expect("held")
+            .len(),
+        2,
+        "{ranges}"
+    );
+    // At most 1 byte: only the newest snapshot's range stays.
+    let out = s.pgvirt.json(&[
+        "snapshot",
+        "retention",
+        "--dsource",
+        "kept",
+        "--wal-size",
+        "1",
+    ]);
+    assert!(out["pruned"].as_u64().expect("pruned") > 0, "{out}");
+    assert!(wal_dir(&s) < before, "WAL files were removed");
+    let ranges = s.pgvirt.json(&["timeflow", "show", "kept"]);
+    let ranges = ranges["ranges"].as_array().expect("ranges");
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(
+        ranges[0]["to_lsn"], ranges[0]["from_lsn"],
+        "the oldest snapshot is a point now, its WAL after it gone: {ranges:?}"
+    );
+    assert_eq!(
+        ranges[1]["from_lsn"], second["metadata"]["replayed_lsn"],
+        "the newest range starts at the newest snapshot: {ranges:?}"
+    );
+    // The older snapshot is still a point one can provision (its own WAL is in it).
+    let first = s.pgvirt.json(&["snapshot", "list", "--dsource", "kept"])[0]["id"].to_string();
+    s.pgvirt.ok(&[
+        "vdb",
+        "provision",
+        "old",
+        "--from",
+        &format!("kept@{first}"),
+    ]);
+    assert_eq!(s.vdb_sql("old", "SELECT count(*) FROM w"), "0");
+    s.pgvirt.ok(&["vdb", "provision", "new", "--from", "kept"]);
+    assert_eq!(s.vdb_sql("new", "SELECT count(*) FROM w"), "400000");
+}

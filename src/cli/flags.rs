@@ -78,6 +78,30 @@ impl Given {
     }
 }
 
+/// A size: bytes, or with a unit (K, M, G, T; powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (like 10G, 512M)"))?;
+    let k = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches('B')
+        .trim_end_matches('I')
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("{text:?} is not a size (like 10G, 512M)")),
+    };
+    n.checked_mul(k)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// `NAME=VALUE` pairs as a JSON object of settings (numbers stay numbers).
 pub fn settings(pairs: &[String], flag: &str) -> Result<Map<String, Value>, Error> {
     let mut map = Map::new();
@@ -113,6 +137,15 @@ pub fn read_document(path: &Path) -> Result<Value, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_with_their_units() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("lots").is_err());
+    }
 
     #[test]
     fn a_problem_at_a_field_a_flag_set_names_the_flag() {

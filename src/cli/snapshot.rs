@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use super::Context;
+use super::{flags, Context};
 use crate::host::lifecycle::timeflow::{self, ContainerKind};
 use crate::host::lifecycle::{dsource, vdb};
 use crate::host::storage::Pool;
@@ -35,6 +35,13 @@ pub enum Cmd {
         /// Keep snapshots younger than D days.
         #[arg(long)]
         days: Option<u32>,
+        /// Keep the WAL (the moments between snapshots) back to the oldest
+        /// snapshot younger than D days.
+        #[arg(long, value_name = "D")]
+        wal_days: Option<u32>,
+        /// Keep no more than SIZE of WAL (like 10G, 512M).
+        #[arg(long, value_name = "SIZE", value_parser = flags::parse_size)]
+        wal_size: Option<u64>,
     },
 }
 
@@ -62,12 +69,40 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
             vdb,
             keep,
             days,
+            wal_days,
+            wal_size,
         } => {
             let Some((kind, id, name)) = container(&store, dsource, vdb)? else {
                 return Err(Error::usage("name a --dsource or a --vdb").into());
             };
-            if keep.is_none() && days.is_none() {
-                return Err(Error::usage("give --keep N, --days D, or both").into());
+            let wal = wal_days.is_some() || wal_size.is_some();
+            if keep.is_none() && days.is_none() && !wal {
+                return Err(Error::usage(
+                    "give --keep N, --days D, --wal-days D or --wal-size SIZE",
+                )
+                .into());
+            }
+            if wal {
+                if kind != ContainerKind::Dsource {
+                    return Err(
+                        Error::usage("only dSources keep WAL (--wal-days, --wal-size)").into(),
+                    );
+                }
+                timeflow::set_wal_retention(&store, kind, id, wal_days, wal_size)?;
+                let connector = crate::host::connectors::registry::open(&store, None)?;
+                let pruned = dsource::prune_wal(&store, &connector, &dsource::get(&store, &name)?)?;
+                if keep.is_none() && days.is_none() {
+                    return cx.out.message(
+                        &format!(
+                            "dSource {name}: WAL kept {} / {}; pruned {pruned} files",
+                            wal_days.map_or("for any age".into(), |d| format!(
+                                "back to the oldest snapshot younger than {d} days"
+                            )),
+                            wal_size.map_or("of any size".into(), |b| format!("up to {b} bytes"))
+                        ),
+                        json!({"pruned": pruned}),
+                    );
+                }
             }
             timeflow::set_retention(&store, kind, id, keep, days)?;
             let removed = timeflow::apply_retention(&store, &Pool::open(&store)?, kind, id)?;

@@ -22,10 +22,18 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
     let store = cx.store()?;
     match cmd {
         Cmd::Show { name } => {
+            let mut policy = "none (kept for VDBs' snapshots: points only)".to_owned();
             let (what, ranges, timeflows) = if let Some(d) = dsource::find(&store, &name)? {
                 let connector = registry::open(&store, None)?;
                 let ranges = dsource::ranges(&store, &connector, &d)?;
                 let tfs = timeflow::list(&store, timeflow::ContainerKind::Dsource, d.id)?;
+                let (days, bytes) =
+                    timeflow::wal_retention(&store, timeflow::ContainerKind::Dsource, d.id)?;
+                policy = format!(
+                    "back to the oldest snapshot{}{}",
+                    days.map_or(String::new(), |d| format!(" younger than {d} days")),
+                    bytes.map_or(String::new(), |b| format!(", at most {b} bytes"))
+                );
                 (format!("dSource {name}"), ranges, tfs)
             } else {
                 let v = vdb::get(&store, &name)?;
@@ -42,6 +50,7 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
             }
             let rows: Vec<(&str, String)> = vec![
                 ("timeflows", timeflows.len().to_string()),
+                ("WAL kept", policy),
                 ("ranges", format!("\n{}", pitr::describe(&ranges))),
             ];
             println!("{}", key_list(&what, &rows));

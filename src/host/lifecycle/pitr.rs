@@ -119,7 +119,7 @@ pub struct Range {
 }
 
 /// A snapshot's point: its LSN and when it was taken.
-fn point(s: &Snapshot) -> Option<(u64, jiff::Timestamp)> {
+pub fn point(s: &Snapshot) -> Option<(u64, jiff::Timestamp)> {
     let lsn = s.metadata["replayed_lsn"]
         .as_str()
         .or_else(|| s.metadata["checkpoint_lsn"].as_str())

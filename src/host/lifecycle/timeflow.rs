@@ -318,6 +318,42 @@ pub fn set_retention(
     Ok(())
 }
 
+/// Sets how much kept WAL a container keeps: back to its oldest snapshot
+/// younger than `days`, and/or no more than `bytes` (never WAL a kept
+/// snapshot needs to be consistent).
+pub fn set_wal_retention(
+    store: &Store,
+    kind: ContainerKind,
+    container: i64,
+    days: Option<u32>,
+    bytes: Option<u64>,
+) -> Result<()> {
+    store
+        .conn()
+        .execute(
+            "INSERT INTO retention (container_kind, container_id, wal_keep_days, wal_keep_bytes) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (container_kind, container_id) DO UPDATE SET wal_keep_days = ?3, wal_keep_bytes = ?4",
+            params![kind, container, days, bytes.map(|b| b as i64)],
+        )
+        .map_err(|e| store.err(e))?;
+    Ok(())
+}
+
+/// The WAL policy of a container: (days, bytes), each when set.
+pub fn wal_retention(
+    store: &Store,
+    kind: ContainerKind,
+    container: i64,
+) -> Result<(Option<u32>, Option<u64>)> {
+    Ok(store
+        .optional(store.conn().query_row(
+            "SELECT wal_keep_days, wal_keep_bytes FROM retention WHERE container_kind = ?1 AND container_id = ?2",
+            params![kind, container],
+            |r| Ok((r.get::<_, Option<u32>>(0)?, r.get::<_, Option<i64>>(1)?.map(|b| b as u64))),
+        ))?
+        .unwrap_or((None, None)))
+}
+
 /// Applies retention: removes snapshots beyond the policy, except any that
 /// something depends on (a clone, a timeflow started from it) and the
 /// newest one. Returns the ids removed.
@@ -335,6 +371,9 @@ pub fn apply_retention(
     let Some((keep_count, keep_days)) = policy else {
         return Ok(Vec::new());
     };
+    if keep_count.is_none() && keep_days.is_none() {
+        return Ok(Vec::new()); // a WAL policy only
+    }
     let all = snapshots(store, kind, container)?;
     let now = store::now();
     let mut removed = Vec::new();

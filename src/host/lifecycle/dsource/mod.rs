@@ -216,6 +216,68 @@ pub fn ranges(store: &Store, connector: &Connector, d: &DSource) -> Result<Vec<p
     })
 }
 
+/// Prunes the kept WAL no range within the policy needs: WAL before the
+/// oldest snapshot always; with a policy, WAL before the oldest snapshot
+/// younger than its days, and while more than its bytes are kept; never
+/// WAL a kept snapshot needs to be consistent. Returns the files removed.
+pub fn prune_wal(store: &Store, connector: &Connector, d: &DSource) -> Result<u64> {
+    let cx = context(store, d)?;
+    let Some(wal) = cx
+        .pool
+        .find_dataset(store, &placement::wal_dataset(&d.dataset))?
+    else {
+        return Ok(0);
+    };
+    let mut points: Vec<(timeflow::Snapshot, u64, jiff::Timestamp)> =
+        timeflow::snapshots(store, ContainerKind::Dsource, d.id)?
+            .into_iter()
+            .filter_map(|s| pitr::point(&s).map(|(l, t)| (s, l, t)))
+            .collect();
+    if points.is_empty() {
+        return Ok(0);
+    }
+    points.sort_by_key(|(_, l, _)| *l);
+    let (days, bytes) = timeflow::wal_retention(store, ContainerKind::Dsource, d.id)?;
+    let mut start = 0;
+    if let Some(days) = days {
+        let since = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * i64::from(days));
+        start = points
+            .iter()
+            .position(|(_, _, t)| *t >= since)
+            .unwrap_or(points.len() - 1);
+    }
+    let mut input = input_for(store, &cx.pool, d, &cx.config, &cx.env)?;
+    input["wal"] = json!({ "path": wal.path });
+    let platform = || HostPlatform::new(&cx.env);
+    if let Some(limit) = bytes {
+        while start + 1 < points.len() {
+            let s = &points[start].0;
+            input["from_lsn"] = s.metadata["replayed_lsn"].clone();
+            input["timeline"] = s.metadata["timeline"].clone();
+            input["wal_segment_size"] = s.metadata["wal_segment_size"].clone();
+            let kept = connector.invoke("linked.wal_range", &input, platform())?;
+            if pitr::Kept::from_output(&kept).bytes <= limit {
+                break;
+            }
+            start += 1;
+        }
+    }
+    // A snapshot that needs kept WAL to be consistent holds it from its redo.
+    let needed = points
+        .iter()
+        .filter(|(s, _, _)| s.metadata["needs_kept_wal"] == json!(true))
+        .filter_map(|(s, _, _)| s.metadata["redo_lsn"].as_str().and_then(pitr::parse_lsn))
+        .min();
+    let mut before = points[start].1;
+    if let Some(n) = needed {
+        before = before.min(n);
+    }
+    input["before_lsn"] = json!(pitr::lsn_text(before));
+    input["wal_segment_size"] = points[start].0.metadata["wal_segment_size"].clone();
+    let out = connector.invoke("linked.wal_prune", &input, platform())?;
+    Ok(out["removed"].as_u64().unwrap_or(0))
+}
+
 /// The path of a dSource's WAL dataset, if it has one.
 pub fn wal_path(store: &Store, d: &DSource) -> Result<Option<PathBuf>> {
     let pool = Pool::open(store)?;

@@ -123,6 +123,11 @@ pub(super) fn sync_inner(
             d.name
         );
     }
+    match super::prune_wal(store, connector, d) {
+        Ok(0) => {}
+        Ok(n) => log::info!("pruned {n} kept WAL files of dSource {}", d.name),
+        Err(e) => log::warn!("could not prune the kept WAL of dSource {}: {e}", d.name),
+    }
     Ok(snapshot)
 }
 
