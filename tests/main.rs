@@ -11,5 +11,6 @@ mod dsource;
 mod first_hour;
 mod hardening;
 mod pitr;
+mod quota;
 mod storage;
 mod vdb;

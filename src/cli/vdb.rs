@@ -86,6 +86,10 @@ pub enum Cmd {
         from: String,
         #[command(flatten)]
         at: At,
+        /// Limit what the VDB may write on its clone (like 500M, 2G); past it
+        /// PostgreSQL sees a full disk. Needs a ZFS, btrfs or XFS (prjquota) pool.
+        #[arg(long, value_name = "SIZE", value_parser = super::flags::parse_size)]
+        quota: Option<u64>,
         #[command(flatten)]
         params: VirtualParams,
     },
@@ -147,6 +151,17 @@ pub enum Cmd {
         #[arg(long)]
         snapshot: i64,
     },
+    /// Set, change or lift a VDB's quota: what it may add on its clone.
+    Quota {
+        /// The VDB.
+        name: String,
+        /// The new quota (like 500M, 2G).
+        #[arg(value_parser = super::flags::parse_size, required_unless_present = "none")]
+        size: Option<u64>,
+        /// Lift the quota.
+        #[arg(long, conflicts_with = "size")]
+        none: bool,
+    },
     /// Take a snapshot of the VDB.
     Snapshot {
         /// The VDB.
@@ -169,7 +184,18 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
     }
     let shown = |v: &vdb::Vdb, what: &str| out.vdb(v, what);
     if let Cmd::Show { name } = &cmd {
-        return shown(&vdb::get(&store, name)?, "");
+        let v = vdb::get(&store, name)?;
+        return out.vdb_with_quota(&v, "", vdb::quota_usage(&store, &v)?);
+    }
+    if let Cmd::Quota { name, size, .. } = &cmd {
+        let v = vdb::set_quota(&store, name, *size)
+            .with_context(|| format!("setting the quota of VDB {name}"))?;
+        let headline = if size.is_some() {
+            "quota set"
+        } else {
+            "quota lifted"
+        };
+        return out.vdb_with_quota(&v, headline, vdb::quota_usage(&store, &v)?);
     }
     let connector = registry::open(&store, None)?;
     let store = &store;
@@ -179,6 +205,7 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
             name,
             from,
             at,
+            quota,
             params,
         } => {
             let started = std::time::Instant::now();
@@ -191,6 +218,7 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
                     from: &from,
                     parameters,
                     target: at.target()?,
+                    quota,
                 },
             )
             .map_err(|e| given.name_flags(e))
@@ -208,6 +236,7 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
                     from: "",
                     parameters,
                     target: None,
+                    quota: None,
                 },
             )
             .map_err(|e| given.name_flags(e))
@@ -269,6 +298,6 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
                 serde_json::to_value(&s)?,
             )
         }
-        Cmd::Show { .. } | Cmd::List => Ok(()),
+        Cmd::Show { .. } | Cmd::List | Cmd::Quota { .. } => Ok(()), // answered above
     }
 }

@@ -566,30 +566,43 @@ impl Stack {
 
     /// Runs SQL on a VDB (by its connection details) as the postgres user.
     pub fn vdb_sql(&self, vdb: &str, sql: &str) -> String {
+        self.try_vdb_sql(vdb, sql)
+            .unwrap_or_else(|e| panic!("SQL on VDB {vdb} failed: {sql}\n{e}"))
+    }
+
+    /// Runs SQL on a VDB; what psql printed on stderr if it failed.
+    pub fn try_vdb_sql(&self, vdb: &str, sql: &str) -> Result<String, String> {
         let v = self.pgvirt.json(&["vdb", "show", vdb]);
         let host = v["source_config"]["socket_directory"]
             .as_str()
             .expect("socket")
             .to_owned();
         let port = v["port"].to_string();
-        let out = run_ok(as_pg_user(Path::new(PG_BIN).join("psql")).args([
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            &host,
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ]));
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        let out = as_pg_user(Path::new(PG_BIN).join("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &host,
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("psql runs");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 }
 

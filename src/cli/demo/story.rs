@@ -194,6 +194,7 @@ impl Demo<'_> {
                             from: "shop",
                             parameters: json!({}),
                             target: None,
+                            quota: None,
                         },
                     )
                     .map(|_| ())

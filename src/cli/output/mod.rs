@@ -435,8 +435,21 @@ impl Out {
     /// `vdb show` and what VDB commands print: a key list, or the same
     /// data as JSON (with its connection string).
     pub fn vdb(&self, v: &Vdb, headline: &str) -> anyhow::Result<()> {
+        self.vdb_with_quota(v, headline, None)
+    }
+
+    /// One VDB, with what it has written of its quota (`used`, `quota`).
+    pub fn vdb_with_quota(
+        &self,
+        v: &Vdb,
+        headline: &str,
+        usage: Option<(Option<u64>, u64)>,
+    ) -> anyhow::Result<()> {
         let mut value = serde_json::to_value(v)?;
         value["connection"] = Value::String(v.connection_string());
+        if let Some((used, quota)) = usage {
+            value["quota"] = serde_json::json!({"bytes": quota, "used_bytes": used});
+        }
         if self.is_json() {
             return self.json(&value);
         }
@@ -445,7 +458,7 @@ impl Out {
             (Some(name), None) => format!("{} {name}", v.parent_kind),
             (None, _) => v.parent_kind.to_string(),
         };
-        let rows = [
+        let mut rows = vec![
             ("state", v.state.to_string()),
             ("connect", v.connection_string()),
             ("port", v.port.to_string()),
@@ -455,6 +468,13 @@ impl Out {
             ("dataset", v.dataset.clone()),
             ("created", display_time(v.created_at)),
         ];
+        if let Some(quota) = v.quota_bytes {
+            let shown = match usage {
+                Some((Some(used), _)) => format!("{} used of {}", bytes(used), bytes(quota)),
+                _ => bytes(quota),
+            };
+            rows.push(("quota", shown));
+        }
         println!(
             "{}",
             key_list(format!("VDB {} {headline}", v.name).trim_end(), &rows)

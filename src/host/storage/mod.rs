@@ -20,6 +20,7 @@ pub mod backend;
 mod check;
 mod datasets;
 pub mod mount;
+mod quota;
 pub mod space;
 
 use std::path::{Path, PathBuf};
@@ -315,6 +316,29 @@ impl Pool {
             });
         }
         Ok(out)
+    }
+
+    /// Says whether this pool can hold quotas (before anything is made).
+    pub fn check_quota(&self) -> Result<()> {
+        quota::check(self.backend)
+    }
+
+    /// Limits what a dataset may add on its clone to `bytes`.
+    pub fn set_quota(&self, store: &Store, dataset: &str, bytes: u64) -> Result<()> {
+        let ds = self.dataset(store, dataset)?;
+        quota::set(self.backend, &self.root, &ds.path, Some(bytes))
+    }
+
+    /// Lifts a dataset's quota.
+    pub fn clear_quota(&self, store: &Store, dataset: &str) -> Result<()> {
+        let ds = self.dataset(store, dataset)?;
+        quota::set(self.backend, &self.root, &ds.path, None)
+    }
+
+    /// What a dataset has added on its clone, where the pool counts it.
+    pub fn quota_used(&self, store: &Store, dataset: &str) -> Result<Option<u64>> {
+        let ds = self.dataset(store, dataset)?;
+        quota::added(self.backend, &self.root, &ds.path)
     }
 
     /// The space of a dataset or snapshot: as the backend accounts it, or

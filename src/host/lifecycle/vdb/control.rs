@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::abi::Status;
 
-use super::{get, input_for, mount, run_hook, set_config, set_state, Vdb, VdbState};
+use super::{get, input_for, mount, quota, run_hook, set_config, set_state, Vdb, VdbState};
 use crate::host::connectors::loader::Connector;
 use crate::host::environments::{self, HostPlatform};
 use crate::host::error::Result;
@@ -23,7 +23,8 @@ pub fn start(store: &Store, connector: &Connector, name: &str) -> Result<Vdb> {
         |_| {
             let env = environments::get(store, &vdb.environment)?;
             run_hook(&env, &vdb, "pre_start")?;
-            finish_start(store, connector, &vdb)?;
+            quota::reapply(store, &vdb)?;
+            finish_start(store, connector, &vdb).map_err(|e| quota::explain(store, &vdb, e))?;
             run_hook(&env, &vdb, "post_start")
         },
     )?;

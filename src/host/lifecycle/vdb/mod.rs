@@ -8,6 +8,7 @@
 //! - [`reclone`]: refresh (`configure`) and rewind (`reconfigure`) onto a
 //!   new dataset, the old VDB kept until the new one runs;
 //! - [`control`]: start, stop, status, enable, disable, snapshot;
+//! - [`quota`]: what a VDB may add on its clone, and what it has added;
 //! - [`delete`]: pre-stop hook → `unconfigure` → `cleanup` → post-stop hook
 //!   → destroy clone.
 //!
@@ -17,6 +18,7 @@
 pub mod control;
 pub mod delete;
 pub mod provision;
+pub mod quota;
 pub mod reclone;
 pub mod repair;
 
@@ -40,6 +42,7 @@ use crate::host::store::{columns, Store};
 pub use control::{disable, enable, snapshot, start, status, stop};
 pub use delete::{delete, delete_tree};
 pub use provision::{create_empty, provision, resolve_origin, Origin, ProvisionRequest};
+pub use quota::{quota_usage, set_quota};
 pub use reclone::{refresh, rewind};
 pub use repair::repair;
 
@@ -127,6 +130,8 @@ pub struct Vdb {
     /// The snapshot its current timeflow was cloned from (none when empty).
     pub origin_snapshot: Option<i64>,
     pub created_at: i64,
+    /// How much it may add on its clone, if limited.
+    pub quota_bytes: Option<u64>,
     #[serde(skip)]
     sealed: Option<Vec<u8>>,
 }
@@ -406,7 +411,8 @@ fn set_config(store: &Store, id: i64, config: &Value, state: VdbState) -> Result
 const COLUMNS: &str = "v.id, v.name, e.name, v.parent_kind, v.parent_id, v.parameters, v.port, v.dataset, \
      v.mount_path, v.state, v.source_config, v.origin_snapshot, v.created_at, v.sealed, \
      CASE v.parent_kind WHEN 'dsource' THEN (SELECT d.name FROM dsources d WHERE d.id = v.parent_id) \
-                        WHEN 'vdb' THEN (SELECT p.name FROM vdbs p WHERE p.id = v.parent_id) END";
+                        WHEN 'vdb' THEN (SELECT p.name FROM vdbs p WHERE p.id = v.parent_id) END, \
+     v.quota_bytes";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Vdb> {
     let name: String = r.get(1)?;
@@ -425,6 +431,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Vdb> {
         created_at: r.get(12)?,
         sealed: r.get(13)?,
         parent: r.get(14)?,
+        quota_bytes: r.get::<_, Option<i64>>(15)?.map(|q| q as u64),
         name,
     })
 }

@@ -101,6 +101,8 @@ pub struct ProvisionRequest<'a> {
     pub parameters: Value,
     /// A moment to recover to (`--at`, `--at-lsn`), past a snapshot.
     pub target: Option<Target>,
+    /// How much the VDB may add on its clone (`--quota`).
+    pub quota: Option<u64>,
 }
 
 /// Provisions a VDB and leaves it running. On failure nothing is left.
@@ -197,6 +199,10 @@ fn create(
         None => pool.default_mount_path(&format!("vdb-{}", req.name)),
     };
     pool.check_mount_path(store, &mount_path, "mount_path")?;
+    if req.quota.is_some() {
+        pool.check_quota()
+            .map_err(|e| Error::usage(format!("--quota: {e}")))?;
+    }
     let (parent_kind, parent_id) = match &origin {
         Some(o) if o.kind == ContainerKind::Dsource => (ParentKind::Dsource, o.id),
         Some(o) => (ParentKind::Vdb, o.id),
@@ -219,8 +225,8 @@ fn create(
             .conn()
             .execute(
                 "INSERT INTO vdbs (name, environment_id, parent_kind, parent_id, parameters, sealed, port, dataset,
-                                   mount_path, state, source_config, origin_snapshot, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, '{}', ?11, ?12)",
+                                   mount_path, state, source_config, origin_snapshot, created_at, quota_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, '{}', ?11, ?12, ?13)",
                 params![
                     req.name,
                     env.id,
@@ -234,6 +240,7 @@ fn create(
                     VdbState::Provisioning,
                     origin.as_ref().map(|o| o.snapshot.id),
                     store::now(),
+                    req.quota.map(|q| q as i64),
                 ],
             )
             .map_err(|e| store.err(e))?;
@@ -260,6 +267,9 @@ fn create(
             }
             None => pool.create_dataset(store, &dataset, Some(&user))?,
         };
+        if let Some(quota) = req.quota {
+            pool.set_quota(store, &dataset, quota)?;
+        }
         job.step(store, Step::Connector)?;
         let platform = HostPlatform::new(&env);
         let mut input = input_for(store, &pool, &vdb, &env)?;

@@ -104,6 +104,9 @@ fn reclone(
             snapshot.image()
         };
         pool.clone_snapshot(store, image, &new_dataset, Some(&user))?;
+        if let Some(quota) = vdb.quota_bytes {
+            pool.set_quota(store, &new_dataset, quota)?;
+        }
         job.step(store, Step::Connector)?;
         let input = input_for(store, &pool, vdb, &env)?;
         connector.invoke("virtual.unconfigure", &input, HostPlatform::new(&env))?;

@@ -233,10 +233,12 @@ pub fn space(path: &Path) -> Result<Space> {
     })
 }
 
-/// Limits what the file system at `path` may reference (`refquota`).
-pub fn set_refquota(path: &Path, bytes: u64) -> Result<()> {
+/// Limits what the file system at `path` may hold apart from its origin
+/// (`quota`: its data and its snapshots).
+/// `limit` is bytes or `none`.
+pub fn set_quota(path: &Path, limit: &str) -> Result<()> {
     run(Command::new("zfs")
         .arg("set")
-        .arg(format!("refquota={bytes}"))
+        .arg(format!("quota={limit}"))
         .arg(dataset_named_at(path)?))
 }
