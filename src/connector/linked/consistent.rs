@@ -1,11 +1,19 @@
 //! The consistent point a snapshot of a live staging is taken at, without
 //! stopping replication: a non-exclusive backup on the standby
-//! (`pg_backup_start`), replay paused (WAL keeps streaming in), the backup
-//! ended (`pg_backup_stop`) and its label written into `pgvirt/`, inside what
-//! the snapshot captures; `post_snapshot` resumes replay. With replay paused
-//! no restartpoint can recycle the WAL the backup needs, and no page is newer
-//! than the replay position, which the snapshot records as the LSN a VDB
-//! recovers to.
+//! (`pg_backup_start` then `pg_backup_stop`), its label written into
+//! `pgvirt/`, inside what the snapshot captures. Two ways:
+//!
+//! - **replay running** (streaming staging that keeps WAL, a primary with
+//!   `full_page_writes`): the backup is started and ended at once and replay
+//!   goes on while the engine clones the files, a fuzzy copy made consistent
+//!   by the label. `post_snapshot` then reads how far replay has got (no
+//!   page in the copy is newer) and keeps the WAL from the label's redo
+//!   point to there: that is the snapshot's LSN, which a clone reaches with
+//!   the kept WAL (`needs_kept_wal`). Staging is never held back.
+//! - **replay paused** (log shipping, or no kept WAL): replay is paused
+//!   before the backup ends; no page is newer than the replay position,
+//!   which is the snapshot's LSN, and no restartpoint can recycle the WAL
+//!   the backup needs; `post_snapshot` resumes replay.
 
 use std::collections::BTreeMap;
 
@@ -16,14 +24,16 @@ use crate::abi::{ErrorKind, IngestionMethod, OperationError};
 use crate::connector::conf::parse_size;
 use crate::connector::platform::{request, Platform};
 
-/// Runs the non-exclusive backup with replay paused and writes the label and
-/// the snapshot's facts into `pgvirt/`, inside what the snapshot captures.
-pub fn consistent_point(platform: &Platform, staging: &Staging) -> Result<Value, OperationError> {
-    // Times come from PostgreSQL in UTC, never from text in the server's
-    // zone (the label's START TIME is in log_timezone's abbreviation).
-    let script = r#"
+/// Starts the backup. Times come from PostgreSQL in UTC, never from text in
+/// the server's zone (the label's START TIME is in log_timezone's
+/// abbreviation).
+const START: &str = r#"
 SELECT json_build_object('started_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
   FROM (SELECT pg_backup_start(:'label', true)) b;
+"#;
+
+/// Pauses replay and waits until it has.
+const PAUSE: &str = r#"
 SELECT pg_wal_replay_pause();
 DO $$
 BEGIN
@@ -35,6 +45,10 @@ BEGIN
     RAISE EXCEPTION 'WAL replay did not pause';
   END IF;
 END $$;
+"#;
+
+/// The snapshot's facts, then the end of the backup.
+const FACTS_AND_STOP: &str = r#"
 SELECT json_build_object(
   'replayed_lsn', pg_last_wal_replay_lsn()::text,
   'postgres_version', current_setting('server_version'),
@@ -48,30 +62,58 @@ SELECT json_build_object(
   'replayed_at', to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
   'taken_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'));
 SELECT json_build_object('stop_lsn', lsn::text, 'labelfile', labelfile, 'spcmapfile', spcmapfile)
-  FROM pg_backup_stop(false);"#;
-    let label = format!("pgvirt {}", staging.name);
-    let out = staging.cluster.psql(
+  FROM pg_backup_stop(false);
+"#;
+
+/// Whether replay may run on while the snapshot is taken: the WAL from the
+/// backup's start is kept, and the primary writes full pages after each
+/// checkpoint (so a page copied while it was written is repaired).
+fn replay_may_run(platform: &Platform, staging: &Staging) -> Result<bool, OperationError> {
+    if staging.wal.is_none() || !staging.method.streams() {
+        return Ok(false);
+    }
+    let fpw = staging.cluster.psql(
         platform,
-        "bringing staging to a consistent point",
-        script,
-        &[("label", &label)],
-    );
-    let out = match out {
-        Ok(out) => out,
-        Err(e) => {
-            // Never leave replay paused behind a failed snapshot.
-            let _ = staging.resume_replay(platform);
-            return Err(e);
-        }
-    };
+        "reading full_page_writes of the primary's last checkpoint",
+        "SELECT full_page_writes FROM pg_control_checkpoint();",
+        &[],
+    )?;
+    Ok(fpw.trim() == "t")
+}
+
+/// Runs the non-exclusive backup, with replay running on when it may (else
+/// paused), and writes the label and the snapshot's facts into `pgvirt/`,
+/// inside what the snapshot captures.
+pub fn consistent_point(platform: &Platform, staging: &Staging) -> Result<Value, OperationError> {
+    let live = replay_may_run(platform, staging)?;
+    let script = format!("{START}{}{FACTS_AND_STOP}", if live { "" } else { PAUSE });
+    let label = format!("pgvirt {}", staging.name);
+    let made = (|| {
+        let out = staging.cluster.psql(
+            platform,
+            "bringing staging to a consistent point",
+            &script,
+            &[("label", &label)],
+        )?;
+        let (facts, labelfile, spcmap) = facts_from(&out)?;
+        record(platform, staging, facts, labelfile, spcmap, live)
+    })();
+    if made.is_err() {
+        // Never leave replay paused behind a failed snapshot.
+        let _ = staging.resume_replay(platform);
+    }
+    made
+}
+
+/// The facts, label and tablespace map from the backup's output.
+fn facts_from(out: &str) -> Result<(Value, String, String), OperationError> {
     let lines: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
     let (Some(start), Some(facts), Some(stop)) = (lines.first(), lines.get(1), lines.get(2)) else {
-        let _ = staging.resume_replay(platform);
         return Err(OperationError::new(
             ErrorKind::Internal,
             "unexpected output from the backup on staging",
         )
-        .with_cause(out));
+        .with_cause(out.to_owned()));
     };
     let parse = |text: &str| -> Result<Value, OperationError> {
         serde_json::from_str(text)
@@ -98,8 +140,8 @@ SELECT json_build_object('stop_lsn', lsn::text, 'labelfile', labelfile, 'spcmapf
         .cloned()
         .unwrap_or_default());
     // The control file names the backup's checkpoint unless a restartpoint
-    // slipped in before replay paused; then the backup's start time is the
-    // nearest true time there is.
+    // slipped in after the backup started; then the backup's start time is
+    // the nearest true time there is.
     let control = facts
         .as_object_mut()
         .map(|f| {
@@ -122,29 +164,36 @@ SELECT json_build_object('stop_lsn', lsn::text, 'labelfile', labelfile, 'spcmapf
         facts["databases"] = json!([]);
     }
     let spcmap = stop["spcmapfile"].as_str().unwrap_or_default().to_owned();
-    if staging.method == IngestionMethod::BackupLogShipping {
-        let segment_size = facts["wal_segment_size"]
-            .as_u64()
-            .unwrap_or(16 * 1024 * 1024);
-        let replayed = facts["replayed_lsn"].as_str().unwrap_or("").to_owned();
-        if let Err(e) =
-            log_shipping::keep_archived_wal(platform, staging, &labelfile, &replayed, segment_size)
-        {
-            let _ = staging.resume_replay(platform);
-            return Err(e);
-        }
-    }
-    // The WAL from the backup's start to this point is kept in the WAL
-    // dataset too (the segment in progress as a partial).
-    let timeline = facts["timeline"].as_u64().unwrap_or(1);
-    let seg_size = facts["wal_segment_size"]
+    Ok((facts, labelfile, spcmap))
+}
+
+/// Keeps the WAL the snapshot needs (when replay is paused: it is known
+/// now) and writes label, tablespace map and facts into `pgvirt/`.
+fn record(
+    platform: &Platform,
+    staging: &Staging,
+    mut facts: Value,
+    labelfile: String,
+    spcmap: String,
+    live: bool,
+) -> Result<Value, OperationError> {
+    let segment_size = facts["wal_segment_size"]
         .as_u64()
         .unwrap_or(16 * 1024 * 1024);
-    let redo = facts["redo_lsn"].as_str().unwrap_or("").to_owned();
     let replayed = facts["replayed_lsn"].as_str().unwrap_or("").to_owned();
-    if let Err(e) = wal::keep_partial(platform, staging, timeline, &redo, &replayed, seg_size) {
-        let _ = staging.resume_replay(platform);
-        return Err(e);
+    if staging.method == IngestionMethod::BackupLogShipping {
+        log_shipping::keep_archived_wal(platform, staging, &labelfile, &replayed, segment_size)?;
+    }
+    if live {
+        // The snapshot's point is known once the files are cloned.
+        facts["replay"] = json!("running");
+        facts["needs_kept_wal"] = json!(true);
+    } else {
+        // The WAL from the backup's start to this point is kept in the WAL
+        // dataset too (the segment in progress as a partial).
+        let timeline = facts["timeline"].as_u64().unwrap_or(1);
+        let redo = facts["redo_lsn"].as_str().unwrap_or("").to_owned();
+        wal::keep_partial(platform, staging, timeline, &redo, &replayed, segment_size)?;
     }
     let write = r#"
 set -eu
@@ -154,7 +203,7 @@ if [ -n "$SPCMAP" ]; then printf '%s' "$SPCMAP" > "$FILES/tablespace_map"; else 
 printf '%s' "$FACTS" > "$FILES/snapshot.json"
 sync -f "$FILES/snapshot.json" 2>/dev/null || sync
 "#;
-    if let Err(e) = platform.run_ok(
+    platform.run_ok(
         "writing the backup label",
         &request(
             write,
@@ -165,11 +214,51 @@ sync -f "$FILES/snapshot.json" 2>/dev/null || sync
                 ("FACTS", facts.to_string()),
             ],
         ),
-    ) {
-        let _ = staging.resume_replay(platform);
-        return Err(e);
-    }
+    )?;
     Ok(json!({"replayed_lsn": facts["replayed_lsn"], "stop_lsn": facts["stop_lsn"]}))
+}
+
+/// After the files of a snapshot taken with replay running were cloned: how
+/// far replay has got is the snapshot's point (no page in the copy is
+/// newer), and the WAL from the backup's redo point to there is kept.
+/// Updates `meta`, the facts written before the clone.
+pub fn after_live_clone(
+    platform: &Platform,
+    staging: &Staging,
+    meta: &mut Value,
+) -> Result<(), OperationError> {
+    let out = staging.cluster.psql(
+        platform,
+        "reading how far staging has replayed",
+        r#"SELECT json_build_object(
+  'replayed_lsn', pg_last_wal_replay_lsn()::text,
+  'replayed_at', to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+  'taken_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'));"#,
+        &[],
+    )?;
+    let now: Value = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| {
+            OperationError::new(
+                ErrorKind::Internal,
+                "unexpected output reading the replay position",
+            )
+            .with_cause(out.clone())
+        })?;
+    meta["replayed_lsn"] = now["replayed_lsn"].clone();
+    meta["taken_at"] = now["taken_at"].clone();
+    if !now["replayed_at"].is_null() {
+        meta["replayed_at"] = now["replayed_at"].clone();
+    }
+    let timeline = meta["timeline"].as_u64().unwrap_or(1);
+    let segment_size = meta["wal_segment_size"]
+        .as_u64()
+        .unwrap_or(16 * 1024 * 1024);
+    let redo = meta["redo_lsn"].as_str().unwrap_or("").to_owned();
+    let replayed = meta["replayed_lsn"].as_str().unwrap_or("").to_owned();
+    wal::keep_partial(platform, staging, timeline, &redo, &replayed, segment_size)
 }
 
 /// `KEY: value` lines of a backup label.

@@ -227,7 +227,9 @@ pub fn pre_snapshot(platform: &Platform, input: &Value) -> Result<Value, Operati
     consistent::consistent_point(platform, &staging)
 }
 
-/// `linked.post_snapshot`: resume replay and describe the snapshot.
+/// `linked.post_snapshot`: resume replay (if it was paused) and describe
+/// the snapshot; for one taken with replay running, at how far replay has
+/// got now.
 pub fn post_snapshot(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
     let staging = Staging::from_input(input)?;
     staging.resume_replay(platform)?;
@@ -244,6 +246,9 @@ pub fn post_snapshot(platform: &Platform, input: &Value) -> Result<Value, Operat
             format!("snapshot.json is unreadable: {e}"),
         )
     })?;
+    if meta["replay"] == json!("running") {
+        consistent::after_live_clone(platform, &staging, &mut meta)?;
+    }
     meta["ingestion_method"] = json!(staging.method);
     meta["provisionable"] = json!(true);
     Ok(meta)

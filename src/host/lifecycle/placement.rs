@@ -1,7 +1,8 @@
 //! What the dSource and VDB workflows share: asking the connector where a
 //! dataset goes (`mount_specification`) and putting it there — and, when
 //! the connector keeps WAL (`"wal": {"path": ...}` in its answer), the
-//! dataset's WAL dataset (`<dataset>-wal`, made when missing) too.
+//! dataset's WAL dataset (`<dataset>-wal`, made when missing) too; and
+//! lending a dSource's kept WAL, read-only, to a clone that recovers with it.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +11,7 @@ use serde_json::{json, Value};
 use crate::host::connectors::loader::Connector;
 use crate::host::environments::{Environment, HostPlatform};
 use crate::host::error::Result;
-use crate::host::storage::Pool;
+use crate::host::storage::{mount, Pool};
 use crate::host::store::Store;
 
 /// Which dataset to place, for which operation group, and where when the
@@ -63,4 +64,24 @@ pub fn mount_as_specified(
         input["wal"] = json!({ "path": wal_path });
     }
     Ok(path)
+}
+
+/// Where a clone on `dataset` reads its parent's kept WAL while it recovers
+/// (`<pool>/mounts/<dataset>-walsrc`, mounted read-only there for that
+/// time only).
+pub fn wal_source(pool: &Pool, dataset: &str) -> PathBuf {
+    pool.default_mount_path(&format!("{dataset}-walsrc"))
+}
+
+/// Mounts the kept WAL at `kept` read-only at the WAL source of `dataset`
+/// and names it in `input` (`wal.path`).
+pub fn lend_wal(pool: &Pool, dataset: &str, kept: &Path, input: &mut Value) -> Result<()> {
+    let path = mount::bind_read_only(kept, &wal_source(pool, dataset))?;
+    input["wal"] = json!({ "path": path });
+    Ok(())
+}
+
+/// Unmounts the WAL lent to `dataset`, if it is mounted.
+pub fn return_wal(pool: &Pool, dataset: &str) -> Result<()> {
+    mount::unmount_path(&wal_source(pool, dataset))
 }

@@ -14,6 +14,7 @@ use crate::host::environments::{Environment, HostPlatform};
 use crate::host::error::{Error, Result};
 use crate::host::lifecycle::discovery::SourceConfig;
 use crate::host::lifecycle::jobs::Job;
+use crate::host::lifecycle::placement;
 use crate::host::lifecycle::timeflow::{self, Snapshot};
 use crate::host::storage::Pool;
 use crate::host::store::Store;
@@ -57,7 +58,7 @@ pub(super) fn prepare(
                 )
             })?;
         let linked = input_for(store, pool, d, config, env)?;
-        let input = json!({
+        let mut input = json!({
             "environment": linked["environment"],
             "repository": linked["repository"],
             "virtual_source": {},
@@ -65,7 +66,16 @@ pub(super) fn prepare(
             "mount": {"path": path},
             "snapshot": snapshot.metadata,
         });
-        connector.invoke("virtual.configure", &input, HostPlatform::new(env))?;
+        // A snapshot taken while staging replayed reaches its point with
+        // the kept WAL, lent read-only for the recovery.
+        if snapshot.needs_kept_wal() {
+            let kept = super::wal_path(store, d)?
+                .ok_or_else(|| Error::NotFound(format!("dSource {} keeps no WAL", d.name)))?;
+            placement::lend_wal(pool, &name, &kept, &mut input)?;
+        }
+        let configured = connector.invoke("virtual.configure", &input, HostPlatform::new(env));
+        placement::return_wal(pool, &name)?;
+        configured?;
         // Stops it cleanly and leaves no backup label for its clones.
         connector.invoke("virtual.pre_snapshot", &input, HostPlatform::new(env))?;
         pool.unmount(store, &name)?;
@@ -80,6 +90,7 @@ pub(super) fn prepare(
 
 /// Removes a prepared dataset and what runs on it (best effort).
 pub(super) fn discard(store: &Store, pool: &Pool, name: &str) {
+    let _ = placement::return_wal(pool, name);
     if let Err(e) = pool
         .release(store, name)
         .and_then(|()| pool.destroy_dataset_tree(store, name))

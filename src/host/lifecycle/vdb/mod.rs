@@ -367,7 +367,7 @@ fn destroy_storage(store: &Store, pool: &Pool, vdb: &Vdb) -> Result<()> {
 /// and snapshots, timeflows, the row. For what a failed or cut-short
 /// provision left.
 fn destroy(store: &Store, connector: &Connector, pool: &Pool, vdb: &Vdb) {
-    let _ = crate::host::storage::mount::unmount_path(&provision::wal_source(pool, &vdb.dataset));
+    let _ = super::placement::return_wal(pool, &vdb.dataset);
     if let Ok(env) = crate::host::environments::get(store, &vdb.environment) {
         if let Ok(input) = input_for(store, pool, vdb, &env) {
             let _ = connector.invoke(

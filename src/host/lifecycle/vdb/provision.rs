@@ -17,8 +17,8 @@ use crate::host::error::{Error, Result};
 use crate::host::lifecycle::jobs::{Job, JobKind, Step};
 use crate::host::lifecycle::pitr::{self, Target};
 use crate::host::lifecycle::timeflow::{self, ContainerKind, Snapshot};
-use crate::host::lifecycle::{dsource, names};
-use crate::host::storage::{mount, Pool};
+use crate::host::lifecycle::{dsource, names, placement};
+use crate::host::storage::Pool;
 use crate::host::store::{self, Store};
 
 /// Where a provision starts from: a dSource or VDB and one of its snapshots.
@@ -149,10 +149,30 @@ pub(super) fn at_target(
     Ok(pitr::resolve(&snapshots, &ranges, target, &format!("dSource {}", d.name))?.clone())
 }
 
-/// Where a VDB's dataset reads the WAL it recovers with (mounted read-only
-/// there for the length of its recovery).
-pub(super) fn wal_source(pool: &Pool, dataset: &str) -> std::path::PathBuf {
-    pool.default_mount_path(&format!("{dataset}-walsrc"))
+/// A clone of `origin`'s snapshot on `dataset` that recovers to a moment
+/// past it, or from a snapshot as taken while staging replayed (not its
+/// prepared image), reads the dSource's kept WAL: lent read-only for the
+/// recovery. Sets `input`'s `wal` (and `recovery_target`).
+pub(super) fn lend_parent_wal(
+    store: &Store,
+    pool: &Pool,
+    origin: &Origin,
+    target: Option<&Target>,
+    dataset: &str,
+    input: &mut Value,
+) -> Result<()> {
+    let raw = target.is_some() || origin.snapshot.prepared_id.is_none();
+    if !(target.is_some() || raw && origin.snapshot.needs_kept_wal()) {
+        return Ok(());
+    }
+    let d = dsource::get(store, &origin.name)?;
+    let kept = dsource::wal_path(store, &d)?
+        .ok_or_else(|| Error::NotFound(format!("dSource {} keeps no WAL", d.name)))?;
+    placement::lend_wal(pool, dataset, &kept, input)?;
+    if let Some(target) = target {
+        input["recovery_target"] = target.to_input();
+    }
+    Ok(())
 }
 
 /// Creates an empty VDB (a new cluster) with `virtual.initialize`.
@@ -274,20 +294,8 @@ fn create(
         let platform = HostPlatform::new(&env);
         let mut input = input_for(store, &pool, &vdb, &env)?;
         mount(store, connector, &pool, &vdb, &env, &mut input)?;
-        if let (Some(target), Some(o)) = (&req.target, &origin) {
-            // The parent's WAL, read-only to the VDB while it recovers.
-            let d = dsource::get(store, &o.name)?;
-            let kept = dsource::wal_path(store, &d)?
-                .ok_or_else(|| Error::NotFound(format!("dSource {} keeps no WAL", d.name)))?;
-            let at = wal_source(&pool, &dataset);
-            job.note(
-                store,
-                "wal_source",
-                Value::String(at.to_string_lossy().into_owned()),
-            )?;
-            let path = mount::bind_read_only(&kept, &at)?;
-            input["wal"] = serde_json::json!({ "path": path });
-            input["recovery_target"] = target.to_input();
+        if let Some(o) = &origin {
+            lend_parent_wal(store, &pool, o, req.target.as_ref(), &dataset, &mut input)?;
         }
         let configured = match &origin {
             Some(o) => {
@@ -296,7 +304,7 @@ fn create(
             }
             None => connector.invoke("virtual.initialize", &input, platform),
         };
-        mount::unmount_path(&wal_source(&pool, &dataset))?;
+        placement::return_wal(&pool, &dataset)?;
         let config = configured?;
         store.atomically(|| {
             timeflow::create(

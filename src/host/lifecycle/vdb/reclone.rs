@@ -9,16 +9,16 @@
 use rusqlite::params;
 use serde_json::json;
 
-use super::provision::{at_target, check_provisionable, resolve_origin, wal_source};
+use super::provision::{at_target, check_provisionable, lend_parent_wal, resolve_origin, Origin};
 use super::{get, input_for, mount, next_dataset, run_hook, Vdb, VdbState};
 use crate::host::connectors::loader::Connector;
 use crate::host::environments::{self, HostPlatform};
 use crate::host::error::{Error, Result};
-use crate::host::lifecycle::dsource;
+use crate::host::lifecycle::placement;
 use crate::host::lifecycle::jobs::{Job, JobKind, Step};
 use crate::host::lifecycle::pitr::Target;
-use crate::host::lifecycle::timeflow::{self, ContainerKind, Snapshot};
-use crate::host::storage::{mount, Pool};
+use crate::host::lifecycle::timeflow::{self, ContainerKind};
+use crate::host::storage::Pool;
 use crate::host::store::Store;
 
 /// Refreshes a VDB to its parent's latest (or a chosen newer) snapshot.
@@ -48,40 +48,26 @@ pub fn refresh(
         origin.snapshot = at_target(store, connector, &origin, target)?;
     }
     check_provisionable(&origin.snapshot)?;
-    let at = target.map(|t| (t, origin.name.clone()));
-    reclone(
-        store,
-        connector,
-        &vdb,
-        origin.snapshot,
-        JobKind::Refresh,
-        at,
-    )
+    reclone(store, connector, &vdb, &origin, JobKind::Refresh, target)
 }
 
 /// Rewinds a VDB to one of its own earlier snapshots.
 pub fn rewind(store: &Store, connector: &Connector, name: &str, snapshot: i64) -> Result<Vdb> {
     let vdb = get(store, name)?;
     let origin = resolve_origin(store, &format!("{name}@{snapshot}"))?;
-    reclone(
-        store,
-        connector,
-        &vdb,
-        origin.snapshot,
-        JobKind::Rewind,
-        None,
-    )
+    reclone(store, connector, &vdb, &origin, JobKind::Rewind, None)
 }
 
 fn reclone(
     store: &Store,
     connector: &Connector,
     vdb: &Vdb,
-    snapshot: Snapshot,
+    origin: &Origin,
     kind: JobKind,
-    // A moment past the snapshot, and the dSource whose WAL reaches it.
-    at: Option<(Target, String)>,
+    // A moment past the snapshot.
+    at: Option<Target>,
 ) -> Result<Vdb> {
+    let snapshot = &origin.snapshot;
     let how = if kind == JobKind::Refresh {
         "refresh"
     } else {
@@ -116,22 +102,14 @@ fn reclone(
         let mut input = input_for(store, &pool, &next, &env)?;
         mount(store, connector, &pool, &next, &env, &mut input)?;
         input["snapshot"] = snapshot.metadata.clone();
-        let walsrc = wal_source(&pool, &new_dataset);
-        if let Some((target, parent)) = &at {
-            let d = dsource::get(store, parent)?;
-            let kept = dsource::wal_path(store, &d)?
-                .ok_or_else(|| Error::NotFound(format!("dSource {} keeps no WAL", d.name)))?;
-            job.note(store, "wal_source", json!(walsrc))?;
-            input["wal"] = json!({ "path": mount::bind_read_only(&kept, &walsrc)? });
-            input["recovery_target"] = target.to_input();
-        }
+        lend_parent_wal(store, &pool, origin, at.as_ref(), &new_dataset, &mut input)?;
         let configured = if kind == JobKind::Refresh {
             connector.invoke("virtual.configure", &input, HostPlatform::new(&env))
         } else {
             input["fresh_clone"] = json!(true);
             connector.invoke("virtual.reconfigure", &input, HostPlatform::new(&env))
         };
-        mount::unmount_path(&walsrc)?;
+        placement::return_wal(&pool, &new_dataset)?;
         let config = configured?;
         store.atomically(|| {
             timeflow::create(
@@ -208,7 +186,7 @@ pub(super) fn rollback(
     vdb: &Vdb,
     new_dataset: &str,
 ) -> Result<()> {
-    mount::unmount_path(&wal_source(pool, new_dataset))?;
+    placement::return_wal(pool, new_dataset)?;
     pool.release(store, new_dataset)?;
     pool.destroy_dataset_tree(store, new_dataset)?;
     if matches!(vdb.state, VdbState::Running | VdbState::Stopped) {
