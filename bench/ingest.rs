@@ -85,10 +85,20 @@ fn main() {
         let mut load = load.spawn().expect("pgbench");
         std::thread::sleep(std::time::Duration::from_secs(5));
         let mut syncs = Vec::new();
+        let mut snaps = Vec::new();
         let mut lags = Vec::new();
         for _ in 0..5 {
-            let (_, took) = timed(|| p.ok(&["dsource", "sync", "bench"]));
+            let (snap, took) = timed(|| p.json(&["dsource", "sync", "bench"]));
             syncs.push(took.as_secs_f64());
+            // The snapshot itself: from the backup's start on staging to the
+            // point it records (the sync also prepares the image after it).
+            let at = |k: &str| {
+                snap["metadata"][k]
+                    .as_str()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .unwrap_or_else(|| panic!("snapshot metadata has no {k}: {snap}"))
+            };
+            snaps.push(at("taken_at").duration_since(at("began_at")).as_secs_f64());
             let shown = p.json(&["dsource", "show", "bench"]);
             lags.push(json!({
                 "lag_bytes": shown["replication"]["lag_bytes"],
@@ -113,6 +123,7 @@ fn main() {
             format!("{link:.2}"),
             format!("{base:.2}"),
             format!("{:.2}x", link / base),
+            format!("{:.3}", median(snaps.clone())),
             format!("{:.3}", median(syncs.clone())),
             format!("{max_lag_s:.3}"),
             max_lag_b.to_string(),
@@ -120,7 +131,8 @@ fn main() {
         results.push(json!({
             "pool": kind, "pgbench_scale": scale, "source_bytes": source.bytes(),
             "link_seconds": link, "pg_basebackup_seconds": base, "link_over_basebackup": link / base,
-            "snapshot_under_load_seconds": syncs, "lag_after_snapshot": lags,
+            "snapshot_under_load_seconds": snaps, "sync_with_prepare_seconds": syncs,
+            "lag_after_snapshot": lags,
         }));
         p.ok(&["dsource", "delete", "bench"]);
     }
@@ -133,6 +145,7 @@ fn main() {
             "pg_basebackup s",
             "ratio",
             "snapshot s",
+            "sync incl. prepare s",
             "max lag s",
             "max lag bytes",
         ],
