@@ -105,11 +105,19 @@ fn main() {
 
         println!("{kind}: {load_for} s of pgbench -c 2 with no checkpoint ...");
         let mut load = as_postgres(format!("{PG_BIN}/pgbench"));
-        load.args(["-c", "2", "-j", "2", "-T", &(load_for + 600).to_string(), "-h"])
-            .arg(&source.dir)
-            .args(["-p", &source.port.to_string(), "postgres"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+        load.args([
+            "-c",
+            "2",
+            "-j",
+            "2",
+            "-T",
+            &(load_for + 600).to_string(),
+            "-h",
+        ])
+        .arg(&source.dir)
+        .args(["-p", &source.port.to_string(), "postgres"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
         let mut load = load.spawn().expect("pgbench");
         std::thread::sleep(Duration::from_secs(load_for));
         let (loaded, sync_took) = timed(|| p.json(&["dsource", "sync", "tf"]));
@@ -149,7 +157,13 @@ fn main() {
         p.ok(&["dsource", "sync", "tf"]);
         let target_text = target.to_string();
         let pitr: Vec<(f64, f64)> = (0..3)
-            .map(|i| provision(&p, &format!("t{i}"), &["--from", "tf", "--at", &target_text]))
+            .map(|i| {
+                provision(
+                    &p,
+                    &format!("t{i}"),
+                    &["--from", "tf", "--at", &target_text],
+                )
+            })
             .collect();
 
         let med = |xs: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(xs.iter().map(f).collect());
@@ -196,5 +210,8 @@ fn main() {
         ],
         &rows,
     );
-    write_json("timeflow", &json!({"machine": machine(), "results": results}));
+    write_json(
+        "timeflow",
+        &json!({"machine": machine(), "results": results}),
+    );
 }

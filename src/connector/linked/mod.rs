@@ -30,7 +30,7 @@ mod log_shipping;
 mod standby;
 mod wal;
 
-pub use wal::restore_command;
+pub use wal::{archive_settings_after_snapshot, restore_command};
 
 use serde_json::{json, Value};
 
