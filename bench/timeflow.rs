@@ -33,10 +33,10 @@ fn replay_seconds(log: &str) -> f64 {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
+        .rev()
         .filter(|l| l.contains("redo done at"))
         .filter_map(|l| l.split("elapsed: ").nth(1))
-        .filter_map(|e| e.trim_end_matches(" s").trim().parse::<f64>().ok())
-        .last()
+        .find_map(|e| e.trim_end_matches(" s").trim().parse::<f64>().ok())
         .unwrap_or(0.0)
 }
 
