@@ -87,7 +87,7 @@ pub enum Cmd {
         #[command(flatten)]
         at: At,
         /// Limit what the VDB may write on its clone (like 500M, 2G); past it
-        /// PostgreSQL sees a full disk. Needs a ZFS, btrfs or XFS (prjquota) pool.
+        /// PostgreSQL sees a full disk. Needs a ZFS or btrfs pool (XFS project quotas need a kernel with XFS quota support).
         #[arg(long, value_name = "SIZE", value_parser = super::flags::parse_size)]
         quota: Option<u64>,
         #[command(flatten)]
