@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::{discovery, linked, virtual_db, Platform};
+use super::{discovery, export, linked, virtual_db, Platform};
 use crate::abi::OperationError;
 
 /// An operation: JSON input in, JSON output or an error out.
@@ -40,4 +40,10 @@ pub(super) const REGISTRY: &[(&str, Handler)] = &[
     ("virtual.post_snapshot", virtual_db::post_snapshot),
     ("virtual.initialize", virtual_db::initialize),
     ("virtual.source_size", virtual_db::source_size),
+    ("export.ddl", export::ddl),
+    ("export.install", export::install),
+    ("export.export", export::export),
+    ("export.status", export::status),
+    ("export.reset", export::reset),
+    ("export.uninstall", export::uninstall),
 ];
