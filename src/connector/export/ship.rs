@@ -428,8 +428,12 @@ impl Pass<'_> {
         }
         if std::env::var(super::FAULT_PAUSE_ENV).is_ok_and(|v| v == "export.applying") {
             // The kill tests stop pgvirt while this transaction is open.
-            apply.push_str("SELECT pg_sleep(2) \\g /dev/null\n");
-            eprintln!("{}=export.applying: pausing", super::FAULT_PAUSE_ENV);
+            // It says so once psql is well inside the transaction.
+            apply.push_str("SELECT pg_sleep(3) \\g /dev/null\n");
+            std::thread::spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+                eprintln!("{}=export.applying: pausing", super::FAULT_PAUSE_ENV);
+            });
         }
         // An xid makes the commit record carry the origin's progress even
         // when no row changed.

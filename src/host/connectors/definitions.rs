@@ -169,6 +169,11 @@ fn collect_secrets(schema: &Value, found: &mut Vec<String>) {
             collect_secrets(sub, found);
         }
     }
+    for key in ["definitions", "$defs"] {
+        if let Some(defs) = schema.get(key).and_then(Value::as_object) {
+            defs.values().for_each(|s| collect_secrets(s, found));
+        }
+    }
     for key in ["items", "allOf", "anyOf", "oneOf", "then", "else"] {
         match schema.get(key) {
             Some(Value::Array(list)) => list.iter().for_each(|s| collect_secrets(s, found)),

@@ -1,0 +1,433 @@
+//! Table export: tables with composite, text and uuid keys, under a random
+//! load with key changes and a truncate, exported again and again to plain
+//! PostgreSQL clusters (source configs); after each export the target's
+//! tables equal the source's row by row. SIGKILL at every step of an
+//! export, bad input, a target that is down, and `export remove` leaving
+//! nothing behind.
+
+use serde_json::{json, Value};
+
+use crate::support::{spawn_paused, Cluster, Pgvirt};
+
+/// The tables, as made on the source (targets get them too, one with a
+/// column more).
+const TABLES: &str = "
+CREATE SCHEMA ex;
+CREATE SEQUENCE ex.ids;
+CREATE TABLE ex.comp (region text, n integer, payload text, amount numeric(12,2),
+                      PRIMARY KEY (region, n));
+CREATE TABLE ex.txt (code text PRIMARY KEY, v integer, note text);
+CREATE TABLE ex.uu (id uuid PRIMARY KEY, v double precision, at timestamptz);
+CREATE TABLE ex.nokey (x integer);
+";
+
+/// The columns compared, per table, in key order.
+const COMPARE: [(&str, &str); 3] = [
+    (
+        "ex.comp",
+        "SELECT region, n, payload, amount FROM ex.comp ORDER BY region, n",
+    ),
+    ("ex.txt", "SELECT code, v, note FROM ex.txt ORDER BY code"),
+    ("ex.uu", "SELECT id, v, at FROM ex.uu ORDER BY id"),
+];
+
+/// One round of random load: inserts, updates (of values and of keys),
+/// deletes, and a transaction that inserts, changes and deletes the same
+/// rows. Keys come from a sequence, and a key change flips a sign or
+/// appends to a text, so no statement collides with a row that exists.
+const LOAD: &str = "
+INSERT INTO ex.comp SELECT (ARRAY['eu','us','ap'])[1 + floor(random() * 3)::int], nextval('ex.ids'),
+    md5(random()::text), round((random() * 1000)::numeric, 2) FROM generate_series(1, 60);
+INSERT INTO ex.txt SELECT 'k' || nextval('ex.ids'), floor(random() * 100)::int, md5(random()::text)
+    FROM generate_series(1, 40);
+INSERT INTO ex.uu SELECT gen_random_uuid(), random(), now() - random() * interval '1 day'
+    FROM generate_series(1, 40);
+UPDATE ex.comp SET payload = md5(random()::text) WHERE random() < 0.15;
+UPDATE ex.comp SET n = -n WHERE random() < 0.05;
+UPDATE ex.comp SET region = region || 'x' WHERE random() < 0.03;
+UPDATE ex.txt SET v = v + 1, note = NULL WHERE random() < 0.15;
+UPDATE ex.txt SET code = code || 'x' WHERE random() < 0.05;
+UPDATE ex.uu SET id = gen_random_uuid() WHERE random() < 0.05;
+UPDATE ex.uu SET v = -v WHERE random() < 0.1;
+DELETE FROM ex.comp WHERE random() < 0.07;
+DELETE FROM ex.txt WHERE random() < 0.07;
+DELETE FROM ex.uu WHERE random() < 0.07;
+BEGIN;
+INSERT INTO ex.txt VALUES ('gone', 1, 'short-lived'), ('moved', 2, 'renamed');
+UPDATE ex.txt SET code = 'moved-' || nextval('ex.ids') WHERE code = 'moved';
+DELETE FROM ex.txt WHERE code = 'gone';
+COMMIT;
+";
+
+/// A source and targets, each a cluster known to pgvirt as a source config.
+struct Setup {
+    pgvirt: Pgvirt,
+    source: Cluster,
+    targets: Vec<Cluster>,
+    source_id: String,
+    target_ids: Vec<String>,
+}
+
+impl Setup {
+    fn new(targets: usize) -> Self {
+        let source = Cluster::start();
+        let targets: Vec<Cluster> = (0..targets).map(|_| Cluster::start()).collect();
+        let pgvirt = Pgvirt::new();
+        pgvirt.install_and_add_local();
+        let refreshed = pgvirt.json(&["env", "refresh", "local"]);
+        let id_of = |c: &Cluster| {
+            let data = std::fs::canonicalize(c.data_dir()).expect("canonical");
+            refreshed["source_configs"]
+                .as_array()
+                .expect("configs")
+                .iter()
+                .find(|s| s["document"]["data_directory"] == json!(data))
+                .expect("cluster discovered")["id"]
+                .to_string()
+        };
+        let source_id = id_of(&source);
+        let target_ids = targets.iter().map(id_of).collect();
+        source.psql("postgres", TABLES);
+        for t in &targets {
+            t.psql("postgres", TABLES);
+            // Targets may have more columns than the source.
+            t.psql(
+                "postgres",
+                "ALTER TABLE ex.txt ADD COLUMN extra integer DEFAULT 7",
+            );
+        }
+        Self {
+            pgvirt,
+            source,
+            targets,
+            source_id,
+            target_ids,
+        }
+    }
+
+    /// `export add NAME` of the three keyed tables to every target.
+    fn add(&self, name: &str) {
+        let mut args = vec![
+            "export",
+            "add",
+            name,
+            "--source",
+            &self.source_id,
+            "--tables",
+            "ex.comp,ex.txt,ex.uu",
+        ];
+        for id in &self.target_ids {
+            args.extend(["--target", id]);
+        }
+        self.pgvirt.ok(&args);
+    }
+
+    /// Asserts every target's tables equal the source's, row by row.
+    fn assert_equal(&self, when: &str) {
+        for (i, target) in self.targets.iter().enumerate() {
+            assert_target_equal(&self.source, target, &format!("{when}, target {i}"));
+        }
+    }
+}
+
+fn assert_target_equal(source: &Cluster, target: &Cluster, when: &str) {
+    for (table, query) in COMPARE {
+        let want = source.psql("postgres", query);
+        let got = target.psql("postgres", query);
+        if want != got {
+            let want: Vec<&str> = want.lines().collect();
+            let got: Vec<&str> = got.lines().collect();
+            let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(5).collect();
+            let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(5).collect();
+            panic!(
+                "{when}: {table} differs ({} rows on the source, {} on the target)\nmissing: {missing:#?}\nextra: {extra:#?}",
+                want.len(),
+                got.len()
+            );
+        }
+    }
+}
+
+/// Counts what export `name` left on the source and on a target.
+fn leftovers(source: &Cluster, target: &Cluster, name: &str) -> (String, String) {
+    let on_source = source.psql(
+        "postgres",
+        &format!(
+            "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgvirt_export_{name}%')
+                 || ' ' || (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                            WHERE n.nspname = 'pgvirt_export_{name}')
+                 || ' ' || (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                            WHERE n.nspname = 'pgvirt_export_{name}')
+                 || ' ' || (SELECT count(*) FROM pg_namespace WHERE nspname = 'pgvirt_export_{name}')"
+        ),
+    );
+    let on_target = target.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'pgvirt_export.%'",
+    );
+    (on_source, on_target)
+}
+
+#[test]
+fn tables_with_composite_text_and_uuid_keys_stay_equal_under_random_load() {
+    let s = Setup::new(1);
+    s.source.psql("postgres", LOAD);
+    s.add("ref");
+    let ddl = s.pgvirt.ok(&["export", "ddl", "ref"]);
+    assert!(
+        ddl.contains("CREATE TRIGGER") && ddl.contains("AFTER TRUNCATE"),
+        "{ddl}"
+    );
+    s.pgvirt.ok(&["export", "install", "ref"]);
+    // Installing again changes nothing.
+    s.pgvirt.ok(&["export", "install", "ref"]);
+    let first = s.pgvirt.json(&["export", "run", "ref"]);
+    assert_eq!(
+        first["targets"][0]["tables"][0]["full"],
+        json!(true),
+        "{first}"
+    );
+    s.assert_equal("after the first export (whole tables)");
+    for round in 1..=6 {
+        s.source.psql("postgres", LOAD);
+        if round == 3 {
+            s.source.psql(
+                "postgres",
+                "TRUNCATE ex.txt; INSERT INTO ex.txt SELECT 'after-truncate-' || i, i, 'x' FROM generate_series(1, 25) i;",
+            );
+        }
+        let status = s.pgvirt.json(&["export", "status", "ref"]);
+        let waiting: u64 = status
+            .as_array()
+            .expect("lines")
+            .iter()
+            .map(|l| l["changes_waiting"].as_u64().expect("count"))
+            .sum();
+        assert!(waiting > 0, "round {round}: no changes waiting: {status}");
+        let run = s.pgvirt.json(&["export", "run", "ref"]);
+        if round == 3 {
+            assert_eq!(run["targets"][0]["tables"][1]["full"], json!(true), "{run}");
+        } else {
+            assert_eq!(
+                run["targets"][0]["tables"][0]["full"],
+                json!(false),
+                "{run}"
+            );
+        }
+        s.assert_equal(&format!("after export round {round}"));
+    }
+    // Everything applied is purged; the status says so.
+    let status = s.pgvirt.json(&["export", "status", "ref"]);
+    for line in status.as_array().expect("lines") {
+        assert_eq!(line["changes_waiting"], json!(0), "{status}");
+        assert!(line["rows_shipped"].as_u64().expect("rows") > 0, "{status}");
+        assert!(line["last_export_at"].is_i64(), "{status}");
+    }
+    let kept = s.source.psql(
+        "postgres",
+        "SELECT count(*) FROM pgvirt_export_ref.changes_1",
+    );
+    assert_eq!(kept, "0", "applied changes are purged");
+    // The target's origin holds the export's high-water mark.
+    let origin = s.targets[0].psql(
+        "postgres",
+        "SELECT count(*) FROM pg_replication_origin_status s JOIN pg_replication_origin o ON o.roident = s.local_id WHERE o.roname LIKE 'pgvirt_export.ref.%' AND s.remote_lsn > '0/1'",
+    );
+    assert_eq!(origin, "1");
+    // A reset ships whole tables again, and they are still equal.
+    s.pgvirt.ok(&["export", "reset", "ref"]);
+    s.targets[0].psql(
+        "postgres",
+        "INSERT INTO ex.txt (code, v) VALUES ('stray', 1)",
+    );
+    let run = s.pgvirt.json(&["export", "run", "ref"]);
+    assert_eq!(run["targets"][0]["tables"][1]["full"], json!(true), "{run}");
+    s.assert_equal("after a reset");
+
+    s.pgvirt.ok(&["export", "remove", "ref"]);
+    let (on_source, on_target) = leftovers(&s.source, &s.targets[0], "ref");
+    assert_eq!(
+        on_source, "0 0 0 0",
+        "triggers, functions, tables, schema left"
+    );
+    assert_eq!(on_target, "0", "origins left on the target");
+    let listed = s.pgvirt.json(&["export", "list"]);
+    assert_eq!(listed, json!([]));
+}
+
+#[test]
+fn a_kill_at_every_step_of_an_export_is_repaired_by_the_next_run() {
+    let s = Setup::new(1);
+    s.source.psql("postgres", LOAD);
+    s.add("k");
+    s.pgvirt.ok(&["export", "install", "k"]);
+    s.pgvirt.ok(&["export", "run", "k"]);
+    for step in [
+        "export.locked",
+        "export.extracted",
+        "export.applying",
+        "export.applied",
+    ] {
+        s.source.psql("postgres", LOAD);
+        let mut child = spawn_paused(s.pgvirt.command(&["export", "run", "k"]), step);
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        // The next ordinary run (an apply cut short may still be finishing).
+        s.pgvirt.ok(&["export", "run", "k"]);
+        s.assert_equal(&format!("after a kill at {step} and a run"));
+        let status = s.pgvirt.json(&["export", "status", "k"]);
+        for line in status.as_array().expect("lines") {
+            assert_eq!(line["changes_waiting"], json!(0), "{step}: {status}");
+        }
+    }
+    s.pgvirt.ok(&["export", "remove", "k"]);
+    assert_eq!(
+        leftovers(&s.source, &s.targets[0], "k"),
+        ("0 0 0 0".to_owned(), "0".to_owned())
+    );
+}
+
+#[test]
+fn bad_tables_and_targets_are_refused_naming_them_and_nothing_is_applied() {
+    let s = Setup::new(2);
+    let src = s.source_id.clone();
+    let (t0, t1) = (s.target_ids[0].clone(), s.target_ids[1].clone());
+    let p = &s.pgvirt;
+
+    // Flags: a table not written SCHEMA.TABLE; a target that is nothing.
+    let err = p.fails(&[
+        "export", "add", "x", "--source", &src, "--tables", "plain", "--target", &t0,
+    ]);
+    assert!(err.contains("--tables") && err.contains("plain"), "{err}");
+    let err = p.fails(&[
+        "export", "add", "x", "--source", &src, "--tables", "ex.txt", "--target", "nowhere",
+    ]);
+    assert!(err.contains("nowhere"), "{err}");
+
+    // A table with no key is refused at install, by name; nothing made.
+    p.ok(&[
+        "export",
+        "add",
+        "nk",
+        "--source",
+        &src,
+        "--tables",
+        "ex.txt,ex.nokey",
+        "--target",
+        &t0,
+    ]);
+    let err = p.fails(&["export", "install", "nk"]);
+    assert!(
+        err.contains("ex.nokey") && err.contains("no primary key"),
+        "{err}"
+    );
+    assert_eq!(leftovers(&s.source, &s.targets[0], "nk").0, "0 0 0 0");
+    // ... unless a unique index of NOT NULL columns is named for it.
+    s.source.psql(
+        "postgres",
+        "ALTER TABLE ex.nokey ALTER x SET NOT NULL; CREATE UNIQUE INDEX nokey_x ON ex.nokey (x);",
+    );
+    p.ok(&["export", "remove", "nk"]);
+    p.ok(&[
+        "export",
+        "add",
+        "nk",
+        "--source",
+        &src,
+        "--tables",
+        "ex.nokey",
+        "--key",
+        "ex.nokey=nokey_x",
+        "--target",
+        &t0,
+    ]);
+    s.targets[0].psql(
+        "postgres",
+        "ALTER TABLE ex.nokey ALTER x SET NOT NULL; CREATE UNIQUE INDEX nokey_x ON ex.nokey (x);",
+    );
+    p.ok(&["export", "install", "nk"]);
+    s.source.psql(
+        "postgres",
+        "INSERT INTO ex.nokey SELECT generate_series(1, 10)",
+    );
+    p.ok(&["export", "run", "nk"]);
+    s.source
+        .psql("postgres", "UPDATE ex.nokey SET x = x + 100 WHERE x < 4");
+    p.ok(&["export", "run", "nk"]);
+    assert_eq!(
+        s.targets[0].psql(
+            "postgres",
+            "SELECT string_agg(x::text, ',' ORDER BY x) FROM ex.nokey"
+        ),
+        "4,5,6,7,8,9,10,101,102,103"
+    );
+    p.ok(&["export", "remove", "nk"]);
+
+    // Two targets; one of them wrong in each way in turn: nothing applied
+    // there, the error names the table or column; the other gets its rows.
+    s.source.psql("postgres", LOAD);
+    s.add("two");
+    p.ok(&["export", "install", "two"]);
+    let origin_count = |c: &Cluster| {
+        c.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'pgvirt_export.two.%'",
+        )
+    };
+    let rows = |c: &Cluster| c.psql("postgres", "SELECT count(*) FROM ex.txt");
+    for (break_it, fix_it, named) in [
+        (
+            "ALTER TABLE ex.uu RENAME TO uu_old",
+            "ALTER TABLE ex.uu_old RENAME TO uu",
+            "ex.uu",
+        ),
+        (
+            "ALTER TABLE ex.comp DROP COLUMN payload",
+            "ALTER TABLE ex.comp ADD COLUMN payload text",
+            "\"payload\"",
+        ),
+        (
+            "ALTER TABLE ex.txt ALTER COLUMN v TYPE bigint",
+            "ALTER TABLE ex.txt ALTER COLUMN v TYPE integer",
+            "\"v\" is bigint",
+        ),
+    ] {
+        s.targets[1].psql("postgres", break_it);
+        let before = rows(&s.targets[1]);
+        let err = p.fails(&["export", "run", "two"]);
+        assert!(err.contains(named), "{break_it}: {err}");
+        assert_eq!(rows(&s.targets[1]), before, "{break_it}: nothing applied");
+        assert_eq!(origin_count(&s.targets[1]), "0", "{break_it}: no progress");
+        assert_target_equal(&s.source, &s.targets[0], break_it);
+        s.targets[1].psql("postgres", fix_it);
+    }
+    p.ok(&["export", "run", "two"]);
+    s.assert_equal("after the target was fixed");
+
+    // A target that is down: the other still gets its rows, and the changes
+    // the down one lacks are kept for it.
+    s.targets[1].stop();
+    s.source.psql("postgres", LOAD);
+    let err = p.fails(&["export", "run", "two"]);
+    assert!(err.contains("cannot reach"), "{err}");
+    assert_target_equal(&s.source, &s.targets[0], "with the other target down");
+    let status = p.json(&["export", "status", "two"]);
+    let down: Vec<&Value> = status
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter(|l| !l["error"].is_null())
+        .collect();
+    assert_eq!(down.len(), 3, "{status}");
+    s.targets[1].restart();
+    p.ok(&["export", "run", "two"]);
+    s.assert_equal("after the target came back");
+    let _ = t1;
+    p.ok(&["export", "remove", "two"]);
+    for t in &s.targets {
+        assert_eq!(
+            leftovers(&s.source, t, "two"),
+            ("0 0 0 0".into(), "0".into())
+        );
+    }
+}
