@@ -123,9 +123,14 @@ impl Tracked {
 
     /// The quoted columns, joined by `, `.
     pub fn column_list(&self) -> String {
+        self.column_list_of("")
+    }
+
+    /// The quoted columns, each after `prefix`, joined by `, `.
+    pub fn column_list_of(&self, prefix: &str) -> String {
         self.columns
             .iter()
-            .map(|c| ident(&c.name))
+            .map(|c| format!("{prefix}{}", ident(&c.name)))
             .collect::<Vec<_>>()
             .join(", ")
     }

@@ -352,12 +352,19 @@ impl Pass<'_> {
                  COPY (SELECT DISTINCT {keys} FROM {changes} WHERE {since} AND pgvirt_kind <> 'T') TO STDOUT;\n\
                  \\o\n\
                  \\o rows_{n}.copy\n\
-                 COPY (SELECT {cols} FROM {table} WHERE ({keys}) IN (SELECT {keys} FROM {changes} WHERE {since} AND pgvirt_kind <> 'T')) TO STDOUT;\n\
+                 COPY (SELECT {bcols} FROM (SELECT DISTINCT {keys} FROM {changes} WHERE {since} AND pgvirt_kind <> 'T') k JOIN {table} b ON {on}) TO STDOUT;\n\
                  \\o\n\
                  \\endif\n",
                 cols = t.column_list(),
+                bcols = t.column_list_of("b."),
                 table = t.qualified(),
                 keys = t.key_list(""),
+                on = t
+                    .key
+                    .iter()
+                    .map(|c| format!("b.{0} = k.{0}", ident(&c.name)))
+                    .collect::<Vec<_>>()
+                    .join(" AND "),
             ));
         }
         extract.push_str("COMMIT;\n");
@@ -416,6 +423,7 @@ impl Pass<'_> {
                 apply.push_str(&format!(
                     "CREATE TEMP TABLE pgvirt_keys_{n} ON COMMIT DROP AS SELECT {keys} FROM {table} WITH NO DATA;\n\
                      \\copy pgvirt_keys_{n} FROM 'keys_{n}.copy'\n\
+                     ANALYZE pgvirt_keys_{n};\n\
                      DELETE FROM {table} t USING pgvirt_keys_{n} k WHERE {on};\n",
                     keys = t.key_list(""),
                     on = on.join(" AND "),
