@@ -3,11 +3,12 @@
 //! PostgreSQL clusters (source configs); after each export the target's
 //! tables equal the source's row by row. SIGKILL at every step of an
 //! export, bad input, a target that is down, and `export remove` leaving
-//! nothing behind.
+//! nothing behind. And a VDB as the target: its reference tables kept
+//! fresh without a refresh.
 
 use serde_json::{json, Value};
 
-use crate::support::{spawn_paused, Cluster, Pgvirt};
+use crate::support::{spawn_paused, Cluster, Pgvirt, Stack};
 
 /// The tables, as made on the source (targets get them too, one with a
 /// column more).
@@ -430,4 +431,53 @@ fn bad_tables_and_targets_are_refused_naming_them_and_nothing_is_applied() {
             ("0 0 0 0".into(), "0".into())
         );
     }
+}
+
+#[test]
+fn a_vdb_target_keeps_its_tables_fresh_without_a_refresh() {
+    let s = Stack::new();
+    s.source.psql("postgres", TABLES);
+    s.source.psql("postgres", LOAD);
+    // An empty VDB given the tables (provisioning from a snapshot is the
+    // VDB tests' business; here the VDB is the target).
+    s.pgvirt.ok(&["vdb", "create-empty", "dev"]);
+    s.vdb_sql("dev", TABLES);
+    // The VDB's own writes elsewhere stay; the exported tables follow the source.
+    s.vdb_sql(
+        "dev",
+        "CREATE TABLE mine (x int); INSERT INTO mine VALUES (1)",
+    );
+    s.source.psql("postgres", LOAD);
+    s.pgvirt.ok(&[
+        "export",
+        "add",
+        "fresh",
+        "--source",
+        &s.source_id,
+        "--tables",
+        "ex.comp,ex.txt,ex.uu",
+        "--target",
+        "dev",
+    ]);
+    s.pgvirt.ok(&["export", "install", "fresh"]);
+    for round in 0..3 {
+        s.pgvirt.ok(&["export", "run", "fresh"]);
+        for (table, query) in COMPARE {
+            assert_eq!(
+                s.vdb_sql("dev", query),
+                s.source.psql("postgres", query),
+                "round {round}: {table} on the VDB"
+            );
+        }
+        s.source.psql("postgres", LOAD);
+    }
+    assert_eq!(s.vdb_sql("dev", "SELECT count(*) FROM mine"), "1");
+    s.pgvirt.ok(&["export", "remove", "fresh"]);
+    assert_eq!(
+        s.vdb_sql(
+            "dev",
+            "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'pgvirt_export.%'"
+        ),
+        "0"
+    );
 }
