@@ -34,13 +34,26 @@
 use serde_json::{json, Value};
 
 use super::db::{ident, Database};
-use super::ddl::{changes_table, Tracked};
+use super::ddl::{changes_table, literal, Tracked};
 use super::{fault_pause, Export};
 use crate::abi::{ErrorKind, OperationError};
 use crate::connector::Platform;
 
 /// What the apply prints when another applier moved the progress first.
 const MOVED: &str = "PGVIRT_PROGRESS_MOVED";
+
+/// A change set is "few" when it times this is under the table's rows (or
+/// the table was never counted, as right after a first export):
+/// then its rows are found through the key's index, row by row. The
+/// planner, counting random reads as dear, would rather scan the whole
+/// table (10 s instead of 0.2 s for 100 000 keys of 10 million rows).
+const FEW: u64 = 5;
+
+/// Join methods off for one statement, so the key's index is used...
+const INDEX_JOINS: &str = "SET LOCAL enable_hashjoin = off;\nSET LOCAL enable_mergejoin = off;\n";
+
+/// ... and on again after it.
+const ANY_JOINS: &str = "SET LOCAL enable_hashjoin = on;\nSET LOCAL enable_mergejoin = on;\n";
 
 /// How many times a pass starts again after another applier got in first.
 const ATTEMPTS: u32 = 8;
@@ -348,13 +361,17 @@ impl Pass<'_> {
                  COPY (SELECT {cols} FROM {table}) TO STDOUT;\n\
                  \\o\n\
                  \\else\n\
+                 SELECT (SELECT count(*) FROM {changes} WHERE {since}) * {FEW} < (SELECT CASE WHEN reltuples < 0 THEN 'Infinity' ELSE reltuples END FROM pg_class WHERE oid = {regclass}::regclass) AS few_{n} \\gset\n\
+                 \\if :few_{n}\n{INDEX_JOINS}\\endif\n\
                  \\o keys_{n}.copy\n\
                  COPY (SELECT DISTINCT {keys} FROM {changes} WHERE {since} AND pgvirt_kind <> 'T') TO STDOUT;\n\
                  \\o\n\
                  \\o rows_{n}.copy\n\
                  COPY (SELECT {bcols} FROM (SELECT DISTINCT {keys} FROM {changes} WHERE {since} AND pgvirt_kind <> 'T') k JOIN {table} b ON {on}) TO STDOUT;\n\
                  \\o\n\
+                 {ANY_JOINS}\
                  \\endif\n",
+                regclass = literal(&t.qualified()),
                 cols = t.column_list(),
                 bcols = t.column_list_of("b."),
                 table = t.qualified(),
@@ -424,9 +441,13 @@ impl Pass<'_> {
                     "CREATE TEMP TABLE pgvirt_keys_{n} ON COMMIT DROP AS SELECT {keys} FROM {table} WITH NO DATA;\n\
                      \\copy pgvirt_keys_{n} FROM 'keys_{n}.copy'\n\
                      ANALYZE pgvirt_keys_{n};\n\
-                     DELETE FROM {table} t USING pgvirt_keys_{n} k WHERE {on};\n",
+                     SELECT (SELECT count(*) FROM pgvirt_keys_{n}) * {FEW} < (SELECT CASE WHEN reltuples < 0 THEN 'Infinity' ELSE reltuples END FROM pg_class WHERE oid = {regclass}::regclass) AS few_{n} \\gset\n\
+                     \\if :few_{n}\n{INDEX_JOINS}\\endif\n\
+                     DELETE FROM {table} t USING pgvirt_keys_{n} k WHERE {on};\n\
+                     {ANY_JOINS}",
                     keys = t.key_list(""),
                     on = on.join(" AND "),
+                    regclass = literal(&table),
                 ));
             }
             apply.push_str(&format!(
