@@ -481,3 +481,77 @@ fn a_vdb_target_keeps_its_tables_fresh_without_a_refresh() {
         "0"
     );
 }
+
+/// A table and columns named like SQL, a key column holding the trigger
+/// functions' dollar-quote tag; and two exports whose names share a
+/// prefix (`h`, `h.b`): removing one leaves the other's origin alone.
+#[test]
+fn hostile_names_are_quoted_everywhere_and_exports_keep_their_own_origins() {
+    let s = Setup::new(1);
+    let table = r#"CREATE TABLE ex."t""; DROP TABLE ex.txt; --" ("it's" integer, "$pgvirt$ x" text, "x""y" text, PRIMARY KEY ("it's", "$pgvirt$ x"));"#;
+    s.source.psql("postgres", table);
+    s.targets[0].psql("postgres", table);
+    let hostile = r#"ex.t"; DROP TABLE ex.txt; --"#;
+    let rows =
+        r#"SELECT "it's", "$pgvirt$ x", "x""y" FROM ex."t""; DROP TABLE ex.txt; --" ORDER BY 1, 2"#;
+    s.source.psql(
+        "postgres",
+        r#"INSERT INTO ex."t""; DROP TABLE ex.txt; --" SELECT i, 'k''' || i, '$$' || i FROM generate_series(1, 20) i"#,
+    );
+    for name in ["h", "h.b"] {
+        s.pgvirt.ok(&[
+            "export",
+            "add",
+            name,
+            "--source",
+            &s.source_id,
+            "--tables",
+            hostile,
+            "--target",
+            &s.target_ids[0],
+        ]);
+        let ddl = s.pgvirt.ok(&["export", "ddl", name]);
+        assert!(
+            ddl.contains("$pgvirt1$"),
+            "the tag avoids the key's name:\n{ddl}"
+        );
+        s.pgvirt.ok(&["export", "install", name]);
+        s.pgvirt.ok(&["export", "run", name]);
+    }
+    s.source.psql(
+        "postgres",
+        r#"UPDATE ex."t""; DROP TABLE ex.txt; --" SET "it's" = "it's" + 100 WHERE "it's" < 5; DELETE FROM ex."t""; DROP TABLE ex.txt; --" WHERE "it's" > 18"#,
+    );
+    s.pgvirt.ok(&["export", "run", "h"]);
+    assert_eq!(
+        s.targets[0].psql("postgres", rows),
+        s.source.psql("postgres", rows)
+    );
+    assert_eq!(
+        s.source
+            .psql("postgres", "SELECT to_regclass('ex.txt') IS NOT NULL"),
+        "t",
+        "nothing ran the name"
+    );
+    s.pgvirt.ok(&["export", "remove", "h"]);
+    let left = s.targets[0].psql(
+        "postgres",
+        "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'pgvirt_export.h.b.%'",
+    );
+    assert_eq!(left, "1", "export h.b keeps its origin");
+    let run = s.pgvirt.json(&["export", "run", "h.b"]);
+    assert_eq!(
+        run["targets"][0]["tables"][0]["full"],
+        json!(false),
+        "{run}"
+    );
+    assert_eq!(
+        s.targets[0].psql("postgres", rows),
+        s.source.psql("postgres", rows)
+    );
+    s.pgvirt.ok(&["export", "remove", "h.b"]);
+    assert_eq!(
+        leftovers(&s.source, &s.targets[0], "h"),
+        ("0 0 0 0".into(), "0".into())
+    );
+}

@@ -119,7 +119,7 @@ impl Export {
     /// The install id when the export is installed on the source.
     fn install_id(&self, platform: &Platform) -> Result<Option<String>, OperationError> {
         let script = format!(
-            "SELECT to_regnamespace(:'schema') IS NOT NULL AS installed \\gset\n\
+            "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = :'schema') AS installed \\gset\n\
              \\if :installed\nSELECT install_id FROM {}.export;\n\\endif\n",
             db::ident(&self.schema())
         );

@@ -91,7 +91,8 @@ fn parse_number(text: &str, what: &str) -> Result<Option<u64>, OperationError> {
     })
 }
 
-/// Drops every origin whose name starts with `prefix`; how many.
+/// Drops every origin of the export: `prefix` and an install id (twelve
+/// hex digits, so export `a` never takes export `a.b`'s); how many.
 pub fn drop_origins(
     platform: &Platform,
     target: &Database,
@@ -100,7 +101,8 @@ pub fn drop_origins(
     let out = target.psql(
         platform,
         "dropping the export's replication origins",
-        "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE starts_with(roname, :'prefix');",
+        "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin \
+         WHERE starts_with(roname, :'prefix') AND substr(roname, length(:'prefix') + 1) ~ '^[0-9a-f]{12}$';",
         &[("prefix", prefix)],
         None,
     )?;
