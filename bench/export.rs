@@ -5,7 +5,9 @@
 //! export's tracking triggers enabled and disabled, alternating. Medians.
 //! The target is a second plain cluster (a source config). Run as root:
 //! `cargo bench --bench export`. `PGVIRT_BENCH_SCALE=10`,
-//! `PGVIRT_BENCH_ROUNDS=3`, `PGVIRT_BENCH_SECONDS=10` shrink it.
+//! `PGVIRT_BENCH_ROUNDS=3`, `PGVIRT_BENCH_SECONDS=10`,
+//! `PGVIRT_BENCH_TPS_ROUNDS=5` shrink it. The machine's other load moves
+//! pgbench TPS a lot: compare the medians, and run it on a quiet machine.
 
 #[path = "support.rs"]
 mod support;
@@ -123,6 +125,7 @@ fn main() {
     let scale = env_num("PGVIRT_BENCH_SCALE", 100);
     let rounds = env_num("PGVIRT_BENCH_ROUNDS", 3).max(1);
     let seconds = env_num("PGVIRT_BENCH_SECONDS", 15);
+    let tps_rounds = env_num("PGVIRT_BENCH_TPS_ROUNDS", 5).max(1);
     let work = scratch("pgvirt-bench-export-");
     println!("making a pgbench source at scale {scale} ...");
     let source = Source::new(work.path(), scale as u32);
@@ -214,9 +217,13 @@ fn main() {
             "ALTER TABLE pgbench_accounts {verb} TRIGGER \"pgvirt_export_bench\"; ALTER TABLE pgbench_accounts {verb} TRIGGER \"pgvirt_export_bench_truncate\""
         )));
     };
+    // A warm-up run first (not counted): caches and the change table's
+    // first pages, so the first measured round is not the cold one.
+    triggers(true);
+    tps(&source, seconds);
     let mut without = Vec::new();
     let mut with = Vec::new();
-    for round in 0..rounds {
+    for round in 0..tps_rounds {
         for tracked in if round % 2 == 0 {
             [false, true]
         } else {
@@ -269,6 +276,7 @@ fn main() {
             "changed_rows": changed,
             "rounds": rounds,
             "pgbench_seconds": seconds,
+            "tps_rounds": tps_rounds,
             "initial_export_seconds": initial.as_secs_f64(),
             "whole_table_seconds": whole,
             "export_seconds": shipped,
