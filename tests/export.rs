@@ -555,3 +555,61 @@ fn hostile_names_are_quoted_everywhere_and_exports_keep_their_own_origins() {
         ("0 0 0 0".into(), "0".into())
     );
 }
+
+/// Writers in flight while exports run: transactions that hold ordering
+/// numbers for a while (a sleep between their statements) commit after
+/// later ones. No change may be skipped: after the writers stop, one more
+/// export makes the target equal.
+#[test]
+fn changes_committed_while_exports_run_are_never_skipped() {
+    let s = Setup::new(1);
+    s.add("busy");
+    s.pgvirt.ok(&["export", "install", "busy"]);
+    s.pgvirt.ok(&["export", "run", "busy"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("load.sql");
+    std::fs::write(
+        &script,
+        "\\set k random(1, 3000)\n\\set d random(1, 3000)\n\\set s random(0, 30)\n\
+         BEGIN;\n\
+         INSERT INTO ex.txt VALUES ('p' || :k, :k, 'x') ON CONFLICT (code) DO UPDATE SET v = ex.txt.v + 1;\n\
+         SELECT pg_sleep(:s / 1000.0);\n\
+         DELETE FROM ex.txt WHERE code = 'p' || :d;\n\
+         UPDATE ex.comp SET payload = md5(random()::text) WHERE n % 50 = :s;\n\
+         INSERT INTO ex.comp VALUES ('eu', nextval('ex.ids'), 'y', 1);\n\
+         COMMIT;\n",
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let pgbench = crate::support::as_pg_user(format!("{}/pgbench", crate::support::PG_BIN))
+        .args(["-n", "-c", "4", "-j", "2", "-T", "8", "-f"])
+        .arg(&script)
+        .arg("-h")
+        .arg(s.source.socket_dir())
+        .args(["-p", &s.source.port.to_string(), "postgres"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("pgbench starts");
+    let started = std::time::Instant::now();
+    let mut runs = 0;
+    while started.elapsed() < std::time::Duration::from_secs(7) {
+        s.pgvirt.ok(&["export", "run", "busy"]);
+        runs += 1;
+    }
+    let out = pgbench.wait_with_output().expect("pgbench ends");
+    assert!(
+        out.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(runs >= 2, "only {runs} exports ran under load");
+    s.pgvirt.ok(&["export", "run", "busy"]);
+    s.assert_equal("after exports under a concurrent load");
+}

@@ -6,10 +6,10 @@
 //!    exist with every source column, of the same type (the target may have
 //!    more columns). Nothing is applied otherwise; the error names the
 //!    table and column.
-//! 3. The high-water mark `H`: a short transaction on the source takes a
-//!    SHARE lock on the change tables — it waits for the writers in flight,
-//!    so every ordering number up to the sequence's last value belongs to a
-//!    transaction that has ended — and reads the sequence.
+//! 3. The high-water mark `H`: the sequence's last value, read before a
+//!    SHARE lock is taken and let go on each change table in turn — each
+//!    waits for the writers in flight on its table, so afterwards every
+//!    ordering number up to `H` belongs to a transaction that has ended.
 //! 4. In one REPEATABLE READ snapshot taken after that, per table: the keys
 //!    changed after `P` and the current rows for those keys (all rows when
 //!    `P = 0` or a TRUNCATE came after `P`), into files in a private
@@ -319,17 +319,22 @@ impl Pass<'_> {
     /// The ordering number every change up to which has ended.
     fn high_water(&self, platform: &Platform) -> Result<u64, OperationError> {
         let schema = self.export.schema();
-        let locks: Vec<String> = self
-            .tables
-            .iter()
-            .map(|t| changes_table(&schema, t.n))
-            .collect();
-        let script = format!(
-            "SET lock_timeout = :'timeout';\nBEGIN;\nLOCK TABLE {} IN SHARE MODE;\n\
-             SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {}.seq;\nCOMMIT;\n",
-            locks.join(", "),
+        // The sequence first, then each change table's SHARE lock, alone
+        // and let go at once: a writer holding a number up to the one read
+        // took its table's lock before it drew the number, so each lock
+        // waits for the writers in flight on that table. Holding one lock
+        // at a time, an export never closes a deadlock with the writers.
+        let mut script = format!(
+            "SET lock_timeout = :'timeout';\n\
+             SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {}.seq;\n",
             ident(&schema)
         );
+        for t in self.tables {
+            script.push_str(&format!(
+                "BEGIN;\nLOCK TABLE {} IN SHARE MODE;\nCOMMIT;\n",
+                changes_table(&schema, t.n)
+            ));
+        }
         let timeout = format!("{}s", self.export.lock_timeout_seconds);
         let out = self.export.source.psql(
             platform,
