@@ -281,7 +281,26 @@ fn a_kill_at_every_step_of_an_export_is_repaired_by_the_next_run() {
             assert_eq!(line["changes_waiting"], json!(0), "{step}: {status}");
         }
     }
+    // A kill leaves the rows in flight in the work directory; the next
+    // run starts a fresh one, and remove takes it away.
+    s.source.psql("postgres", LOAD);
+    let mut child = spawn_paused(
+        s.pgvirt.command(&["export", "run", "k"]),
+        "export.extracted",
+    );
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let envs = s.pgvirt.json(&["env", "list"]);
+    let scratch = std::path::PathBuf::from(envs[0]["scratch"].as_str().expect("scratch"));
+    assert!(
+        scratch.join("export-k-0").is_dir(),
+        "the killed run's directory"
+    );
     s.pgvirt.ok(&["export", "remove", "k"]);
+    assert!(
+        !scratch.join("export-k-0").exists(),
+        "remove takes the work directory"
+    );
     assert_eq!(
         leftovers(&s.source, &s.targets[0], "k"),
         ("0 0 0 0".to_owned(), "0".to_owned())
@@ -477,6 +496,30 @@ fn a_vdb_target_keeps_its_tables_fresh_without_a_refresh() {
         s.vdb_sql(
             "dev",
             "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'pgvirt_export.%'"
+        ),
+        "0"
+    );
+    // An export whose VDB was deleted is still removed from the source.
+    s.pgvirt.ok(&[
+        "export",
+        "add",
+        "orphan",
+        "--source",
+        &s.source_id,
+        "--tables",
+        "ex.txt",
+        "--target",
+        "dev",
+    ]);
+    s.pgvirt.ok(&["export", "install", "orphan"]);
+    s.pgvirt.ok(&["export", "run", "orphan"]);
+    s.pgvirt.ok(&["vdb", "delete", "dev"]);
+    s.pgvirt.fails(&["export", "run", "orphan"]);
+    s.pgvirt.ok(&["export", "remove", "orphan"]);
+    assert_eq!(
+        s.source.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgvirt_export%'"
         ),
         "0"
     );

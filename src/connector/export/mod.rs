@@ -199,6 +199,16 @@ pub fn uninstall(platform: &Platform, input: &Value) -> Result<Value, OperationE
         &[],
         None,
     )?;
+    // What a killed export left in its work directories (one per target;
+    // sixteen at most).
+    let base = ship::work_dir_base(&export);
+    platform.run_ok(
+        "removing the export's work directories",
+        &export.source.request(
+            r#"for i in $(seq 0 15); do rm -rf -- "$BASE$i"; done"#,
+            &[("BASE", &base)],
+        ),
+    )?;
     Ok(json!({"origins_dropped": dropped}))
 }
 

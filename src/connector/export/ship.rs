@@ -166,6 +166,21 @@ pub fn purge(
     Ok(())
 }
 
+/// Where the rows in flight to target `index` go: [`work_dir_base`] and
+/// the index.
+pub fn work_dir_path(export: &Export, index: usize) -> String {
+    format!("{}{index}", work_dir_base(export))
+}
+
+/// `<scratch>/export-<name>-`.
+pub fn work_dir_base(export: &Export) -> String {
+    format!(
+        "{}/export-{}-",
+        export.scratch.trim_end_matches('/'),
+        export.name
+    )
+}
+
 /// One export of every table to one target.
 pub struct Pass<'a> {
     pub export: &'a Export,
@@ -265,12 +280,7 @@ impl Pass<'_> {
     /// A fresh private directory for the rows in flight (what a killed
     /// export left there goes).
     fn work_dir(&self, platform: &Platform) -> Result<String, OperationError> {
-        let dir = format!(
-            "{}/export-{}-{}",
-            self.export.scratch.trim_end_matches('/'),
-            self.export.name,
-            self.target_index
-        );
+        let dir = work_dir_path(self.export, self.target_index);
         platform.run_ok(
             "making the export's work directory",
             &self.target.request(

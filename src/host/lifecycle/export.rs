@@ -153,7 +153,7 @@ pub fn add(store: &Store, connector: &Connector, req: AddRequest<'_>) -> Result<
         created_at: store::now(),
     };
     // The whole definition, as the connector will get it.
-    let (document, _) = resolve(store, &record)?;
+    let (document, _) = resolve(store, &record, false)?;
     connector
         .definitions
         .validate("export", &document, "export definition")?;
@@ -392,14 +392,17 @@ pub fn tables_of(record: &ExportRecord) -> Vec<String> {
 
 fn invoke(store: &Store, connector: &Connector, name: &str, operation: &str) -> Result<Value> {
     let record = get(store, name)?;
-    let (document, env) = resolve(store, &record)?;
+    // A target that is gone (a deleted VDB) took its origin with it:
+    // removing the export goes on without it.
+    let lenient = operation == "export.uninstall";
+    let (document, env) = resolve(store, &record, lenient)?;
     let input = json!({"environment": env.to_input(), "export": document});
     connector.invoke(operation, &input, HostPlatform::new(&env))
 }
 
 /// The definition as the connector gets it, and the source's environment
-/// (where psql runs).
-fn resolve(store: &Store, record: &ExportRecord) -> Result<(Value, Environment)> {
+/// (where psql runs). `lenient`: targets that are gone are left out.
+fn resolve(store: &Store, record: &ExportRecord, lenient: bool) -> Result<(Value, Environment)> {
     let source = discovery::source_configs(store, None)?
         .into_iter()
         .find(|s| s.id == record.source_config_id)
@@ -429,12 +432,16 @@ fn resolve(store: &Store, record: &ExportRecord) -> Result<(Value, Environment)>
         .flatten()
     {
         if let Some(name) = t["vdb"].as_str() {
-            let v = vdb::find(store, name)?.ok_or_else(|| {
-                Error::NotFound(format!(
+            let Some(v) = vdb::find(store, name)? else {
+                if lenient {
+                    log::warn!("target VDB {name} of export {} is gone", record.name);
+                    continue;
+                }
+                return Err(Error::NotFound(format!(
                     "target VDB {name} of export {} is gone",
                     record.name
-                ))
-            })?;
+                )));
+            };
             let repo = discovery::repositories(store, Some(&v.environment))?
                 .into_iter()
                 .filter(|r| r.state == Presence::Present)
@@ -455,7 +462,14 @@ fn resolve(store: &Store, record: &ExportRecord) -> Result<(Value, Environment)>
                 Some(&default_db),
             ));
         } else if let Some(id) = t["source_config"].as_i64() {
-            let config = discovery::find_source_config(store, &id.to_string())?;
+            let config = match discovery::find_source_config(store, &id.to_string()) {
+                Ok(config) => config,
+                Err(e) if lenient => {
+                    log::warn!("a target of export {}: {e}", record.name);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let repo = discovery::repositories(store, Some(&config.environment))?
                 .into_iter()
                 .find(|r| r.id == config.repository_id)
