@@ -656,3 +656,95 @@ fn changes_committed_while_exports_run_are_never_skipped() {
     s.pgvirt.ok(&["export", "run", "busy"]);
     s.assert_equal("after exports under a concurrent load");
 }
+
+/// A target that needs a password: psql gets it in its environment only.
+/// A refused login fails saying so, without the password in the message
+/// or the log; then it ships.
+#[test]
+fn a_target_password_reaches_psql_only_through_its_environment() {
+    let s = Setup::new(1);
+    let target = &s.targets[0];
+    let secret = "Pw-3x4mpl3-S3cr3t";
+    target.psql(
+        "postgres",
+        &format!("CREATE ROLE shipper LOGIN SUPERUSER PASSWORD '{secret}'"),
+    );
+    std::fs::write(
+        target.data_dir().join("pg_hba.conf"),
+        "local all all trust\nhost all shipper 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n",
+    )
+    .expect("pg_hba.conf");
+    target.psql("postgres", "SELECT pg_reload_conf()");
+    // Known by hand, over TCP, as the user with the password.
+    let data = std::fs::canonicalize(target.data_dir()).expect("canonical");
+    s.pgvirt.ok(&["source", "remove", &s.target_ids[0]]);
+    let add = |password: &str| {
+        let file = s.pgvirt.dir().join("target.json");
+        std::fs::write(
+            &file,
+            json!({"name": "guarded", "data_directory": data, "port": target.port,
+                   "user": "shipper", "password": password})
+            .to_string(),
+        )
+        .expect("write");
+        s.pgvirt.json(&[
+            "source",
+            "add",
+            "--env",
+            "local",
+            "--file",
+            file.to_str().expect("utf-8"),
+        ])["id"]
+            .to_string()
+    };
+    let id = add(secret);
+    s.pgvirt.ok(&[
+        "export",
+        "add",
+        "pw",
+        "--source",
+        &s.source_id,
+        "--tables",
+        "ex.txt",
+        "--target",
+        &id,
+    ]);
+    s.pgvirt.ok(&["export", "install", "pw"]);
+    // The server stops taking it: the run fails, saying why, not what.
+    target.psql("postgres", "ALTER ROLE shipper PASSWORD 'something-else'");
+    let out = s.pgvirt.run(&["-vvv", "export", "run", "pw"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot log in") && stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(secret),
+        "the password is in the output:\n{stderr}"
+    );
+    target.psql(
+        "postgres",
+        &format!("ALTER ROLE shipper PASSWORD '{secret}'"),
+    );
+    s.source.psql("postgres", LOAD);
+    let out = s.pgvirt.run(&["-vvv", "export", "run", "pw"]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(
+        !all.contains(secret),
+        "the password is in the output:\n{all}"
+    );
+    let query = "SELECT code, v, note FROM ex.txt ORDER BY code";
+    assert_eq!(
+        target.psql("postgres", query),
+        s.source.psql("postgres", query)
+    );
+    let listed = s.pgvirt.ok(&["export", "list", "--output", "json"]);
+    assert!(!listed.contains(secret));
+    s.pgvirt.ok(&["export", "remove", "pw"]);
+}

@@ -124,7 +124,14 @@ impl Database {
             || text.contains("Connection refused")
             || text.contains("connection to server")
             || text.contains("timeout expired");
-        if unreachable && !text.contains("ERROR:") {
+        if text.contains("authentication failed") || text.contains("no password supplied") {
+            OperationError::new(
+                ErrorKind::SourceUnreachable,
+                format!("{what}: cannot log in to {}", self.label()),
+            )
+            .with_cause(text)
+            .with_action("check the user and password of its source config")
+        } else if unreachable && !text.contains("ERROR:") {
             OperationError::new(
                 ErrorKind::SourceUnreachable,
                 format!("{what}: cannot reach {}", self.label()),
