@@ -323,6 +323,18 @@ fn bad_tables_and_targets_are_refused_naming_them_and_nothing_is_applied() {
         "export", "add", "x", "--source", &src, "--tables", "ex.txt", "--target", "nowhere",
     ]);
     assert!(err.contains("nowhere"), "{err}");
+    let err = p.fails(&[
+        "export",
+        "add",
+        "x",
+        "--source",
+        &src,
+        "--tables",
+        "ex.txt,ex.txt",
+        "--target",
+        &t0,
+    ]);
+    assert!(err.contains("twice"), "{err}");
 
     // A table with no key is refused at install, by name; nothing made.
     p.ok(&[

@@ -131,7 +131,7 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
                     e.name.clone(),
                     e.state.to_string(),
                     export::tables_of(e).join(","),
-                    e.definition["targets"].to_string(),
+                    export::targets_of(e).join(", "),
                 ]);
             }
             println!("{table}");

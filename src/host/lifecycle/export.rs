@@ -106,6 +106,9 @@ pub fn add(store: &Store, connector: &Connector, req: AddRequest<'_>) -> Result<
                 i + 1
             ))
         })?;
+        if req.tables[..i].contains(t) {
+            return Err(Error::usage(format!("--tables: {t:?} is given twice")));
+        }
         tables.push(json!({"schema": schema, "table": table}));
     }
     for k in req.keys {
@@ -127,7 +130,10 @@ pub fn add(store: &Store, connector: &Connector, req: AddRequest<'_>) -> Result<
         entry["key"] = json!(index);
     }
     let mut targets = Vec::new();
-    for t in req.targets {
+    for (i, t) in req.targets.iter().enumerate() {
+        if req.targets[..i].contains(t) {
+            return Err(Error::usage(format!("--target {t:?} is given twice")));
+        }
         if vdb::find(store, t)?.is_some() {
             targets.push(json!({"vdb": t}));
         } else {
@@ -372,6 +378,20 @@ fn set_state(store: &Store, name: &str, state: ExportState) -> Result<()> {
         )
         .map_err(|e| store.err(e))?;
     Ok(())
+}
+
+/// The targets, as people name them (`vdb dev`, `source config 3`).
+pub fn targets_of(record: &ExportRecord) -> Vec<String> {
+    record.definition["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| match (t["vdb"].as_str(), t["source_config"].as_i64()) {
+            (Some(name), _) => format!("vdb {name}"),
+            (None, Some(id)) => format!("source config {id}"),
+            _ => "?".to_owned(),
+        })
+        .collect()
 }
 
 /// `schema.table` of each table, in order.
