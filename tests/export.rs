@@ -263,16 +263,26 @@ fn a_kill_at_every_step_of_an_export_is_repaired_by_the_next_run() {
     s.add("k");
     s.pgvirt.ok(&["export", "install", "k"]);
     s.pgvirt.ok(&["export", "run", "k"]);
-    for step in [
-        "export.locked",
-        "export.extracted",
-        "export.applying",
-        "export.applied",
+    // `export.applying` twice: once the cut-short apply's psql goes on and
+    // commits, once its session is ended too (the transaction rolls back).
+    for (step, end_session) in [
+        ("export.locked", false),
+        ("export.extracted", false),
+        ("export.applying", false),
+        ("export.applying", true),
+        ("export.applied", false),
     ] {
         s.source.psql("postgres", LOAD);
         let mut child = spawn_paused(s.pgvirt.command(&["export", "run", "k"]), step);
         child.kill().expect("SIGKILL");
         let _ = child.wait();
+        if end_session {
+            let ended = s.targets[0].psql(
+                "postgres",
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgvirt-export') t",
+            );
+            assert_eq!(ended, "1", "the apply was running");
+        }
         // The next ordinary run (an apply cut short may still be finishing).
         s.pgvirt.ok(&["export", "run", "k"]);
         s.assert_equal(&format!("after a kill at {step} and a run"));
