@@ -281,7 +281,8 @@ fn a_kill_at_every_step_of_an_export_is_repaired_by_the_next_run() {
                 "postgres",
                 "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgvirt-export') t",
             );
-            assert_eq!(ended, "1", "the apply was running");
+            // Zero when the engine's watchdog has ended it already.
+            assert!(ended == "1" || ended == "0", "{ended}");
         }
         // The next ordinary run (an apply cut short may still be finishing).
         s.pgvirt.ok(&["export", "run", "k"]);
