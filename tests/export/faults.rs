@@ -390,3 +390,43 @@ fn a_target_password_reaches_psql_only_through_its_environment() {
     assert!(!listed.contains(secret));
     s.pgvirt.ok(&["export", "remove", "pw"]);
 }
+
+/// A kill while the tracking is being installed (its transaction open), and
+/// one while an export is being removed (origins dropped, the source not
+/// yet): the same command again finishes the job.
+#[test]
+fn a_kill_during_install_or_remove_is_finished_by_the_same_command() {
+    let s = Setup::new(1);
+    s.source.psql("postgres", LOAD);
+    s.add("ir");
+    let mut child = spawn_paused(
+        s.pgvirt.command(&["export", "install", "ir"]),
+        "export.installing",
+    );
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    s.pgvirt.ok(&["export", "install", "ir"]);
+    s.pgvirt.ok(&["export", "run", "ir"]);
+    s.source.psql("postgres", LOAD);
+    s.pgvirt.ok(&["export", "run", "ir"]);
+    s.assert_equal("after a killed install, an install and two runs");
+
+    let mut child = spawn_paused(
+        s.pgvirt.command(&["export", "remove", "ir"]),
+        "export.removing",
+    );
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let listed = s.pgvirt.json(&["export", "list"]);
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(1),
+        "still listed: {listed}"
+    );
+    s.pgvirt.ok(&["export", "remove", "ir"]);
+    assert_eq!(
+        leftovers(&s.source, &s.targets[0], "ir"),
+        ("0 0 0 0".to_owned(), "0".to_owned())
+    );
+    assert_eq!(s.pgvirt.json(&["export", "list"]), json!([]));
+}

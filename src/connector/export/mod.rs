@@ -25,7 +25,8 @@ use db::Database;
 use ddl::{Described, Tracked};
 
 /// Set to a step (`export.locked`, `export.extracted`, `export.applying`,
-/// `export.applied`) to make an export pause there: the kill tests' hook.
+/// `export.applied`, `export.installing`, `export.removing`) to make an
+/// export pause there: the kill tests' hook.
 pub const FAULT_PAUSE_ENV: &str = "PGVIRT_FAULT_PAUSE";
 
 /// An export definition, read from the operation's input.
@@ -170,7 +171,10 @@ pub fn install(platform: &Platform, input: &Value) -> Result<Value, OperationErr
         return Ok(json!({"installed": false, "install_id": id}));
     }
     let tables = export.describe_source(platform)?;
-    let sql = ddl::install_sql(&export.name, &tables);
+    let mut sql = ddl::install_sql(&export.name, &tables);
+    if let Some(at) = sql.rfind("COMMIT;") {
+        sql.insert_str(at, fault_sleep_sql("export.installing"));
+    }
     export.source.psql(
         platform,
         &format!("installing export {}", export.name),
@@ -192,6 +196,7 @@ pub fn uninstall(platform: &Platform, input: &Value) -> Result<Value, OperationE
     for target in &export.targets {
         dropped += ship::drop_origins(platform, target, &export.origin_prefix())?;
     }
+    fault_pause("export.removing");
     export.source.psql(
         platform,
         &format!("removing export {}", export.name),
@@ -281,6 +286,21 @@ pub fn status(platform: &Platform, input: &Value) -> Result<Value, OperationErro
         });
     }
     Ok(json!({"installed": true, "install_id": install_id, "targets": targets}))
+}
+
+/// When the fault hook names `step`: SQL that keeps the transaction it is
+/// put in open for three seconds, and, once psql is well inside it, the
+/// "pausing" line the kill tests wait for. Otherwise nothing.
+fn fault_sleep_sql(step: &str) -> &'static str {
+    if !std::env::var(FAULT_PAUSE_ENV).is_ok_and(|v| v == step) {
+        return "";
+    }
+    let step = step.to_owned();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        eprintln!("{FAULT_PAUSE_ENV}={step}: pausing");
+    });
+    "SELECT pg_sleep(3) \\g /dev/null\n"
 }
 
 /// Pauses forever (until killed) when the fault hook names `step`.

@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 
 use super::db::{ident, Database};
 use super::ddl::{changes_table, literal, Tracked};
-use super::{fault_pause, Export};
+use super::{fault_pause, fault_sleep_sql, Export};
 use crate::abi::{ErrorKind, OperationError};
 use crate::connector::Platform;
 
@@ -472,15 +472,8 @@ impl Pass<'_> {
                 cols = t.column_list()
             ));
         }
-        if std::env::var(super::FAULT_PAUSE_ENV).is_ok_and(|v| v == "export.applying") {
-            // The kill tests stop pgvirt while this transaction is open.
-            // It says so once psql is well inside the transaction.
-            apply.push_str("SELECT pg_sleep(3) \\g /dev/null\n");
-            std::thread::spawn(|| {
-                std::thread::sleep(std::time::Duration::from_millis(1500));
-                eprintln!("{}=export.applying: pausing", super::FAULT_PAUSE_ENV);
-            });
-        }
+        // The kill tests stop pgvirt while this transaction is open.
+        apply.push_str(fault_sleep_sql("export.applying"));
         // An xid makes the commit record carry the origin's progress even
         // when no row changed.
         apply.push_str(
