@@ -277,7 +277,8 @@ pub fn prune_wal(store: &Store, connector: &Connector, d: &DSource) -> Result<u6
     // What each snapshot needs kept: from its point, or from its redo when
     // it was taken while staging replayed (it is consistent only with the
     // WAL from there). Those from `start` on keep their ranges; older ones
-    // keep only what a clone of them needs, which a prepared image spares.
+    // keep only the WAL from their redo to their point, which a prepared
+    // image spares.
     let needs = |s: &timeflow::Snapshot, point: u64| {
         if s.needs_kept_wal() {
             s.metadata["redo_lsn"]
@@ -288,13 +289,17 @@ pub fn prune_wal(store: &Store, connector: &Connector, d: &DSource) -> Result<u6
             point
         }
     };
-    let before = points
+    let before = points[start..]
         .iter()
-        .enumerate()
-        .filter(|(i, (s, _, _))| *i >= start || (s.needs_kept_wal() && s.prepared_id.is_none()))
-        .map(|(_, (s, point, _))| needs(s, *point))
+        .map(|(s, point, _)| needs(s, *point))
         .min()
         .unwrap_or(points[start].1);
+    let keep: Vec<Value> = points[..start]
+        .iter()
+        .filter(|(s, _, _)| s.needs_kept_wal() && s.prepared_id.is_none())
+        .map(|(s, point, _)| json!([pitr::lsn_text(needs(s, *point)), pitr::lsn_text(*point)]))
+        .collect();
+    input["keep"] = json!(keep);
     input["before_lsn"] = json!(pitr::lsn_text(before));
     input["wal_segment_size"] = points[start].0.metadata["wal_segment_size"].clone();
     let out = connector.invoke("linked.wal_prune", &input, platform())?;

@@ -108,7 +108,11 @@ pub struct ProvisionRequest<'a> {
 /// Provisions a VDB and leaves it running. On failure nothing is left.
 /// With a target, from the latest snapshot at or before it, recovered with
 /// the kept WAL to exactly that moment.
-pub fn provision(store: &Store, connector: &Connector, req: ProvisionRequest<'_>) -> Result<Vdb> {
+pub fn provision(
+    store: &Store,
+    connector: &Connector,
+    mut req: ProvisionRequest<'_>,
+) -> Result<Vdb> {
     let mut origin = resolve_origin(store, req.from)?;
     if let Some(target) = &req.target {
         if req.from.contains('@') {
@@ -119,6 +123,7 @@ pub fn provision(store: &Store, connector: &Connector, req: ProvisionRequest<'_>
         }
         origin.snapshot = at_target(store, connector, &origin, target)?;
     }
+    req.target = req.target.filter(|t| t.past(&origin.snapshot));
     check_provisionable(&origin.snapshot)?;
     create(store, connector, req, Some(origin))
 }
