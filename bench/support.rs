@@ -105,6 +105,17 @@ impl Pgvirt {
 
     /// Connector installed, `local` environment (postgres), pool at `pool`.
     pub fn setup(dir: &Path, pool: &Path) -> Self {
+        // `cargo bench` builds the binary but not the connector library
+        // (the cdylib): a stale one would measure old code.
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_pgvirt"));
+        let lib = bin.with_file_name("libpgvirt.so");
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        assert!(
+            modified(&lib) >= modified(&bin),
+            "{} is older than {} (or missing): run `cargo build --release` before `cargo bench`",
+            lib.display(),
+            bin.display()
+        );
         let p = Self::new(dir);
         p.ok(&["connector", "install", env!("CARGO_MANIFEST_DIR")]);
         p.ok(&["env", "add", "local", "--user", "postgres"]);
