@@ -107,14 +107,18 @@ impl Pgvirt {
     pub fn setup(dir: &Path, pool: &Path) -> Self {
         // `cargo bench` builds the binary but not the connector library
         // (the cdylib): a stale one would measure old code.
-        let bin = PathBuf::from(env!("CARGO_BIN_EXE_pgvirt"));
-        let lib = bin.with_file_name("libpgvirt.so");
-        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let lib = PathBuf::from(env!("CARGO_BIN_EXE_pgvirt")).with_file_name("libpgvirt.so");
+        let built = std::fs::metadata(&lib).and_then(|m| m.modified()).ok();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let newest = newest_change(&[
+            root.join("src"),
+            root.join("schema"),
+            root.join("plugin.json"),
+        ]);
         assert!(
-            modified(&lib) >= modified(&bin),
-            "{} is older than {} (or missing): run `cargo build --release` before `cargo bench`",
-            lib.display(),
-            bin.display()
+            built.is_some() && built >= newest,
+            "{} is older than the sources (or missing): run `cargo build --release` before `cargo bench`",
+            lib.display()
         );
         let p = Self::new(dir);
         p.ok(&["connector", "install", env!("CARGO_MANIFEST_DIR")]);
@@ -379,4 +383,23 @@ pub fn pool_label(kind: &str) -> String {
     } else {
         kind.to_owned()
     }
+}
+
+/// The newest modification time of the files under `paths`.
+fn newest_change(paths: &[PathBuf]) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    let mut todo: Vec<PathBuf> = paths.to_vec();
+    while let Some(p) = todo.pop() {
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&p) {
+                todo.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if let Ok(m) = meta.modified() {
+            newest = newest.max(Some(m));
+        }
+    }
+    newest
 }
