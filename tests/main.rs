@@ -10,6 +10,7 @@ mod discovery;
 mod dsource;
 mod first_hour;
 mod hardening;
+mod ingest;
 mod pitr;
 mod quota;
 mod storage;

@@ -33,7 +33,8 @@ pub struct LinkedParams {
     /// Replication user on the source.
     #[arg(long)]
     replication_user: Option<String>,
-    /// Environment variable holding the replication password (never a flag value).
+    /// Environment variable holding the source password (never a flag value):
+    /// the replication user's, or for single_database the dump user's.
     #[arg(long, value_name = "VAR", default_value = PASSWORD_ENV)]
     pub password_env: String,
     /// Port of the staging cluster.
@@ -131,13 +132,8 @@ fn linked_params(
         );
     }
     if let Some(pw) = password {
-        if IngestionMethod::of(&doc).streams() {
-            given.set(
-                &mut doc,
-                "--password-env",
-                "/source/replication_password",
-                json!(pw),
-            );
+        if let Some(pointer) = IngestionMethod::of(&doc).password_pointer() {
+            given.set(&mut doc, "--password-env", pointer, json!(pw));
         }
     }
     if let Some(port) = p.staging_port {

@@ -200,7 +200,10 @@ fn kept_segments(snapshot: &Value, input: &Value) -> Result<(String, Vec<String>
             })
     };
     let (redo, end) = (lsn("redo_lsn")?, lsn("replayed_lsn")?);
-    let timeline = snapshot.get("timeline").and_then(Value::as_u64).unwrap_or(1);
+    let timeline = snapshot
+        .get("timeline")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
     let size = snapshot
         .get("wal_segment_size")
         .and_then(Value::as_u64)
@@ -253,7 +256,6 @@ SELECT pg_is_in_recovery();"#,
         .with_action(format!("see {}", vdb.cluster.log_file)))
     }
 }
-
 
 #[cfg(test)]
 mod tests {

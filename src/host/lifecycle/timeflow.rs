@@ -80,7 +80,10 @@ impl Snapshot {
     /// Whether a clone of it as taken needs the dSource's kept WAL to be
     /// consistent (it was taken while staging replayed).
     pub fn needs_kept_wal(&self) -> bool {
-        self.metadata.get("needs_kept_wal").and_then(serde_json::Value::as_bool) == Some(true)
+        self.metadata
+            .get("needs_kept_wal")
+            .and_then(serde_json::Value::as_bool)
+            == Some(true)
     }
 
     /// Every storage snapshot it holds (as taken, and prepared).

@@ -104,7 +104,14 @@ pub(super) fn sync_inner(
         timeflow::add_snapshot(store, timeflow.id, taken.id, &meta)
     })?;
     job.step(store, Step::Committed)?;
-    let snapshot = match prepare::prepare(store, connector, pool, d, config, env, &snapshot, job) {
+    let provisionable = snapshot.metadata["provisionable"] == json!(true);
+    let prepared = if provisionable {
+        prepare::prepare(store, connector, pool, d, config, env, &snapshot, job)
+    } else {
+        // Nothing to recover: no VDB can be made from it.
+        Ok(())
+    };
+    let snapshot = match prepared {
         Ok(()) => timeflow::snapshot(store, snapshot.id)?,
         Err(e) => {
             log::warn!(

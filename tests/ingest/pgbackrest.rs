@@ -1,0 +1,1 @@
+//! Ingestion from a pgBackRest repository.

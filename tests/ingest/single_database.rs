@@ -1,0 +1,1 @@
+//! Single-database ingestion by parallel pg_dump and pg_restore.
