@@ -107,6 +107,10 @@ if [ -f "$FILES/backup_label" ]; then
   [ -f "$FILES/tablespace_map" ] && cp -- "$FILES/tablespace_map" tablespace_map
   # The kept WAL a snapshot taken while replay ran needs: whole segments,
   # else the longest partial kept of one.
+  if [ -n "$KEPT" ] && [ -z "$WAL" ]; then
+    echo "the snapshot was taken while staging replayed and needs the kept WAL (wal.path)" >&2
+    exit 3
+  fi
   for seg in $KEPT; do
     if [ -f "$WAL/$seg" ]; then
       cp -f --reflink=auto -- "$WAL/$seg" "pg_wal/$seg"
@@ -178,15 +182,12 @@ fn kept_segments(snapshot: &Value, input: &Value) -> Result<(String, Vec<String>
     if snapshot.get("needs_kept_wal").and_then(Value::as_bool) != Some(true) {
         return Ok((String::new(), Vec::new()));
     }
+    // A clone without a backup label (a prepared image) needs none: the
+    // script asks for the directory only when it does.
     let dir = input
         .pointer("/wal/path")
         .and_then(Value::as_str)
-        .ok_or_else(|| {
-            OperationError::new(
-                ErrorKind::InvalidInput,
-                "the snapshot was taken while staging replayed and needs the kept WAL (wal.path)",
-            )
-        })?;
+        .unwrap_or_default();
     let lsn = |key: &str| {
         snapshot
             .get(key)
@@ -209,7 +210,10 @@ fn kept_segments(snapshot: &Value, input: &Value) -> Result<(String, Vec<String>
         .and_then(Value::as_u64)
         .filter(|s| *s > 0)
         .unwrap_or(16 * 1024 * 1024);
-    let names = (redo / size..=end / size)
+    // The WAL before `end`: a snapshot whose point is a segment's end needs
+    // nothing of the next one.
+    let last = (end.saturating_sub(1) / size).max(redo / size);
+    let names = (redo / size..=last)
         .map(|seg| crate::connector::cluster::segment_file(timeline, seg * size, size))
         .collect();
     Ok((dir.trim_end_matches('/').to_owned(), names))
@@ -271,5 +275,20 @@ mod tests {
             segment_file(&json!({"timeline": 2}), "0/5FFFFFF"),
             "000000020000000000000005"
         );
+    }
+
+    #[test]
+    fn a_snapshot_ending_on_a_segment_boundary_needs_nothing_of_the_next() {
+        // Regression: a point at 0/3000000 asked for segment 3, which holds
+        // nothing before it and may not exist.
+        let snap = json!({"needs_kept_wal": true, "redo_lsn": "0/2000028",
+            "replayed_lsn": "0/3000000", "timeline": 1, "wal_segment_size": 16777216});
+        let (_, names) =
+            super::kept_segments(&snap, &json!({"wal": {"path": "/w"}})).expect("kept");
+        assert_eq!(names, vec!["000000010000000000000002".to_owned()]);
+        let snap = json!({"needs_kept_wal": true, "redo_lsn": "0/2000028",
+            "replayed_lsn": "0/3000001", "timeline": 1});
+        let (_, names) = super::kept_segments(&snap, &json!({})).expect("kept");
+        assert_eq!(names.len(), 2);
     }
 }

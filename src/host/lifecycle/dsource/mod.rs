@@ -208,7 +208,13 @@ pub fn ranges(store: &Store, connector: &Connector, d: &DSource) -> Result<Vec<p
         };
         // The dataset itself: it is there whether staging runs or not.
         input["wal"] = json!({ "path": wal.path });
-        input["from_lsn"] = s.metadata["replayed_lsn"].clone();
+        // A snapshot taken while staging replayed recovers from its redo
+        // point: its range is the WAL kept contiguously from there.
+        input["from_lsn"] = if s.needs_kept_wal() {
+            s.metadata["redo_lsn"].clone()
+        } else {
+            s.metadata["replayed_lsn"].clone()
+        };
         input["timeline"] = s.metadata["timeline"].clone();
         input["wal_segment_size"] = s.metadata["wal_segment_size"].clone();
         let out = connector.invoke("linked.wal_range", &input, HostPlatform::new(&cx.env))?;
@@ -262,16 +268,27 @@ pub fn prune_wal(store: &Store, connector: &Connector, d: &DSource) -> Result<u6
             start += 1;
         }
     }
-    // A snapshot that needs kept WAL to be consistent holds it from its redo.
-    let needed = points
+    // What each snapshot needs kept: from its point, or from its redo when
+    // it was taken while staging replayed (it is consistent only with the
+    // WAL from there). Those from `start` on keep their ranges; older ones
+    // keep only what a clone of them needs, which a prepared image spares.
+    let needs = |s: &timeflow::Snapshot, point: u64| {
+        if s.needs_kept_wal() {
+            s.metadata["redo_lsn"]
+                .as_str()
+                .and_then(pitr::parse_lsn)
+                .map_or(point, |redo| redo.min(point))
+        } else {
+            point
+        }
+    };
+    let before = points
         .iter()
-        .filter(|(s, _, _)| s.metadata["needs_kept_wal"] == json!(true))
-        .filter_map(|(s, _, _)| s.metadata["redo_lsn"].as_str().and_then(pitr::parse_lsn))
-        .min();
-    let mut before = points[start].1;
-    if let Some(n) = needed {
-        before = before.min(n);
-    }
+        .enumerate()
+        .filter(|(i, (s, _, _))| *i >= start || (s.needs_kept_wal() && s.prepared_id.is_none()))
+        .map(|(_, (s, point, _))| needs(s, *point))
+        .min()
+        .unwrap_or(points[start].1);
     input["before_lsn"] = json!(pitr::lsn_text(before));
     input["wal_segment_size"] = points[start].0.metadata["wal_segment_size"].clone();
     let out = connector.invoke("linked.wal_prune", &input, platform())?;
