@@ -54,23 +54,38 @@ pub fn link_empty(s: &Stack, name: &str) -> std::path::PathBuf {
             && refused.contains("pgvirt dsource sync"),
         "{refused}"
     );
-    assert!(s.pgvirt.json(&["vdb", "list"]).as_array().expect("list").is_empty());
+    assert!(s
+        .pgvirt
+        .json(&["vdb", "list"])
+        .as_array()
+        .expect("list")
+        .is_empty());
 
     let shown = s.pgvirt.json(&["dsource", "show", name]);
     assert_eq!(shown["ingestion_method"], json!("staging_push"));
     assert!(
-        shown["next"].as_str().expect("next").starts_with("waiting for data"),
+        shown["next"]
+            .as_str()
+            .expect("next")
+            .starts_with("waiting for data"),
         "{shown}"
     );
     let text = s.pgvirt.ok(&["dsource", "show", name]);
-    assert!(text.contains("staging_push") && text.contains("waiting for data"), "{text}");
+    assert!(
+        text.contains("staging_push") && text.contains("waiting for data"),
+        "{text}"
+    );
 
     let waiting = s.pgvirt.fails(&["dsource", "sync", name]);
     assert!(
         waiting.contains("waiting for data") && waiting.contains("restore a backup into"),
         "{waiting}"
     );
-    assert_eq!(snapshots(&s.pgvirt, name).len(), 1, "a refused sync takes nothing");
+    assert_eq!(
+        snapshots(&s.pgvirt, name).len(),
+        1,
+        "a refused sync takes nothing"
+    );
     mount
 }
 
@@ -92,13 +107,17 @@ fn refused_while_running(s: &Stack, name: &str, data: &Path) {
     ] {
         let err = s.pgvirt.fails(&args);
         assert!(
-            err.contains("stop the cluster first") && err.contains(&format!("pg_ctl -D {}", data.display())),
+            err.contains("stop the cluster first")
+                && err.contains(&format!("pg_ctl -D {}", data.display())),
             "{args:?}: {err}"
         );
     }
     let d = s.pgvirt.json(&["dsource", "show", name]);
     assert_eq!(d["dsource"]["state"], json!("enabled"), "{d}");
-    assert!(data.join("postmaster.pid").exists(), "the user's cluster still runs");
+    assert!(
+        data.join("postmaster.pid").exists(),
+        "the user's cluster still runs"
+    );
     let resync = s.pgvirt.fails(&["dsource", "sync", name, "--resync"]);
     assert!(resync.contains("needs an empty data directory"), "{resync}");
 }
@@ -108,7 +127,10 @@ fn refused_while_running(s: &Stack, name: &str, data: &Path) {
 fn sync_and_provision(s: &Stack, name: &str, table: &str, expected_sum: &str) -> serde_json::Value {
     let shown = s.pgvirt.json(&["dsource", "show", name]);
     assert!(
-        shown["next"].as_str().expect("next").starts_with("ready for a sync"),
+        shown["next"]
+            .as_str()
+            .expect("next")
+            .starts_with("ready for a sync"),
         "{shown}"
     );
     let snap = s.pgvirt.json(&["dsource", "sync", name]);
@@ -116,9 +138,21 @@ fn sync_and_provision(s: &Stack, name: &str, table: &str, expected_sum: &str) ->
     assert_eq!(meta["provisionable"], json!(true), "{meta}");
     assert_eq!(meta["ingestion_method"], json!("staging_push"));
     assert_eq!(meta["major_version"], json!(15));
-    assert!(meta["system_identifier"].as_str().is_some_and(|s| s.len() > 5), "{meta}");
-    assert!(meta["checkpoint_lsn"].as_str().is_some_and(|l| l.contains('/')));
-    assert!(meta["checkpoint_time"].as_str().is_some_and(|t| t.ends_with('Z')), "{meta}");
+    assert!(
+        meta["system_identifier"]
+            .as_str()
+            .is_some_and(|s| s.len() > 5),
+        "{meta}"
+    );
+    assert!(meta["checkpoint_lsn"]
+        .as_str()
+        .is_some_and(|l| l.contains('/')));
+    assert!(
+        meta["checkpoint_time"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{meta}"
+    );
     assert!(meta["timeline"].as_u64().is_some_and(|t| t >= 1));
     let vdb = format!("{name}-v1");
     s.pgvirt.ok(&["vdb", "provision", &vdb, "--from", name]);
@@ -160,7 +194,8 @@ fn a_pg_basebackup_restored_by_the_user() {
     assert_eq!(sql(port, "postgres", "SELECT count(*) FROM pushed"), "500");
     refused_while_running(&s, "push", &data);
     // Rows after the backup are not in the push.
-    s.source.psql("postgres", "INSERT INTO pushed VALUES (501, 'later')");
+    s.source
+        .psql("postgres", "INSERT INTO pushed VALUES (501, 'later')");
     user_stop(&data);
 
     let snap = sync_and_provision(&s, "push", "pushed", &expected);
@@ -176,16 +211,18 @@ fn a_pg_basebackup_restored_by_the_user() {
     s.pgvirt.ok(&["dsource", "enable", "push"]);
     assert!(data.join("PG_VERSION").exists(), "the pushed cluster stays");
     s.pgvirt.ok(&["dsource", "delete", "push", "--with-vdbs"]);
-    assert!(s.pgvirt.json(&["dsource", "list"]).as_array().expect("list").is_empty());
+    assert!(s
+        .pgvirt
+        .json(&["dsource", "list"])
+        .as_array()
+        .expect("list")
+        .is_empty());
 }
 
 #[test]
 fn initdb_and_pg_restore_of_a_dump_then_every_refusal() {
     let s = Stack::new();
-    s.source.psql(
-        "postgres",
-        "CREATE DATABASE shop; ",
-    );
+    s.source.psql("postgres", "CREATE DATABASE shop; ");
     let src = s.source.port;
     sql(
         src,
@@ -215,7 +252,15 @@ fn initdb_and_pg_restore_of_a_dump_then_every_refusal() {
     // The user makes a cluster in data/ and restores the dump into it.
     pg(
         "initdb",
-        &["-D", data.to_str().expect("utf-8"), "-U", "postgres", "-A", "trust", "--no-sync"],
+        &[
+            "-D",
+            data.to_str().expect("utf-8"),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+        ],
     );
     let port = free_port();
     user_start(&data, port);
@@ -241,9 +286,16 @@ fn initdb_and_pg_restore_of_a_dump_then_every_refusal() {
     sql(
         port,
         "postgres",
-        &format!("CREATE TABLESPACE away LOCATION '{}'", outside.path().display()),
+        &format!(
+            "CREATE TABLESPACE away LOCATION '{}'",
+            outside.path().display()
+        ),
     );
-    let oid = sql(port, "postgres", "SELECT oid FROM pg_tablespace WHERE spcname = 'away'");
+    let oid = sql(
+        port,
+        "postgres",
+        "SELECT oid FROM pg_tablespace WHERE spcname = 'away'",
+    );
     user_stop(&data);
     let err = s.pgvirt.fails(&["dsource", "sync", "dumped"]);
     assert!(
@@ -263,8 +315,11 @@ fn initdb_and_pg_restore_of_a_dump_then_every_refusal() {
         .expect("pid")
         .parse()
         .expect("number");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
-        .expect("kill");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
     for _ in 0..100 {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             break;
@@ -273,20 +328,40 @@ fn initdb_and_pg_restore_of_a_dump_then_every_refusal() {
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
     let err = s.pgvirt.fails(&["dsource", "sync", "dumped"]);
-    assert!(err.contains("not shut down cleanly") && err.contains("pg_ctl"), "{err}");
-    assert_eq!(snapshots(&s.pgvirt, "dumped").len(), 1, "refusals take nothing");
+    assert!(
+        err.contains("not shut down cleanly") && err.contains("pg_ctl"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshots(&s.pgvirt, "dumped").len(),
+        1,
+        "refusals take nothing"
+    );
     user_start_again(&data);
     user_stop(&data);
 
     let snap = s.pgvirt.json(&["dsource", "sync", "dumped"]);
     assert_eq!(snap["metadata"]["provisionable"], json!(true), "{snap}");
-    s.pgvirt.ok(&["vdb", "provision", "shopdev", "--from", "dumped"]);
+    s.pgvirt
+        .ok(&["vdb", "provision", "shopdev", "--from", "dumped"]);
     let v = s.pgvirt.json(&["vdb", "show", "shopdev"]);
     let out = crate::support::run_ok(
         crate::support::as_pg_user(Path::new(crate::support::PG_BIN).join("psql"))
             .args(["-X", "-A", "-t", "-h"])
-            .arg(v["source_config"]["socket_directory"].as_str().expect("socket"))
-            .args(["-p", &v["port"].to_string(), "-U", "postgres", "-d", "shop", "-c"])
+            .arg(
+                v["source_config"]["socket_directory"]
+                    .as_str()
+                    .expect("socket"),
+            )
+            .args([
+                "-p",
+                &v["port"].to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "shop",
+                "-c",
+            ])
             .arg(checksum_sql("items")),
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
@@ -303,7 +378,11 @@ fn initdb_and_pg_restore_of_a_dump_then_every_refusal() {
     );
     let again = s.pgvirt.json(&["dsource", "sync", "dumped", "--resync"]);
     assert_eq!(again["metadata"]["provisionable"], json!(false), "{again}");
-    assert_eq!(snapshots(&s.pgvirt, "dumped").len(), 3, "older snapshots stay");
+    assert_eq!(
+        snapshots(&s.pgvirt, "dumped").len(),
+        3,
+        "older snapshots stay"
+    );
     assert_eq!(s.vdb_sql("shopdev", "SELECT 1"), "1");
 }
 

@@ -87,6 +87,12 @@ pub(super) trait Ingestion: Sync {
         physical::start_staging(platform, staging)
     }
 
+    /// Whether staging may be stopped now (`linked.stop_staging` with
+    /// purpose `check`, before a delete changes anything).
+    fn may_stop(&self, _platform: &Platform, _staging: &Staging) -> Result<(), OperationError> {
+        Ok(())
+    }
+
     /// `linked.stop_staging` (`purpose`: disable or delete).
     fn stop_staging(
         &self,

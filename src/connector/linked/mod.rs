@@ -279,16 +279,21 @@ pub fn start_staging(platform: &Platform, input: &Value) -> Result<Value, Operat
 }
 
 /// `linked.stop_staging`: stop staging; when the dSource is being deleted
-/// (`purpose: delete`), also undo what it made outside its mount.
+/// (`purpose: delete`), also undo what it made outside its mount. With
+/// `purpose: check`, only say whether it may be stopped now.
 pub fn stop_staging(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
     let staging = Staging::from_input(input)?;
     let purpose = input
         .get("purpose")
         .and_then(Value::as_str)
         .unwrap_or("disable");
-    staging
-        .ingestion()
-        .stop_staging(platform, &staging, purpose)?;
+    if purpose == "check" {
+        staging.ingestion().may_stop(platform, &staging)?;
+    } else {
+        staging
+            .ingestion()
+            .stop_staging(platform, &staging, purpose)?;
+    }
     Ok(json!({}))
 }
 

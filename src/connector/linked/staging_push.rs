@@ -138,6 +138,13 @@ rm -f -- "$FILES/ingesting""#,
         self.ingest(platform, staging, None)
     }
 
+    fn may_stop(&self, platform: &Platform, staging: &Staging) -> Result<(), OperationError> {
+        if let Contents::Cluster { running: Some(pid) } = clean::contents(platform, staging)? {
+            return Err(Self::running_error(staging, &pid, "delete"));
+        }
+        Ok(())
+    }
+
     fn stop_staging(
         &self,
         platform: &Platform,

@@ -193,6 +193,14 @@ pub(super) fn stop_staging(
     Ok(())
 }
 
+/// Asks the connector whether staging may be stopped now (a staging push
+/// whose user still runs the cluster may not): before a delete changes
+/// anything.
+pub fn check_may_stop(store: &Store, connector: &Connector, d: &DSource) -> Result<()> {
+    let pool = Pool::open(store)?;
+    stop_staging(store, connector, &pool, d, "check")
+}
+
 /// The provisionable ranges of a dSource: its snapshots and the WAL kept
 /// after them.
 pub fn ranges(store: &Store, connector: &Connector, d: &DSource) -> Result<Vec<pitr::Range>> {
