@@ -4,7 +4,7 @@
 
 mod pgbackrest;
 mod single_database;
-mod staging_push;
+pub mod staging_push;
 
 use std::path::{Path, PathBuf};
 

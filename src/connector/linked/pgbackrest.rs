@@ -55,8 +55,16 @@ impl Repo {
         })
     }
 
-    /// The options every pgBackRest command of this dSource takes.
+    /// The options every pgBackRest command of this dSource takes (but
+    /// `info`, which takes no data directory).
     fn options(&self, staging: &Staging) -> Vec<String> {
+        let mut opts = self.repo_options();
+        opts.push(format!("--pg1-path={}", staging.cluster.data_dir));
+        opts
+    }
+
+    /// The stanza, repository and logging options.
+    fn repo_options(&self) -> Vec<String> {
         let mut opts = vec![format!("--stanza={}", self.stanza)];
         if let Some(c) = &self.config {
             opts.push(format!("--config={c}"));
@@ -64,7 +72,6 @@ impl Repo {
         if let Some(r) = &self.repo_path {
             opts.push(format!("--repo1-path={r}"));
         }
-        opts.push(format!("--pg1-path={}", staging.cluster.data_dir));
         opts.push("--log-level-file=off".into());
         opts.push("--log-level-console=warn".into());
         opts
@@ -107,7 +114,15 @@ fn run(
     platform.run(&request(
         RUN,
         &[
-            ("OPTS", repo.options(staging).join("\n")),
+            (
+                "OPTS",
+                if command == "info" {
+                    repo.repo_options()
+                } else {
+                    repo.options(staging)
+                }
+                .join("\n"),
+            ),
             ("EXTRA", extra.join("\n")),
             ("COMMAND", command.to_owned()),
         ],
@@ -119,6 +134,27 @@ impl Ingestion for Pgbackrest {
     /// chosen one, when one is chosen).
     fn check(&self, platform: &Platform, staging: &Staging) -> Result<(), OperationError> {
         let repo = Repo::of(staging)?;
+        for (field, path_given, test) in [
+            ("config_path", &repo.config, r#"[ -f "$P" ] && [ -r "$P" ]"#),
+            (
+                "repo_path",
+                &repo.repo_path,
+                r#"[ -d "$P" ] && [ -r "$P" ] && [ -x "$P" ]"#,
+            ),
+        ] {
+            let Some(p) = path_given else { continue };
+            let out = platform.run(&request(test, &[("P", p.clone())]))?;
+            if out.exit_code != 0 {
+                return Err(OperationError::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "{}: {p} does not exist or the environment user cannot read it",
+                        path(field)
+                    ),
+                )
+                .with_action("name a path the environment user can read"));
+            }
+        }
         let out = run(platform, staging, &repo, "info", &["--output=json".into()])?;
         if out.exit_code != 0 {
             let err = format!("{} {}", out.stderr.trim(), out.stdout.trim());
@@ -273,10 +309,15 @@ impl Ingestion for Pgbackrest {
         };
         let size = segment_size.max(1);
         let mut names = Vec::new();
+        // Through the segment of the last byte replayed: a point on a
+        // segment boundary needs nothing of the next segment.
         let mut pos = start - start % size;
-        while pos <= end {
+        loop {
             names.push(segment_file(timeline, pos, size));
             pos += size;
+            if pos >= end {
+                break;
+            }
         }
         if timeline > 1 {
             names.push(format!("{timeline:08X}.history"));
