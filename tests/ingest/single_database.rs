@@ -309,3 +309,74 @@ fn bad_single_database_input_is_named_before_anything_is_made() {
     }
     s.assert_whole("after refused links");
 }
+
+#[test]
+fn a_sync_killed_during_the_restore_is_repaired_by_the_next_command() {
+    let s = Stack::new();
+    shop_source(&s);
+    let src = s.source.port;
+    // Enough rows that the restore runs for a moment.
+    sql(
+        src,
+        "shop",
+        "INSERT INTO public.items SELECT g, repeat('x', 200) FROM generate_series(1000, 300000) g",
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let params = params_file(
+        dir.path(),
+        json!({"single_database": {"database": "shop", "user": "dumper"}}),
+    );
+    let port = free_port().to_string();
+    let out = s
+        .pgvirt
+        .command(&link_args(&s, "killed", &params, &port))
+        .env("PGVIRT_REPLICATION_PASSWORD", PASSWORD)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = s
+        .pgvirt
+        .command(&["dsource", "sync", "killed"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let busy = |what: &str| {
+        crate::support::processes().into_iter().any(|(_, args, _)| {
+            args.first().is_some_and(|a| a.ends_with(what))
+                && args.iter().any(|a| a.contains("dsource-killed/dump"))
+        })
+    };
+    let mut seen = false;
+    for _ in 0..3000 {
+        if busy("pg_restore") {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(seen, "the sync never reached pg_restore");
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    // The next ordinary command repairs: nothing of the cut-short ingest
+    // runs on, and staging waits for the next sync.
+    s.pgvirt.ok(&["dsource", "list"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!busy("pg_restore") && !busy("pg_dump"), "a restore runs on");
+    let d = s.pgvirt.json(&["dsource", "show", "killed"]);
+    assert_eq!(d["dsource"]["state"], json!("resync_needed"), "{d}");
+    assert_eq!(
+        d["status"],
+        json!("INACTIVE"),
+        "the half-restored staging is stopped: {d}"
+    );
+    s.pgvirt.ok(&["dsource", "sync", "killed"]);
+    s.pgvirt.ok(&["vdb", "provision", "k1", "--from", "killed"]);
+    assert_eq!(
+        vdb_db_sql(&s, "k1", "shop", &checksum_sql("public.items")),
+        sql(src, "shop", &checksum_sql("public.items"))
+    );
+}

@@ -429,8 +429,12 @@ impl Ingestion for SingleDatabase {
         false
     }
 
+    /// Also what repairs a sync cut short: what it left running goes, and
+    /// a cluster it left half-restored is stopped (the next sync ingests).
     fn start_staging(&self, platform: &Platform, staging: &Staging) -> Result<(), OperationError> {
+        Self::clean_private(platform, staging)?;
         if !has_cluster(platform, staging)? {
+            staging.cluster.stop(platform)?;
             return Err(OperationError::new(
                 ErrorKind::InvalidState,
                 "the staging data directory is empty, or its last ingest was cut short",
