@@ -1,14 +1,24 @@
-//! The linked (staged) lifecycle: ingest a source cluster into a staging
-//! cluster on an engine-provided mount, keep it in sync, and bring it to a
+//! The linked (staged) lifecycle: ingest a source into a staging cluster
+//! on an engine-provided mount, keep it in sync, and bring it to a
 //! consistent point for each snapshot.
 //!
-//! One module per ingestion method, around what they share:
+//! Every method answers the same steps ([`method::Ingestion`]: check,
+//! ingest, consistent point, describe, and staging's start, stop and
+//! health); [`method::of`] maps the parsed [`IngestionMethod`] to its module:
 //! - [`basebackup`]: the engine runs `pg_basebackup`, staging streams;
 //! - [`customer_backup`]: the customer's base backup, then streaming or
 //!   [`log_shipping`] (WAL restored from an archive directory);
-//! - [`ingest`]: an ingest of any method, all or nothing;
-//! - [`standby`]: staging's configuration as a standby, and its streaming;
-//! - [`consistent`]: the consistent point a snapshot is taken at.
+//! - [`pgbackrest`]: a restore from the user's pgBackRest repository, then
+//!   WAL by `pgbackrest archive-get`;
+//! - [`staging_push`]: the user loads `data/` and stops the cluster;
+//! - [`single_database`]: one database by parallel pg_dump / pg_restore.
+//!
+//! Shared by the physical replicas: [`physical`] (their life), [`ingest`]
+//! (an ingest, all or nothing), [`standby`] (the standby configuration and
+//! its streaming), [`consistent`] (a backup on the standby as the snapshot's
+//! point), [`wal`] (the kept WAL). Shared by the others: [`clean`] (the
+//! cluster shut down cleanly, described from its control file) and
+//! [`progress`] (a long command in the background).
 //!
 //! Layout of the mount (`mount.path`), all of it in every snapshot:
 //! - `data/`: the staging cluster's data directory (0700);
@@ -18,9 +28,10 @@
 //!   while an ingest is under way, `slot-made` once this dSource may own a
 //!   replication slot on the source.
 //!
-//! Secrets are not in the mount: the replication passfile lives in the
-//! environment's scratch directory (`<scratch>/dsource-<name>/pgpass`,
-//! 0600), outside every dataset the engine snapshots.
+//! Secrets are not in the mount: the passfile (replication, or the dump
+//! user's) lives in the environment's scratch directory
+//! (`<scratch>/dsource-<name>/pgpass`, 0600), outside every dataset the
+//! engine snapshots; so does a single-database dump while it is restored.
 
 mod basebackup;
 mod clean;

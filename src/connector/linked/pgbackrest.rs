@@ -294,33 +294,9 @@ impl Ingestion for Pgbackrest {
         segment_size: u64,
     ) -> Result<(), OperationError> {
         let repo = Repo::of(staging)?;
-        let start = label
-            .lines()
-            .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(parse_lsn);
-        let timeline = label
-            .lines()
-            .find_map(|l| l.strip_prefix("START TIMELINE: "))
-            .and_then(|t| t.trim().parse::<u64>().ok())
-            .unwrap_or(1);
-        let (Some(start), Some(end)) = (start, parse_lsn(replayed)) else {
+        let names = segments(label, replayed, segment_size);
+        if names.is_empty() {
             return Ok(());
-        };
-        let size = segment_size.max(1);
-        let mut names = Vec::new();
-        // Through the segment of the last byte replayed: a point on a
-        // segment boundary needs nothing of the next segment.
-        let mut pos = start - start % size;
-        loop {
-            names.push(segment_file(timeline, pos, size));
-            pos += size;
-            if pos >= end {
-                break;
-            }
-        }
-        if timeline > 1 {
-            names.push(format!("{timeline:08X}.history"));
         }
         let script = r#"
 set -eu
@@ -345,5 +321,77 @@ done
             ),
         )?;
         Ok(())
+    }
+}
+
+/// The archived files a snapshot needs: the segments from the label's start
+/// through the one holding the last byte replayed (a point on a segment
+/// boundary needs nothing of the next), and the timeline's history.
+fn segments(label: &str, replayed: &str, segment_size: u64) -> Vec<String> {
+    let start = label
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(parse_lsn);
+    let timeline = label
+        .lines()
+        .find_map(|l| l.strip_prefix("START TIMELINE: "))
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(1);
+    let (Some(start), Some(end)) = (start, parse_lsn(replayed)) else {
+        return Vec::new();
+    };
+    let size = segment_size.max(1);
+    let mut names = Vec::new();
+    let mut pos = start - start % size;
+    loop {
+        names.push(segment_file(timeline, pos, size));
+        pos += size;
+        if pos >= end {
+            break;
+        }
+    }
+    if timeline > 1 {
+        names.push(format!("{timeline:08X}.history"));
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segments;
+
+    const MB16: u64 = 16 * 1024 * 1024;
+
+    #[test]
+    fn a_boundary_needs_nothing_of_the_next_segment() {
+        let label =
+            "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTART TIMELINE: 1\n";
+        assert_eq!(
+            segments(label, "0/4000000", MB16),
+            ["000000010000000000000002", "000000010000000000000003"]
+        );
+        assert_eq!(
+            segments(label, "0/4000028", MB16),
+            [
+                "000000010000000000000002",
+                "000000010000000000000003",
+                "000000010000000000000004"
+            ]
+        );
+        assert_eq!(
+            segments(label, "0/2000100", MB16),
+            ["000000010000000000000002"]
+        );
+    }
+
+    #[test]
+    fn a_later_timeline_brings_its_history() {
+        let label =
+            "START WAL LOCATION: 0/5000028 (file 000000020000000000000005)\nSTART TIMELINE: 2\n";
+        assert_eq!(
+            segments(label, "0/5000100", MB16),
+            ["000000020000000000000005", "00000002.history"]
+        );
     }
 }

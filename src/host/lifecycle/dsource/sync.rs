@@ -104,11 +104,14 @@ pub(super) fn sync_inner(
         timeflow::add_snapshot(store, timeflow.id, taken.id, &meta)
     })?;
     job.step(store, Step::Committed)?;
-    let provisionable = snapshot.metadata["provisionable"] == json!(true);
-    let prepared = if provisionable {
+    // Only a snapshot its clones recover (from its backup label) is worth
+    // preparing: one not provisionable, or of a cluster shut down cleanly
+    // (staging push, single database), has nothing to recover.
+    let recovers = snapshot.metadata["provisionable"] == json!(true)
+        && snapshot.metadata.get("backup_label").is_some();
+    let prepared = if recovers {
         prepare::prepare(store, connector, pool, d, config, env, &snapshot, job)
     } else {
-        // Nothing to recover: no VDB can be made from it.
         Ok(())
     };
     let snapshot = match prepared {
