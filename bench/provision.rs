@@ -109,6 +109,7 @@ fn main() {
         let kind: &'static str = match kind.as_str() {
             "btrfs" => "btrfs",
             "xfs" => "xfs",
+            "zfs" => "zfs",
             _ => "copy",
         };
         let image_mb = sources.iter().map(|(_, s)| s.bytes()).sum::<u64>() * 2 / 1024 / 1024 + 3072;
@@ -162,7 +163,7 @@ fn main() {
             let extra_mb = extra.iter().copied().max().unwrap_or(0);
             let pss_mb = pss.iter().copied().max().unwrap_or(0);
             rows.push(vec![
-                kind.to_owned(),
+                pool_label(kind),
                 scale.to_string(),
                 mb(source.bytes()),
                 format!("{med:.3}"),

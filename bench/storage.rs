@@ -55,6 +55,7 @@ fn main() {
         let kind: &'static str = match kind.as_str() {
             "btrfs" => "btrfs",
             "xfs" => "xfs",
+            "zfs" => "zfs",
             _ => "copy",
         };
         let total: u64 = sources.iter().map(|(_, _, b)| *b).sum();
@@ -97,7 +98,7 @@ fn main() {
             let f = *first.get_or_insert(med);
             let extra_med = median(extra.iter().map(|e| *e as f64).collect());
             rows.push(vec![
-                kind.to_owned(),
+                pool_label(kind),
                 mb(*bytes),
                 format!("{med:.3}"),
                 format!("{:.2}x", med / f),

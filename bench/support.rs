@@ -15,6 +15,9 @@ use serde_json::Value;
 #[path = "../tests/support/loopfs.rs"]
 mod loopfs;
 pub use loopfs::LoopFs;
+#[path = "../tests/support/zfs.rs"]
+mod zfs;
+pub use zfs::ZfsPool;
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -235,6 +238,7 @@ pub struct BenchPool {
     pub kind: &'static str,
     pub root: PathBuf,
     _fs: Option<LoopFs>,
+    _zfs: Option<ZfsPool>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -247,7 +251,21 @@ impl BenchPool {
                     kind,
                     root: dir.path().to_owned(),
                     _fs: None,
+                    _zfs: None,
                     _dir: Some(dir),
+                }
+            }
+            // zfs-fuse: real ZFS through FUSE, slower than the kernel module.
+            "zfs" => {
+                let zfs = ZfsPool::new(megabytes);
+                // The pool is `root/pool`: a dataset of its own.
+                zfs.dataset("pool");
+                Self {
+                    kind,
+                    root: zfs.path().to_owned(),
+                    _fs: None,
+                    _zfs: Some(zfs),
+                    _dir: None,
                 }
             }
             fs => {
@@ -256,6 +274,7 @@ impl BenchPool {
                     kind,
                     root: loop_fs.path().to_owned(),
                     _fs: Some(loop_fs),
+                    _zfs: None,
                     _dir: None,
                 }
             }
@@ -340,4 +359,13 @@ pub fn list_env<T: std::str::FromStr + Clone>(name: &str, default: &[T]) -> Vec<
 
 pub fn mb(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / 1024.0 / 1024.0)
+}
+
+/// A pool's name in a table: ZFS runs through FUSE here, and says so.
+pub fn pool_label(kind: &str) -> String {
+    if kind == "zfs" {
+        "zfs (FUSE)".to_owned()
+    } else {
+        kind.to_owned()
+    }
 }

@@ -230,3 +230,100 @@ fn kept_wal_is_pruned_by_size_but_never_what_the_newest_range_needs() {
     s.pgvirt.ok(&["vdb", "provision", "new", "--from", "kept"]);
     assert_eq!(s.vdb_sql("new", "SELECT count(*) FROM w"), "400000");
 }
+
+/// Writes `n` rows into a VDB, one transaction each.
+fn write_vdb(s: &Stack, vdb: &str, from: i64, n: i64) -> Vec<Row> {
+    let now = "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+    (from..from + n)
+        .map(|id| {
+            let out = s.vdb_sql(
+                vdb,
+                &format!(
+                    // One query string is one transaction unless it says
+                    // otherwise: the commit comes before the second time.
+                    "BEGIN; SELECT {now}; INSERT INTO w VALUES ({id}); COMMIT; SELECT {now} || ' ' || pg_current_wal_insert_lsn()::text"
+                ),
+            );
+            // The two times (psql also prints the INSERT's tag between them).
+            let lines: Vec<&str> = out
+                .lines()
+                .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+                .collect();
+            let (after, lsn) = lines[1].split_once(' ').expect("time and lsn");
+            std::thread::sleep(Duration::from_millis(10));
+            Row {
+                id,
+                before: lines[0].trim().to_owned(),
+                after: after.to_owned(),
+                lsn_after: lsn.trim().to_owned(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_vdb_rewound_to_a_moment_after_its_snapshot_holds_exactly_what_it_had_committed_by_then() {
+    let s = Stack::new();
+    s.source
+        .psql("postgres", "CREATE TABLE w (id bigint PRIMARY KEY)");
+    s.link("vsrc");
+    s.pgvirt.ok(&["vdb", "provision", "dev", "--from", "vsrc"]);
+    let before = write_vdb(&s, "dev", 1, 5);
+    let snap = s.pgvirt.json(&["vdb", "snapshot", "dev"]);
+    let rows = write_vdb(&s, "dev", 6, 30);
+
+    // A moment by time, then by LSN, each after the VDB's own snapshot.
+    let at = between(&rows[11], &rows[12]);
+    s.pgvirt.ok(&["vdb", "rewind", "dev", "--at", &at]);
+    assert_eq!(
+        s.vdb_sql("dev", "SELECT max(id) FROM w"),
+        rows[11].id.to_string()
+    );
+    assert_eq!(
+        s.vdb_sql("dev", "SELECT count(*) FROM w"),
+        rows[11].id.to_string()
+    );
+    // The rewound VDB goes on (a new timeline, its own WAL kept again).
+    let more = write_vdb(&s, "dev", 100, 3);
+    s.pgvirt.ok(&["vdb", "snapshot", "dev"]);
+    let after = write_vdb(&s, "dev", 200, 5);
+    s.pgvirt
+        .ok(&["vdb", "rewind", "dev", "--at-lsn", &after[2].lsn_after]);
+    assert_eq!(
+        s.vdb_sql(
+            "dev",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM w WHERE id >= 100"
+        ),
+        "100,101,102,200,201,202"
+    );
+    let _ = more;
+
+    // A moment before the VDB's first snapshot: refused, with its ranges.
+    let err = s.pgvirt.fails(&[
+        "vdb",
+        "rewind",
+        "dev",
+        "--at",
+        &between(&before[1], &before[2]),
+    ]);
+    assert!(
+        err.contains("outside every provisionable range of VDB dev"),
+        "{err}"
+    );
+    // A child of the VDB refreshes to a moment of its parent's too.
+    s.pgvirt.ok(&[
+        "vdb",
+        "provision",
+        "kid",
+        "--from",
+        &format!("dev@{}", snap["id"]),
+    ]);
+    let shown = s.pgvirt.json(&["timeflow", "show", "dev"]);
+    assert!(
+        shown["ranges"].as_array().expect("ranges").len() >= 2,
+        "{shown}"
+    );
+    s.pgvirt.ok(&["vdb", "delete", "kid"]);
+    s.pgvirt.ok(&["vdb", "delete", "dev"]);
+    s.assert_whole("after rewinds to moments");
+}

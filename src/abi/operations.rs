@@ -53,6 +53,7 @@ pub const GROUPS: [(&str, &[&str]); 3] = [
             "post_snapshot",
             "initialize",
             "source_size",
+            "archive_wal",
             "wal_range",
             "wal_prune",
         ],

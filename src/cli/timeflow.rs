@@ -22,26 +22,26 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
     let store = cx.store()?;
     match cmd {
         Cmd::Show { name } => {
-            let mut policy = "none (kept for VDBs' snapshots: points only)".to_owned();
-            let (what, ranges, timeflows) = if let Some(d) = dsource::find(&store, &name)? {
+            let (what, ranges, timeflows, policy) = if let Some(d) = dsource::find(&store, &name)? {
                 let connector = registry::open(&store, None)?;
                 let ranges = dsource::ranges(&store, &connector, &d)?;
                 let tfs = timeflow::list(&store, timeflow::ContainerKind::Dsource, d.id)?;
                 let (days, bytes) =
                     timeflow::wal_retention(&store, timeflow::ContainerKind::Dsource, d.id)?;
-                policy = format!(
+                let policy = format!(
                     "back to the oldest snapshot{}{}",
                     days.map_or(String::new(), |d| format!(" younger than {d} days")),
                     bytes.map_or(String::new(), |b| format!(", at most {b} bytes"))
                 );
-                (format!("dSource {name}"), ranges, tfs)
+                (format!("dSource {name}"), ranges, tfs, policy)
             } else {
                 let v = vdb::get(&store, &name)?;
-                let snapshots = timeflow::snapshots(&store, timeflow::ContainerKind::Vdb, v.id)?;
-                // A VDB's snapshots are points (it keeps no WAL of its own).
-                let ranges = pitr::ranges(&snapshots, |_| Ok(pitr::Kept::default()))?;
+                let connector = registry::open(&store, None)?;
+                let ranges = vdb::wal::ranges(&store, &connector, &v)?;
                 let tfs = timeflow::list(&store, timeflow::ContainerKind::Vdb, v.id)?;
-                (format!("VDB {name}"), ranges, tfs)
+                // Each timeflow keeps its WAL from its oldest snapshot on.
+                let policy = "from the oldest snapshot of each timeflow on".to_owned();
+                (format!("VDB {name}"), ranges, tfs, policy)
             };
             if cx.out.is_json() {
                 return cx

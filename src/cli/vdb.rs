@@ -87,7 +87,7 @@ pub enum Cmd {
         #[command(flatten)]
         at: At,
         /// Limit what the VDB may write on its clone (like 500M, 2G); past it
-        /// PostgreSQL sees a full disk. Needs a ZFS, btrfs or XFS (prjquota) pool.
+        /// PostgreSQL sees a full disk. Needs a ZFS or btrfs pool (XFS project quotas need a kernel with XFS quota support).
         #[arg(long, value_name = "SIZE", value_parser = super::flags::parse_size)]
         quota: Option<u64>,
         #[command(flatten)]
@@ -143,13 +143,16 @@ pub enum Cmd {
         #[command(flatten)]
         at: At,
     },
-    /// Rewind to one of the VDB's own snapshots.
+    /// Rewind to one of the VDB's own snapshots, or to a moment after one
+    /// (--at, --at-lsn: from the WAL the VDB keeps).
     Rewind {
         /// The VDB.
         name: String,
         /// The snapshot (see `pgvirt snapshot list --vdb NAME`).
-        #[arg(long)]
-        snapshot: i64,
+        #[arg(long, required_unless_present_any = ["at", "at_lsn"], conflicts_with_all = ["at", "at_lsn"])]
+        snapshot: Option<i64>,
+        #[command(flatten)]
+        at: At,
     },
     /// Set, change or lift a VDB's quota: what it may add on its clone.
     Quota {
@@ -285,8 +288,8 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
                 .with_context(|| format!("refreshing VDB {name}"))?,
             "refreshed",
         ),
-        Cmd::Rewind { name, snapshot } => shown(
-            &vdb::rewind(store, connector, &name, snapshot)
+        Cmd::Rewind { name, snapshot, at } => shown(
+            &vdb::rewind(store, connector, &name, snapshot, at.target()?)
                 .with_context(|| format!("rewinding VDB {name}"))?,
             "rewound",
         ),

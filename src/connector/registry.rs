@@ -40,4 +40,7 @@ pub(super) const REGISTRY: &[(&str, Handler)] = &[
     ("virtual.post_snapshot", virtual_db::post_snapshot),
     ("virtual.initialize", virtual_db::initialize),
     ("virtual.source_size", virtual_db::source_size),
+    ("virtual.archive_wal", virtual_db::archive_wal),
+    ("virtual.wal_range", linked::wal_range),
+    ("virtual.wal_prune", linked::wal_prune),
 ];

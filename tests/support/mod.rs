@@ -735,6 +735,10 @@ impl Stack {
                     );
                     let mount = PathBuf::from(v["mount_path"].as_str().expect("mount"));
                     serving.push(mount.join("data"));
+                    // Its WAL dataset, where it archives.
+                    let dataset = v["dataset"].as_str().expect("dataset");
+                    mounted_ok.push(root.join("mounts").join(format!("{dataset}-wal")));
+                    mounted_ok.push(PathBuf::from(format!("{}-wal", mount.display())));
                     mounted_ok.push(mount);
                 }
                 "stopped" | "disabled" => {

@@ -229,7 +229,7 @@ impl Demo<'_> {
                 let snap = vdb::snapshot(&d.store, d.connector()?, "dev")?;
                 let masked = d.vdb_sql("dev", sum)?;
                 d.vdb_sql("dev", "DROP TABLE customers")?;
-                vdb::rewind(&d.store, d.connector()?, "dev", snap.id)?;
+                vdb::rewind(&d.store, d.connector()?, "dev", Some(snap.id), None)?;
                 expect(
                     d.vdb_sql("dev", sum)? == masked,
                     "dev is back as it was at its snapshot",

@@ -28,7 +28,7 @@ use crate::connector::platform::{request, Platform};
 /// the server's zone (the label's START TIME is in log_timezone's
 /// abbreviation).
 const START: &str = r#"
-SELECT json_build_object('started_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+SELECT json_build_object('started_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
   FROM (SELECT pg_backup_start(:'label', true)) b;
 "#;
 
@@ -158,6 +158,7 @@ fn facts_from(out: &str) -> Result<(Value, String, String), OperationError> {
     if facts["replayed_at"].is_null() {
         facts.as_object_mut().map(|f| f.remove("replayed_at"));
     }
+    facts["began_at"] = start["started_at"].clone();
     facts["stop_lsn"] = stop["stop_lsn"].clone();
     facts["backup_label"] = json!(labelfile);
     if facts["databases"].is_null() {

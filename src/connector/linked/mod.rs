@@ -48,7 +48,7 @@ mod staging_push;
 mod standby;
 mod wal;
 
-pub use wal::restore_command;
+pub use wal::{archive_settings_after_snapshot, restore_command};
 
 use serde_json::{json, Value};
 

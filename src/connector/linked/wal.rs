@@ -15,11 +15,30 @@ use crate::connector::platform::{field, request, str_field, Platform};
 
 /// The `archive_command` that keeps each segment in `dir`, durably; a
 /// segment kept already with the same bytes is done, different bytes fail.
-pub fn archive_settings(dir: &str) -> Vec<(String, String)> {
+fn archive_command(dir: &str) -> String {
     let dir = shell_quote(dir);
-    let command = format!(
+    format!(
         "f={dir}/%f; if [ -f \"$f\" ]; then cmp -s %p \"$f\"; exit $?; fi; cp %p \"$f.part\" && sync \"$f.part\" && mv \"$f.part\" \"$f\" && sync {dir}"
-    );
+    )
+}
+
+/// Archiving every segment into `dir` ([`archive_command`]).
+pub fn archive_settings(dir: &str) -> Vec<(String, String)> {
+    settings_with(archive_command(dir))
+}
+
+/// The archive settings of a VDB: as [`archive_settings`], but a segment
+/// is kept only once `dir/.keep` exists (the VDB's first snapshot makes
+/// it): WAL older than every snapshot of it can recover nothing.
+pub fn archive_settings_after_snapshot(dir: &str) -> Vec<(String, String)> {
+    let marker = shell_quote(&format!("{dir}/.keep"));
+    settings_with(format!(
+        "[ -e {marker} ] || exit 0; {}",
+        archive_command(dir)
+    ))
+}
+
+fn settings_with(command: String) -> Vec<(String, String)> {
     vec![
         ("archive_mode".into(), "always".into()),
         ("archive_command".into(), conf_quote(&command)),

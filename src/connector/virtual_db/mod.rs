@@ -29,6 +29,8 @@ struct Vdb {
     mount: String,
     params: Value,
     name: String,
+    /// Where it archives its WAL (its WAL dataset), when the engine gave one.
+    wal: Option<String>,
 }
 
 impl Vdb {
@@ -74,6 +76,10 @@ impl Vdb {
             mount,
             params,
             name,
+            wal: input
+                .pointer("/wal/path")
+                .and_then(Value::as_str)
+                .map(|p| p.trim_end_matches('/').to_owned()),
         })
     }
 
@@ -139,7 +145,6 @@ impl Vdb {
                 "cluster_name".into(),
                 conf_quote(&format!("pgvirt vdb {}", self.name)),
             ),
-            ("archive_mode".into(), "off".into()),
             ("hot_standby".into(), "on".into()),
             (
                 "hba_file".into(),
@@ -150,6 +155,14 @@ impl Vdb {
                 conf_quote(&format!("{}/pg_ident.conf", self.cluster.data_dir)),
             ),
         ];
+        // Its WAL is kept in its own WAL dataset (a moment past one of its
+        // snapshots can be rewound to), never in its parent's archive.
+        match &self.wal {
+            Some(dir) => settings.extend(
+                crate::connector::linked::archive_settings_after_snapshot(dir),
+            ),
+            None => settings.push(("archive_mode".into(), "off".into())),
+        }
         let signal = if recovery.is_empty() {
             None
         } else {
@@ -208,10 +221,13 @@ impl Vdb {
 }
 
 /// `virtual.mount_specification`: where the VDB's dataset goes.
+/// Its WAL dataset goes beside it (`<mount_path>-wal`), or where the engine
+/// offers.
 pub fn mount_specification(_platform: &Platform, input: &Value) -> Result<Value, OperationError> {
-    let path = input
+    let explicit = input
         .pointer("/virtual_source/mount_path")
-        .and_then(Value::as_str)
+        .and_then(Value::as_str);
+    let path = explicit
         .or_else(|| input.get("default_mount_path").and_then(Value::as_str))
         .ok_or_else(|| {
             OperationError::new(
@@ -219,7 +235,52 @@ pub fn mount_specification(_platform: &Platform, input: &Value) -> Result<Value,
                 "no mount_path and no default_mount_path",
             )
         })?;
-    Ok(json!({"mounts": [{"path": path}]}))
+    let wal = match (
+        explicit,
+        input.get("default_wal_path").and_then(Value::as_str),
+    ) {
+        (Some(p), _) => Some(format!("{}-wal", p.trim_end_matches('/'))),
+        (None, Some(w)) => Some(w.to_owned()),
+        (None, None) => None,
+    };
+    let mut spec = json!({"mounts": [{"path": path}]});
+    if let Some(wal) = wal {
+        spec["wal"] = json!({ "path": wal });
+    }
+    Ok(spec)
+}
+
+/// `virtual.archive_wal`: when the VDB runs, ends its WAL segment and waits
+/// until it is archived, so its kept WAL reaches this moment.
+pub fn archive_wal(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    let vdb = Vdb::from_input(input)?;
+    if vdb.wal.is_none() || !vdb.cluster.is_running(platform)? {
+        return Ok(json!({"archived": false}));
+    }
+    let out = vdb.cluster.psql(
+        platform,
+        "archiving the VDB's WAL",
+        r#"SELECT set_config('pgvirt.segment', pg_walfile_name(pg_switch_wal()), false);
+DO $$
+BEGIN
+  FOR i IN 1..3000 LOOP
+    -- Statistics are read once per transaction unless cleared.
+    PERFORM pg_stat_clear_snapshot();
+    EXIT WHEN (SELECT coalesce(last_archived_wal, '') >= current_setting('pgvirt.segment') FROM pg_stat_archiver);
+    PERFORM pg_sleep(0.02);
+  END LOOP;
+END $$;
+SELECT coalesce(last_archived_wal, '') >= current_setting('pgvirt.segment') FROM pg_stat_archiver;"#,
+        &[],
+    )?;
+    if out.lines().last().map(str::trim) != Some("t") {
+        return Err(OperationError::new(
+            ErrorKind::CommandFailed,
+            format!("VDB {}: its WAL was not archived within 60 s", vdb.name),
+        )
+        .with_action(format!("see {}", vdb.cluster.log_file)));
+    }
+    Ok(json!({"archived": true}))
 }
 
 /// `virtual.configure`: make the freshly cloned snapshot an independent,
@@ -402,12 +463,21 @@ pub fn post_snapshot(platform: &Platform, input: &Value) -> Result<Value, Operat
         "checkpoint_lsn": get("Latest checkpoint location"),
         "redo_lsn": get("Latest checkpoint's REDO location"),
         "checkpoint_time": to_rfc3339(&get("Time of latest checkpoint")),
+        // Taken stopped: its point is its shutdown checkpoint.
+        "taken_at": to_rfc3339(&get("Time of latest checkpoint")),
         "wal_segment_size": get("Bytes per WAL segment").parse::<u64>().unwrap_or(16 * 1024 * 1024),
         "databases": facts.get("databases").cloned().filter(Value::is_array).unwrap_or_else(|| json!([])),
         "size_bytes": facts.get("size_bytes").and_then(Value::as_u64).unwrap_or(0),
         "ingestion_method": "virtual",
         "provisionable": true,
     });
+    // From its first snapshot on, the VDB keeps its WAL.
+    if let Some(wal) = &vdb.wal {
+        platform.run_ok(
+            "keeping the VDB's WAL from its snapshot on",
+            &request(r#": > "$WAL/.keep""#, &[("WAL", wal.clone())]),
+        )?;
+    }
     if out.stdout.contains("--was-running") {
         vdb.cluster.start(platform)?;
     }

@@ -13,7 +13,7 @@ use crate::connector::platform::{request, Platform};
 
 /// A moment to recover to, beyond the snapshot (`recovery_target` in the
 /// input): `{"lsn": "0/5A000000"}` or `{"time": "2026-12-02T14:03:00Z"}`,
-/// with the WAL from `wal.path` (mounted read-only).
+/// with the parent's kept WAL from `parent_wal.path` (mounted read-only).
 pub(super) struct Target {
     setting: (String, String),
     inclusive: bool,
@@ -26,12 +26,12 @@ impl Target {
             return Ok(None);
         };
         let wal = input
-            .pointer("/wal/path")
+            .pointer("/parent_wal/path")
             .and_then(Value::as_str)
             .ok_or_else(|| {
                 OperationError::new(
                     ErrorKind::InvalidInput,
-                    "a recovery_target needs the WAL to recover with (wal.path)",
+                    "a recovery_target needs the WAL to recover with (parent_wal.path)",
                 )
             })?
             .to_owned();
@@ -85,7 +85,7 @@ impl Target {
 ///
 /// A snapshot taken while staging replayed (`needs_kept_wal`) is consistent
 /// only at its LSN, which its own pg_wal may not reach: the kept WAL from its
-/// redo point on (`wal.path` in `input`) joins its pg_wal first.
+/// redo point on (`parent_wal.path` in `input`) joins its pg_wal first.
 pub(super) fn prepare_clone(
     platform: &Platform,
     vdb: &Vdb,
@@ -108,7 +108,7 @@ if [ -f "$FILES/backup_label" ]; then
   # The kept WAL a snapshot taken while replay ran needs: whole segments,
   # else the longest partial kept of one.
   if [ -n "$KEPT" ] && [ -z "$WAL" ]; then
-    echo "the snapshot was taken while staging replayed and needs the kept WAL (wal.path)" >&2
+    echo "the snapshot was taken while staging replayed and needs the kept WAL (parent_wal.path)" >&2
     exit 3
   fi
   for seg in $KEPT; do
@@ -185,7 +185,7 @@ fn kept_segments(snapshot: &Value, input: &Value) -> Result<(String, Vec<String>
     // A clone without a backup label (a prepared image) needs none: the
     // script asks for the directory only when it does.
     let dir = input
-        .pointer("/wal/path")
+        .pointer("/parent_wal/path")
         .and_then(Value::as_str)
         .unwrap_or_default();
     let lsn = |key: &str| {
@@ -235,30 +235,19 @@ fn segment_file(snapshot: &Value, lsn: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Waits until the VDB has left recovery.
+/// Waits until the VDB has left recovery (however much WAL it replays: a
+/// moment far past its snapshot may take minutes).
 pub(super) fn wait_promoted(platform: &Platform, vdb: &Vdb) -> Result<(), OperationError> {
-    let out = vdb.cluster.psql(
-        platform,
-        "waiting for the VDB to leave recovery",
-        r#"DO $$
-BEGIN
-  FOR i IN 1..3000 LOOP
-    EXIT WHEN NOT pg_is_in_recovery();
-    PERFORM pg_sleep(0.02);
-  END LOOP;
-END $$;
-SELECT pg_is_in_recovery();"#,
-        &[],
-    )?;
-    if out.lines().last().map(str::trim) == Some("f") {
-        Ok(())
-    } else {
-        Err(OperationError::new(
-            ErrorKind::CommandFailed,
-            format!("VDB {} did not leave recovery", vdb.name),
-        )
-        .with_action(format!("see {}", vdb.cluster.log_file)))
-    }
+    vdb.cluster
+        .wait_out_of_recovery(platform, 6 * 3600)
+        .map_err(|e| {
+            OperationError::new(
+                ErrorKind::CommandFailed,
+                format!("VDB {} did not leave recovery", vdb.name),
+            )
+            .with_cause(e.message)
+            .with_action(format!("see {}", vdb.cluster.log_file))
+        })
 }
 
 #[cfg(test)]
@@ -284,7 +273,7 @@ mod tests {
         let snap = json!({"needs_kept_wal": true, "redo_lsn": "0/2000028",
             "replayed_lsn": "0/3000000", "timeline": 1, "wal_segment_size": 16777216});
         let (_, names) =
-            super::kept_segments(&snap, &json!({"wal": {"path": "/w"}})).expect("kept");
+            super::kept_segments(&snap, &json!({"parent_wal": {"path": "/w"}})).expect("kept");
         assert_eq!(names, vec!["000000010000000000000002".to_owned()]);
         let snap = json!({"needs_kept_wal": true, "redo_lsn": "0/2000028",
             "replayed_lsn": "0/3000001", "timeline": 1});

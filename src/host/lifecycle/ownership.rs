@@ -27,11 +27,12 @@ pub fn owner_of_dataset(store: &Store, dataset: &str) -> Result<Option<Dependent
     let row: Option<(ContainerKind, String)> = store.optional(store.conn().query_row(
         "SELECT 'dsource', name FROM dsources
              WHERE dataset = ?1 OR dataset || '-wal' = ?1 OR substr(?1, 1, length(dataset) + 6) = dataset || '-prep-'
-         UNION ALL SELECT 'vdb', name FROM vdbs WHERE dataset = ?1
+         UNION ALL SELECT 'vdb', name FROM vdbs WHERE dataset = ?1 OR dataset || '-wal' = ?1
          UNION ALL SELECT t.container_kind, coalesce(v.name, d.name) FROM timeflows t
              LEFT JOIN vdbs v ON t.container_kind = 'vdb' AND v.id = t.container_id
              LEFT JOIN dsources d ON t.container_kind = 'dsource' AND d.id = t.container_id
-             WHERE t.dataset = ?1 AND coalesce(v.name, d.name) IS NOT NULL
+             WHERE (t.dataset = ?1 OR (t.container_kind = 'vdb' AND t.dataset || '-wal' = ?1))
+                 AND coalesce(v.name, d.name) IS NOT NULL
          LIMIT 1",
         [dataset],
         |r| Ok((r.get(0)?, r.get(1)?)),
@@ -99,6 +100,9 @@ pub fn owned(store: &Store) -> Result<Owned> {
              UNION SELECT d.name FROM snapshots s JOIN dataset_snapshots i ON i.id = s.prepared_id
                  JOIN datasets d ON d.id = i.dataset_id
              UNION SELECT dataset FROM vdbs WHERE dataset <> ''
+             UNION SELECT dataset || '-wal' FROM vdbs WHERE dataset <> ''
+             UNION SELECT t.dataset || '-wal' FROM timeflows t JOIN vdbs v
+                 ON t.container_kind = 'vdb' AND v.id = t.container_id WHERE t.dataset IS NOT NULL
              UNION SELECT t.dataset FROM timeflows t WHERE t.dataset IS NOT NULL AND (
                  (t.container_kind = 'vdb' AND EXISTS (SELECT 1 FROM vdbs v WHERE v.id = t.container_id))
               OR (t.container_kind = 'dsource' AND EXISTS (SELECT 1 FROM dsources d WHERE d.id = t.container_id)))",
@@ -136,6 +140,10 @@ pub fn owned(store: &Store) -> Result<Owned> {
             match key.as_str() {
                 "dataset" | "new_dataset" | "old_dataset" | "prep_dataset" => {
                     owned.datasets.insert(text.to_owned());
+                    // And the WAL dataset a VDB's dataset is made with.
+                    owned
+                        .datasets
+                        .insert(crate::host::lifecycle::placement::wal_dataset(text));
                 }
                 "snapshot" => {
                     if let Some(dataset) = details.get("snapshot_of").and_then(Value::as_str) {

@@ -180,7 +180,9 @@ pub fn resolve<'a>(
         Target::Lsn { lsn, .. } => r.lsns.0 <= *lsn && *lsn <= r.lsns.1,
         Target::Time(t) => r.times.0 <= *t && r.times.1.is_some_and(|end| *t < end),
     };
-    let Some(range) = ranges.iter().find(|r| holds(r)) else {
+    // An LSN can lie on several timeflows (a rewound VDB's LSNs go on from
+    // its branch point): the newest holds the moment the VDB has now.
+    let Some(range) = ranges.iter().rev().find(|r| holds(r)) else {
         return Err(Error::Conflict(format!(
             "{target} is outside every provisionable range of {what}:\n{}",
             describe(ranges)

@@ -1,7 +1,7 @@
 //! What the dSource and VDB workflows share: asking the connector where a
 //! dataset goes (`mount_specification`) and putting it there — and, when
 //! the connector keeps WAL (`"wal": {"path": ...}` in its answer), the
-//! dataset's WAL dataset (`<dataset>-wal`, made when missing) too; and
+//! dataset's WAL dataset (made when missing) too; and
 //! lending a dSource's kept WAL, read-only, to a clone that recovers with it.
 
 use std::path::{Path, PathBuf};
@@ -20,6 +20,8 @@ pub struct Placement<'a> {
     /// `linked` or `virtual`.
     pub group: &'a str,
     pub dataset: &'a str,
+    /// Its WAL dataset's name, made when the connector keeps WAL.
+    pub wal: &'a str,
     pub fallback: &'a Path,
 }
 
@@ -28,11 +30,11 @@ pub fn wal_dataset(dataset: &str) -> String {
     format!("{dataset}-wal")
 }
 
-/// What `input` offers the connector for placing `dataset`: its default
-/// mount path and its WAL dataset's.
-pub fn offer(pool: &Pool, dataset: &str, fallback: &Path, input: &mut Value) {
+/// What `input` offers the connector for placing a dataset: its default
+/// mount path and that of its WAL dataset `wal`.
+pub fn offer(pool: &Pool, wal: &str, fallback: &Path, input: &mut Value) {
     input["default_mount_path"] = json!(fallback);
-    input["default_wal_path"] = json!(pool.default_mount_path(&wal_dataset(dataset)));
+    input["default_wal_path"] = json!(pool.default_mount_path(wal));
 }
 
 /// Calls `<group>.mount_specification`, mounts the dataset (and its WAL
@@ -56,11 +58,11 @@ pub fn mount_as_specified(
     let path = pool.mount(store, placement.dataset, &wanted)?;
     input["mount"] = json!({ "path": path });
     if let Some(wal) = spec.pointer("/wal/path").and_then(Value::as_str) {
-        let name = wal_dataset(placement.dataset);
-        if pool.find_dataset(store, &name)?.is_none() {
-            pool.create_dataset(store, &name, Some(&env.user()?))?;
+        let name = placement.wal;
+        if pool.find_dataset(store, name)?.is_none() {
+            pool.create_dataset(store, name, Some(&env.user()?))?;
         }
-        let wal_path = pool.mount(store, &name, Path::new(wal))?;
+        let wal_path = pool.mount(store, name, Path::new(wal))?;
         input["wal"] = json!({ "path": wal_path });
     }
     Ok(path)
@@ -74,10 +76,10 @@ pub fn wal_source(pool: &Pool, dataset: &str) -> PathBuf {
 }
 
 /// Mounts the kept WAL at `kept` read-only at the WAL source of `dataset`
-/// and names it in `input` (`wal.path`).
+/// and names it in `input` (`parent_wal.path`; `wal` is the clone's own).
 pub fn lend_wal(pool: &Pool, dataset: &str, kept: &Path, input: &mut Value) -> Result<()> {
     let path = mount::bind_read_only(kept, &wal_source(pool, dataset))?;
-    input["wal"] = json!({ "path": path });
+    input["parent_wal"] = json!({ "path": path });
     Ok(())
 }
 

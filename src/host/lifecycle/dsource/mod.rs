@@ -130,7 +130,12 @@ pub(super) fn input_for(
         "dsource": {"name": d.name, "id": d.id},
         "mount": {"path": pool.effective_path(&d.dataset, &d.mount_path)},
     });
-    placement::offer(pool, &d.dataset, &d.mount_path, &mut input);
+    placement::offer(
+        pool,
+        &placement::wal_dataset(&d.dataset),
+        &d.mount_path,
+        &mut input,
+    );
     // Where the WAL dataset is, when there is one (it is mounted there).
     let wal = placement::wal_dataset(&d.dataset);
     if let Some(ds) = pool.find_dataset(store, &wal)? {
@@ -167,6 +172,7 @@ pub(super) fn start_staging(store: &Store, connector: &Connector, d: &DSource) -
         placement::Placement {
             group: "linked",
             dataset: &d.dataset,
+            wal: &placement::wal_dataset(&d.dataset),
             fallback: &d.mount_path,
         },
         &cx.env,

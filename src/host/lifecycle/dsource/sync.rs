@@ -71,6 +71,7 @@ pub(super) fn sync_inner(
         placement::Placement {
             group: "linked",
             dataset: &d.dataset,
+            wal: &placement::wal_dataset(&d.dataset),
             fallback: &d.mount_path,
         },
         env,

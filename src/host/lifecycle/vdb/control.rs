@@ -69,6 +69,7 @@ pub(super) fn finish_stop(
     let input = input_for(store, &pool, vdb, &env)?;
     connector.invoke("virtual.unconfigure", &input, HostPlatform::new(&env))?;
     pool.unmount(store, &vdb.dataset)?;
+    pool.unmount(store, &super::wal_dataset(vdb))?;
     set_state(store, vdb.id, state)
 }
 
@@ -160,6 +161,9 @@ pub fn snapshot(store: &Store, connector: &Connector, name: &str) -> Result<Snap
             let removed = timeflow::apply_retention(store, &pool, ContainerKind::Vdb, vdb.id)?;
             if !removed.is_empty() {
                 log::info!("retention removed snapshots {removed:?} of VDB {name}");
+            }
+            if let Err(e) = super::wal::prune(store, connector, &vdb) {
+                log::warn!("could not prune the kept WAL of VDB {name}: {e}");
             }
             Ok(snapshot)
         },

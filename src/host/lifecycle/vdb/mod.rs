@@ -10,7 +10,8 @@
 //! - [`control`]: start, stop, status, enable, disable, snapshot;
 //! - [`quota`]: what a VDB may add on its clone, and what it has added;
 //! - [`delete`]: pre-stop hook → `unconfigure` → `cleanup` → post-stop hook
-//!   → destroy clone.
+//!   → destroy clone;
+//! - [`wal`]: the WAL each timeflow keeps, for moments past its snapshots.
 //!
 //! Each timeflow of a VDB lives on its own dataset (`vdb-<name>-<n>`), so a
 //! refresh or rewind never destroys data a child VDB still stands on.
@@ -21,6 +22,7 @@ pub mod provision;
 pub mod quota;
 pub mod reclone;
 pub mod repair;
+pub mod wal;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -248,12 +250,19 @@ fn mount(
         placement::Placement {
             group: "virtual",
             dataset: &vdb.dataset,
+            wal: &wal_dataset(vdb),
             fallback: &vdb.mount_path,
         },
         env,
         input,
     )
     .map(|_| ())
+}
+
+/// The dataset a VDB keeps the WAL of its current timeflow in: each
+/// timeflow is one promotion of a clone, with WAL of its own timelines.
+pub(super) fn wal_dataset(vdb: &Vdb) -> String {
+    placement::wal_dataset(&vdb.dataset)
 }
 
 /// The input every virtual operation gets.
@@ -277,8 +286,8 @@ fn input_for(store: &Store, pool: &Pool, vdb: &Vdb, env: &Environment) -> Result
         "virtual_source": vdb.unsealed_parameters(store)?,
         "vdb": {"name": vdb.name, "port": vdb.port},
         "mount": {"path": pool.effective_path(&vdb.dataset, &vdb.mount_path)},
-        "default_mount_path": vdb.mount_path,
     });
+    placement::offer(pool, &wal_dataset(vdb), &vdb.mount_path, &mut input);
     if vdb.source_config.get("data_directory").is_some() {
         input["source_config"] = vdb.source_config.clone();
     }
@@ -310,7 +319,8 @@ fn run_hook(env: &Environment, vdb: &Vdb, name: &str) -> Result<()> {
     hooks::run(env, vdb.parameters.get("hooks"), name, &hook_variables(vdb))
 }
 
-/// Every dataset a VDB's timeflows live on, and its current one.
+/// Every dataset a VDB's timeflows live on, and its current one, then
+/// their WAL datasets.
 fn datasets_of(store: &Store, vdb: &Vdb) -> Result<Vec<String>> {
     let mut names: Vec<String> = timeflow::list(store, ContainerKind::Vdb, vdb.id)?
         .into_iter()
@@ -321,6 +331,8 @@ fn datasets_of(store: &Store, vdb: &Vdb) -> Result<Vec<String>> {
         names.push(vdb.dataset.clone());
     }
     names.dedup();
+    let wal: Vec<String> = names.iter().map(|d| placement::wal_dataset(d)).collect();
+    names.extend(wal);
     Ok(names)
 }
 

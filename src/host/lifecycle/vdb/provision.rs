@@ -131,11 +131,12 @@ pub(super) fn at_target(
     origin: &Origin,
     target: &Target,
 ) -> Result<Snapshot> {
-    if origin.kind != ContainerKind::Dsource {
-        return Err(Error::usage(format!(
-            "VDB {} keeps no WAL of its own yet: a moment can be provisioned from a dSource",
-            origin.name
-        )));
+    if origin.kind == ContainerKind::Vdb {
+        let v = super::get(store, &origin.name)?;
+        super::wal::archive_now(store, connector, &v)?;
+        let ranges = super::wal::ranges(store, connector, &v)?;
+        let snapshots = timeflow::snapshots(store, ContainerKind::Vdb, v.id)?;
+        return Ok(pitr::resolve(&snapshots, &ranges, target, &format!("VDB {}", v.name))?.clone());
     }
     let d = dsource::get(store, &origin.name)?;
     if dsource::wal_path(store, &d)?.is_none() {
@@ -165,9 +166,19 @@ pub(super) fn lend_parent_wal(
     if !(target.is_some() || raw && origin.snapshot.needs_kept_wal()) {
         return Ok(());
     }
-    let d = dsource::get(store, &origin.name)?;
-    let kept = dsource::wal_path(store, &d)?
-        .ok_or_else(|| Error::NotFound(format!("dSource {} keeps no WAL", d.name)))?;
+    let kept = if origin.kind == ContainerKind::Vdb {
+        let v = super::get(store, &origin.name)?;
+        super::wal::kept_path(store, pool, &v, &origin.snapshot)?
+    } else {
+        dsource::wal_path(store, &dsource::get(store, &origin.name)?)?
+    }
+    .ok_or_else(|| {
+        Error::NotFound(format!(
+            "{} {} keeps no WAL",
+            origin.kind.title(),
+            origin.name
+        ))
+    })?;
     placement::lend_wal(pool, dataset, &kept, input)?;
     if let Some(target) = target {
         input["recovery_target"] = target.to_input();

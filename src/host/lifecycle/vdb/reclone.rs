@@ -51,11 +51,31 @@ pub fn refresh(
     reclone(store, connector, &vdb, &origin, JobKind::Refresh, target)
 }
 
-/// Rewinds a VDB to one of its own earlier snapshots.
-pub fn rewind(store: &Store, connector: &Connector, name: &str, snapshot: i64) -> Result<Vdb> {
+/// Rewinds a VDB to one of its own earlier snapshots, or to a moment past
+/// one (recovered with the WAL it keeps).
+pub fn rewind(
+    store: &Store,
+    connector: &Connector,
+    name: &str,
+    snapshot: Option<i64>,
+    target: Option<Target>,
+) -> Result<Vdb> {
     let vdb = get(store, name)?;
-    let origin = resolve_origin(store, &format!("{name}@{snapshot}"))?;
-    reclone(store, connector, &vdb, &origin, JobKind::Rewind, None)
+    let origin = match (snapshot, &target) {
+        (Some(id), None) => resolve_origin(store, &format!("{name}@{id}"))?,
+        (None, Some(t)) => {
+            let mut o = resolve_origin(store, name)?;
+            o.snapshot = at_target(store, connector, &o, t)?;
+            o
+        }
+        _ => {
+            return Err(Error::usage(
+                "give either --snapshot or a moment (--at, --at-lsn)",
+            ))
+        }
+    };
+    check_provisionable(&origin.snapshot)?;
+    reclone(store, connector, &vdb, &origin, JobKind::Rewind, target)
 }
 
 fn reclone(
@@ -168,10 +188,18 @@ pub(super) fn free_old(store: &Store, pool: &Pool, old: &str) {
         .ok()
         .flatten()
         .is_some_and(|ds| pool.has_snapshots(store, ds.id).unwrap_or(true));
+    // Its WAL (kept for moments after its snapshots) is no longer written.
+    let wal = placement::wal_dataset(old);
+    if let Err(e) = pool.release(store, &wal) {
+        log::warn!("unmounting the previous WAL dataset {wal}: {e}");
+    }
     if has_snapshots {
         return;
     }
-    if let Err(e) = pool.destroy_dataset(store, old) {
+    if let Err(e) = pool
+        .destroy_dataset(store, old)
+        .and_then(|()| pool.destroy_dataset_tree(store, &wal))
+    {
         log::warn!("keeping the previous dataset {old}: {e}");
     }
 }
@@ -189,6 +217,9 @@ pub(super) fn rollback(
     placement::return_wal(pool, new_dataset)?;
     pool.release(store, new_dataset)?;
     pool.destroy_dataset_tree(store, new_dataset)?;
+    let wal = placement::wal_dataset(new_dataset);
+    pool.release(store, &wal)?;
+    pool.destroy_dataset_tree(store, &wal)?;
     if matches!(vdb.state, VdbState::Running | VdbState::Stopped) {
         let env = environments::get(store, &vdb.environment)?;
         let mut input = input_for(store, pool, vdb, &env)?;
