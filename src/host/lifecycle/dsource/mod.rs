@@ -199,6 +199,14 @@ pub(super) fn stop_staging(
     Ok(())
 }
 
+/// Asks the connector whether staging may be stopped now (a staging push
+/// whose user still runs the cluster may not): before a delete changes
+/// anything.
+pub fn check_may_stop(store: &Store, connector: &Connector, d: &DSource) -> Result<()> {
+    let pool = Pool::open(store)?;
+    stop_staging(store, connector, &pool, d, "check")
+}
+
 /// The provisionable ranges of a dSource: its snapshots and the WAL kept
 /// after them.
 pub fn ranges(store: &Store, connector: &Connector, d: &DSource) -> Result<Vec<pitr::Range>> {
@@ -324,13 +332,12 @@ pub fn show(store: &Store, connector: &Connector, name: &str) -> Result<Value> {
         .invoke("linked.status", &input, HostPlatform::new(&cx.env))
         .ok()
         .and_then(|s| crate::abi::Status::of(&s));
-    let health = if status == Some(crate::abi::Status::Active) {
-        connector
-            .invoke("linked.worker", &input, HostPlatform::new(&cx.env))
-            .unwrap_or_else(|e| json!({"error": e.to_string()}))
-    } else {
-        json!({"running": false, "connected": false})
-    };
+    // The connector says how staging is, and what it needs from the user
+    // next (for a staging push, whether it waits for data or runs).
+    let health = connector
+        .invoke("linked.worker", &input, HostPlatform::new(&cx.env))
+        .unwrap_or_else(|e| json!({"running": status == Some(crate::abi::Status::Active), "error": e.to_string()}));
+    let next = health.get("next").cloned().unwrap_or(Value::Null);
     let last = timeflow::snapshots(store, ContainerKind::Dsource, d.id)?
         .into_iter()
         .last();
@@ -341,6 +348,8 @@ pub fn show(store: &Store, connector: &Connector, name: &str) -> Result<Value> {
     Ok(json!({
         "dsource": d,
         "status": status.map_or(json!("UNKNOWN"), |s| json!(s)),
+        "ingestion_method": crate::abi::IngestionMethod::of(&d.parameters),
+        "next": next,
         "replication": health,
         "last_snapshot": last,
         "busy": busy,

@@ -26,7 +26,15 @@ use crate::host::store::Store;
 const PREPARE_ABOVE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Whether `snapshot` is worth preparing: what its clones would replay.
+/// Only a snapshot its clones recover (from its backup label) is: one not
+/// provisionable, or of a cluster shut down cleanly (staging push, single
+/// database), has nothing to recover.
 pub(super) fn worth_it(snapshot: &Snapshot) -> bool {
+    let recovers = snapshot.metadata["provisionable"] == serde_json::json!(true)
+        && snapshot.metadata.get("backup_label").is_some();
+    if !recovers {
+        return false;
+    }
     let lsn = |k: &str| {
         snapshot.metadata[k]
             .as_str()
