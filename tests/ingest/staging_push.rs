@@ -205,6 +205,20 @@ fn a_pg_basebackup_restored_by_the_user() {
     );
     assert_eq!(snap["metadata"]["system_identifier"], json!(source_id));
     assert!(!mount.join("pgvirt/backup_label").exists());
+    // Its snapshots are points: no moment between them (issue 10).
+    let err = s.pgvirt.fails(&[
+        "vdb",
+        "provision",
+        "moment",
+        "--from",
+        "push",
+        "--at-lsn",
+        "0/1",
+    ]);
+    assert!(
+        err.contains("not available for the staging_push method"),
+        "{err}"
+    );
 
     // Disable and enable with the cluster stopped; delete needs the VDB gone.
     s.pgvirt.ok(&["dsource", "disable", "push"]);

@@ -144,6 +144,16 @@ pub(super) fn at_target(
         return Ok(pitr::resolve(&snapshots, &ranges, target, &format!("VDB {}", v.name))?.clone());
     }
     let d = dsource::get(store, &origin.name)?;
+    let method = crate::abi::IngestionMethod::of(&d.parameters);
+    if matches!(
+        method,
+        crate::abi::IngestionMethod::StagingPush | crate::abi::IngestionMethod::SingleDatabase
+    ) {
+        return Err(Error::usage(format!(
+            "a moment (--at, --at-lsn) is not available for the {method} method: dSource {} keeps no WAL between its snapshots; provision one of its snapshots (`pgvirt snapshot list --dsource {}`)",
+            d.name, d.name
+        )));
+    }
     if dsource::wal_path(store, &d)?.is_none() {
         return Err(Error::usage(format!(
             "dSource {} keeps no WAL to recover to a moment with (it is not available for this method, or it was linked before pgvirt kept WAL: resync it)",
