@@ -29,6 +29,11 @@ pub fn write_config(
         ),
         ("unix_socket_permissions".into(), "0700".into()),
         ("hot_standby".into(), "on".into()),
+        // Only pgvirt queries staging, briefly: replay waits for those
+        // queries rather than cancel them (a staging that lags would
+        // otherwise cancel every query at once, even a connection's start).
+        ("max_standby_streaming_delay".into(), "-1".into()),
+        ("max_standby_archive_delay".into(), "-1".into()),
         ("archive_mode".into(), "off".into()),
         (
             "hba_file".into(),
