@@ -14,9 +14,11 @@ mod flags;
 mod output;
 mod pool;
 mod repo;
+mod serve;
 mod snapshot;
 mod source;
 mod timeflow;
+mod token;
 mod vdb;
 
 use std::path::PathBuf;
@@ -89,6 +91,11 @@ enum Command {
     /// Virtual databases: writable thin clones of snapshots.
     #[command(subcommand)]
     Vdb(vdb::Cmd),
+    /// Serve the HTTP API (every operation as REST, with jobs; see /openapi.json).
+    Serve(serve::ServeArgs),
+    /// Bearer tokens for the API: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Token(token::Cmd),
     /// The whole story on this machine, start to finish, each step timed:
     /// a source with sample data, link, snapshot, two VDBs, write,
     /// refresh, rewind, tear down. Uses its own store and pool.
@@ -265,6 +272,8 @@ fn run(cli: Cli, replication_password: Option<String>) -> anyhow::Result<()> {
         Command::Snapshot(cmd) => snapshot::exec(cmd, &cx),
         Command::Timeflow(cmd) => timeflow::exec(cmd, &cx),
         Command::Vdb(cmd) => vdb::exec(cmd, &cx),
+        Command::Serve(args) => serve::exec(args, &cx),
+        Command::Token(cmd) => token::exec(cmd, &cx),
         Command::Demo(args) => demo::exec(args),
         Command::Completions { shell } => {
             let mut text = Vec::new();

@@ -86,6 +86,16 @@ impl Out {
         )
     }
 
+    pub fn tokens(&self, items: &[crate::host::tokens::Token]) -> anyhow::Result<()> {
+        self.table(items, &["name", "rights", "created"], |t| {
+            vec![
+                t.name.clone(),
+                if t.read_only { "read-only" } else { "read-write" }.into(),
+                display_time(t.created_at),
+            ]
+        })
+    }
+
     pub fn environments(&self, items: &[Environment]) -> anyhow::Result<()> {
         self.table(
             items,

@@ -236,4 +236,13 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE retention ADD COLUMN wal_keep_bytes INTEGER CHECK (wal_keep_bytes >= 0);
     ALTER TABLE vdbs ADD COLUMN quota_bytes INTEGER CHECK (quota_bytes > 0);
     "#,
+    // 5: API tokens (only their hashes).
+    r#"
+    CREATE TABLE api_tokens (
+        name       TEXT PRIMARY KEY,
+        sha256     TEXT NOT NULL UNIQUE,
+        read_only  INTEGER NOT NULL CHECK (read_only IN (0, 1)),
+        created_at INTEGER NOT NULL
+    );
+    "#,
 ];

@@ -1,0 +1,221 @@
+//! The engine's HTTP API (`pgvirt serve`): the same host operations as the
+//! command line, with the same typed requests and validation, as REST.
+//!
+//! Routes by resource, one file each: [`connectors`], [`environments`]
+//! (with repositories and source configs), [`dsources`], [`vdbs`],
+//! [`snapshots`] (with timeflows), [`pool`], [`jobs`]. Long operations
+//! return `202` with a job ([`jobs`]). Every request needs a bearer token
+//! ([`auth`]); errors are JSON with what, why and what to do ([`error`]).
+//! The OpenAPI 3.1 document at `/openapi.json` is made from the same route
+//! table as the router (utoipa), so the two cannot disagree.
+//!
+//! Each request opens its own store connection (SQLite) on a blocking
+//! thread; a job runs on a thread of its own.
+
+mod auth;
+mod body;
+mod connectors;
+mod dsources;
+mod environments;
+pub mod error;
+mod jobs;
+mod pool;
+mod snapshots;
+mod vdbs;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::host::lifecycle::repair;
+use crate::host::store::Store;
+use error::ApiError;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub store_path: Arc<PathBuf>,
+    pub tasks: jobs::Tasks,
+}
+
+/// Runs `f` with a store connection of its own on a blocking thread;
+/// errors become JSON errors about `what`.
+pub async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    what: String,
+    f: impl FnOnce(&mut Store) -> crate::host::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let path = state.store_path.clone();
+    let what_here = what.clone();
+    tokio::task::spawn_blocking(move || {
+        Store::open(&path)
+            .and_then(|mut store| f(&mut store))
+            .map_err(|e| ApiError::from_host(&what, e, ""))
+    })
+    .await
+    .map_err(|e| ApiError::internal(&what_here, e.to_string()))?
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "pgvirt",
+        description = "PostgreSQL data virtualization: connectors, environments, dSources, snapshots, VDBs, jobs."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(error::ErrorBody, error::ProblemBody))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The routes, and the OpenAPI document made from the same table.
+pub fn router(state: AppState) -> axum::Router {
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(
+            connectors::list_connectors,
+            connectors::upload_connector
+        ))
+        .routes(routes!(connectors::upload_library))
+        .routes(routes!(
+            environments::list_environments,
+            environments::add_environment
+        ))
+        .routes(routes!(environments::get_environment))
+        .routes(routes!(environments::refresh_environment))
+        .routes(routes!(environments::list_repositories))
+        .routes(routes!(
+            environments::list_source_configs,
+            environments::add_source_config
+        ))
+        .routes(routes!(environments::remove_source_config))
+        .routes(routes!(dsources::list_dsources, dsources::link_dsource))
+        .routes(routes!(dsources::get_dsource, dsources::delete_dsource))
+        .routes(routes!(dsources::sync_dsource))
+        .routes(routes!(dsources::enable_dsource))
+        .routes(routes!(dsources::disable_dsource))
+        .routes(routes!(vdbs::list_vdbs, vdbs::provision_vdb))
+        .routes(routes!(vdbs::get_vdb, vdbs::delete_vdb))
+        .routes(routes!(vdbs::vdb_status))
+        .routes(routes!(vdbs::start_vdb))
+        .routes(routes!(vdbs::stop_vdb))
+        .routes(routes!(vdbs::enable_vdb))
+        .routes(routes!(vdbs::disable_vdb))
+        .routes(routes!(vdbs::refresh_vdb))
+        .routes(routes!(vdbs::rewind_vdb))
+        .routes(routes!(vdbs::snapshot_vdb))
+        .routes(routes!(vdbs::set_vdb_quota))
+        .routes(routes!(snapshots::list_snapshots))
+        .routes(routes!(snapshots::show_timeflows))
+        .routes(routes!(pool::pool_info))
+        .routes(routes!(pool::pool_datasets))
+        .routes(routes!(pool::pool_check))
+        .routes(routes!(jobs::list_jobs))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::job_events))
+        .split_for_parts();
+    let doc = Arc::new(doc);
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "routing the request",
+                "no such route",
+                "see /openapi.json for the routes",
+            )
+        })
+        .layer(connectors::library_limit())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .with_state(state)
+}
+
+/// The OpenAPI document, as served.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .split_for_parts();
+    doc
+}
+
+/// How `serve` runs.
+pub struct Options {
+    pub listen: SocketAddr,
+    pub store_path: PathBuf,
+}
+
+/// Repairs what interrupted work left (jobs of a `serve` that was stopped
+/// or killed among them), then serves until SIGINT or SIGTERM.
+pub fn serve(options: Options) -> anyhow::Result<()> {
+    repair_at_start(&options.store_path)?;
+    let state = AppState {
+        store_path: Arc::new(options.store_path),
+        tasks: Default::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(64)
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
+        let local = listener.local_addr()?;
+        // The line a script waits for (the port, when it asked for port 0).
+        println!("pgvirt API listening on http://{local}");
+        log::info!("listening on {local}");
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown())
+            .await?;
+        Ok(())
+    })
+}
+
+fn repair_at_start(path: &Path) -> anyhow::Result<()> {
+    let store = Store::open(path)?;
+    for said in repair::repair_interrupted(&store)? {
+        log::warn!("{said}");
+        eprintln!("{said}");
+    }
+    Ok(())
+}
+
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
