@@ -131,6 +131,8 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::job_events))
         .split_for_parts();
+    let mut doc = doc;
+    describe_responses(&mut doc);
     let doc = Arc::new(doc);
     router
         .route(
@@ -156,11 +158,37 @@ pub fn router(state: AppState) -> axum::Router {
         .with_state(state)
 }
 
-/// The OpenAPI document, as served.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
-        .split_for_parts();
-    doc
+/// Gives every response without a description (OpenAPI requires one) the
+/// words its status code stands for.
+fn describe_responses(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+            &mut item.options,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            for (status, response) in operation.responses.responses.iter_mut() {
+                if let RefOr::T(r) = response {
+                    if r.description.is_empty() {
+                        r.description = status
+                            .parse::<u16>()
+                            .ok()
+                            .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+                            .and_then(|s| s.canonical_reason())
+                            .unwrap_or("A response")
+                            .to_owned();
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// How `serve` runs.

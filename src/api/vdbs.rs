@@ -131,13 +131,7 @@ pub async fn get_vdb(
     Ok(Json(
         blocking(&state, what, move |s| {
             let v = vdb::get(s, &name)?;
-            let usage = vdb::quota_usage(s, &v)?;
-            let mut shown = json!(v);
-            shown["connection_string"] = json!(v.connection_string());
-            if let Some((quota, used)) = usage {
-                shown["quota"] = json!({"bytes": quota, "used": used});
-            }
-            Ok(shown)
+            Ok(vdb::described(&v, vdb::quota_usage(s, &v)?))
         })
         .await?,
     ))
