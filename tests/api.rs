@@ -52,7 +52,9 @@ fn tokens_guard_every_request_and_errors_are_json_with_their_status() {
     let listed = p.json(&["token", "list"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
     assert!(!listed.to_string().contains(&rw[4..]), "{listed}");
-    assert!(p.fails(&["token", "create", "ci"]).contains("exists already"));
+    assert!(p
+        .fails(&["token", "create", "ci"])
+        .contains("exists already"));
 
     let server = serve(&p);
     let none = Api {
@@ -85,14 +87,9 @@ fn tokens_guard_every_request_and_errors_are_json_with_their_status() {
         400,
     );
     assert_eq!(e["problems"][0]["at"], "/name", "{e}");
-    let raw = crate::support::http::request(
-        server.port,
-        "POST",
-        "/vdbs",
-        Some(&rw),
-        Some(b"{not json"),
-    )
-    .expect("request");
+    let raw =
+        crate::support::http::request(server.port, "POST", "/vdbs", Some(&rw), Some(b"{not json"))
+            .expect("request");
     assert_error(&raw, 400);
     let e = assert_error(
         &api.call("PUT", "/vdbs/x/quota", Some(&json!({"bytes": "lots"}))),
@@ -141,11 +138,18 @@ fn the_openapi_document_is_valid_openapi_3_1_and_matches_the_router() {
         .iter_errors(&doc)
         .map(|e| format!("{}: {e}", e.instance_path()))
         .collect();
-    assert!(errors.is_empty(), "not valid OpenAPI 3.1:\n{}", errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "not valid OpenAPI 3.1:\n{}",
+        errors.join("\n")
+    );
     // The check can fail: a response without its description is caught.
     let mut broken = doc.clone();
     broken["paths"]["/vdbs"]["get"]["responses"]["200"] = json!({"content": {}});
-    assert!(!validator.is_valid(&broken), "the OpenAPI schema check caught nothing");
+    assert!(
+        !validator.is_valid(&broken),
+        "the OpenAPI schema check caught nothing"
+    );
 
     // Every route the API promises is in the document...
     let paths = doc["paths"].as_object().expect("paths");
@@ -194,9 +198,7 @@ fn the_openapi_document_is_valid_openapi_3_1_and_matches_the_router() {
                 );
             }
             // Every declared response status is a number the document names.
-            let declared = item[method]["responses"]
-                .as_object()
-                .expect("responses");
+            let declared = item[method]["responses"].as_object().expect("responses");
             assert!(
                 declared.contains_key(&reply.status.to_string()) || reply.status == 401,
                 "{method} {path} answered {} which the document does not declare: {}",
@@ -231,7 +233,14 @@ fn a_curl_only_session_uploads_links_provisions_connects_and_deletes() {
         .env("CONNECTOR_DIR", &dist)
         .env("SOURCE_DATA_DIR", &data)
         .env("STAGING_PORT", free_port().to_string())
-        .env("PATH", format!("{}:{}", crate::support::PG_BIN, std::env::var("PATH").unwrap_or_default()))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                crate::support::PG_BIN,
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
         .output()
         .expect("bash runs");
     assert!(
@@ -283,7 +292,10 @@ fn a_busy_vdb_refuses_a_second_change_reads_go_on_and_a_killed_serve_is_repaired
         Some(&json!({"name": "busy", "from": "busy-src"})),
     );
     assert_eq!(accepted.status, 202, "{}", accepted.body);
-    assert!(accepted.headers.to_ascii_lowercase().contains("location: /jobs/"));
+    assert!(accepted
+        .headers
+        .to_ascii_lowercase()
+        .contains("location: /jobs/"));
     let job = accepted.json();
     let id = job["id"].as_i64().expect("job id");
     assert_eq!(job["state"], "running", "{job}");

@@ -47,8 +47,8 @@ call POST /connectors "$(cat "$CONNECTOR_DIR/connector.json")" >/dev/null
 # 2. This host as an environment; discover its clusters.
 call POST /environments '{"kind": "local", "user": "postgres"}' >/dev/null
 found=$(call POST /environments/local/refresh)
-source_id=$(printf '%s' "$found" | sed 's/{"id":/\n{"id":/g' \
-    | grep "\"data_directory\":\"$SOURCE_DATA_DIR\"" | grep -o '^{"id":[0-9]*' | cut -d: -f2)
+source_id=$(printf '%s' "$found" | sed 's/{"document":/\n{"document":/g' \
+    | grep "\"data_directory\":\"$SOURCE_DATA_DIR\"" | grep -o '"id":[0-9]*' | head -1 | cut -d: -f2)
 echo "source config $source_id" >&2
 
 # 3. Link it (a job), then provision a VDB from it (a job).

@@ -12,7 +12,11 @@ use super::error::ApiError;
 use super::{blocking, AppState};
 use crate::host::tokens;
 
-pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -28,7 +32,9 @@ pub async fn require_token(State(state): State<AppState>, request: Request, next
     .await;
     match found {
         Err(e) => e.into_response(),
-        Ok(None) => ApiError::unauthorized("the bearer token is unknown or revoked").into_response(),
+        Ok(None) => {
+            ApiError::unauthorized("the bearer token is unknown or revoked").into_response()
+        }
         Ok(Some(token))
             if token.read_only && !matches!(*request.method(), Method::GET | Method::HEAD) =>
         {

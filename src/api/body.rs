@@ -80,7 +80,11 @@ mod tests {
         let e = parse::<Req>(br#"{"name": "a", "quota": "lots"}"#).expect_err("bad");
         assert_eq!(e.body.problems[0].at, "/quota");
         let e = parse::<Req>(b"{not json").expect_err("bad");
-        assert!(e.body.problems[0].message.contains("not JSON"), "{:?}", e.body);
+        assert!(
+            e.body.problems[0].message.contains("not JSON"),
+            "{:?}",
+            e.body
+        );
         assert!(parse::<Req>(br#"{"name": "a"}"#).is_ok());
     }
 }

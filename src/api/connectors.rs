@@ -104,9 +104,14 @@ pub async fn upload_library(
     let what = format!("uploading library {sha}");
     let kept = blocking(&state, what, move |store| {
         if !is_sha256(&sha) {
-            return Err(Error::usage(format!("{sha:?} is not a sha256 (64 hex digits)")));
+            return Err(Error::usage(format!(
+                "{sha:?} is not a sha256 (64 hex digits)"
+            )));
         }
-        let actual: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let actual: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         if actual != sha {
             return Err(Error::usage(format!(
                 "the uploaded bytes have sha256 {actual}, not {sha}"
@@ -133,5 +138,7 @@ pub fn library_limit() -> DefaultBodyLimit {
 }
 
 fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }

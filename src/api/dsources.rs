@@ -135,11 +135,16 @@ pub async fn delete_dsource(
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<Response, ApiError> {
-    launch(&state, format!("deleting dSource {name}"), "", move |store| {
-        let connector = registry::open(store, None)?;
-        let vdbs = teardown::delete_dsource(store, &connector, &name, q.with_vdbs)?;
-        Ok(json!({"deleted": name, "vdbs_deleted": vdbs}))
-    })
+    launch(
+        &state,
+        format!("deleting dSource {name}"),
+        "",
+        move |store| {
+            let connector = registry::open(store, None)?;
+            let vdbs = teardown::delete_dsource(store, &connector, &name, q.with_vdbs)?;
+            Ok(json!({"deleted": name, "vdbs_deleted": vdbs}))
+        },
+    )
     .await
 }
 
@@ -158,10 +163,15 @@ pub async fn sync_dsource(
     } else {
         super::body::parse(&body)?
     };
-    launch(&state, format!("syncing dSource {name}"), "", move |store| {
-        let connector = registry::open(store, None)?;
-        dsource::sync(store, &connector, &name, options.resync)
-    })
+    launch(
+        &state,
+        format!("syncing dSource {name}"),
+        "",
+        move |store| {
+            let connector = registry::open(store, None)?;
+            dsource::sync(store, &connector, &name, options.resync)
+        },
+    )
     .await
 }
 
@@ -173,10 +183,15 @@ pub async fn enable_dsource(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    launch(&state, format!("enabling dSource {name}"), "", move |store| {
-        let connector = registry::open(store, None)?;
-        dsource::enable(store, &connector, &name)
-    })
+    launch(
+        &state,
+        format!("enabling dSource {name}"),
+        "",
+        move |store| {
+            let connector = registry::open(store, None)?;
+            dsource::enable(store, &connector, &name)
+        },
+    )
     .await
 }
 
@@ -188,9 +203,14 @@ pub async fn disable_dsource(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    launch(&state, format!("disabling dSource {name}"), "", move |store| {
-        let connector = registry::open(store, None)?;
-        dsource::disable(store, &connector, &name)
-    })
+    launch(
+        &state,
+        format!("disabling dSource {name}"),
+        "",
+        move |store| {
+            let connector = registry::open(store, None)?;
+            dsource::disable(store, &connector, &name)
+        },
+    )
     .await
 }

@@ -59,7 +59,10 @@ pub struct EnvironmentQuery {
 #[utoipa::path(get, path = "/environments", tag = "environments",
     responses((status = 200, body = Vec<Object>), (status = 401, body = ErrorBody)))]
 pub async fn list_environments(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let all = blocking(&state, "listing environments".into(), |s| environments::list(s)).await?;
+    let all = blocking(&state, "listing environments".into(), |s| {
+        environments::list(s)
+    })
+    .await?;
     Ok(Json(json!(all)))
 }
 
@@ -181,6 +184,9 @@ pub async fn remove_source_config(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let what = format!("removing source config {id}");
-    let gone = blocking(&state, what, move |s| discovery::remove_source_config(s, &id)).await?;
+    let gone = blocking(&state, what, move |s| {
+        discovery::remove_source_config(s, &id)
+    })
+    .await?;
     Ok(Json(json!(gone)))
 }

@@ -206,7 +206,10 @@ mod tests {
             Error::Conflict("VDB a is busy: job 42 (process 7) is running".into()),
             "",
         );
-        assert_eq!((busy.status, busy.body.job), (StatusCode::CONFLICT, Some(42)));
+        assert_eq!(
+            (busy.status, busy.body.job),
+            (StatusCode::CONFLICT, Some(42))
+        );
         let refused = ApiError::from_host("x", Error::Refused("no".into()), "");
         assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
         let missing = ApiError::from_host("x", Error::NotFound("no".into()), "");

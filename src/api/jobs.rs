@@ -31,12 +31,13 @@ use crate::host::lifecycle::jobs::{self, Job, JobState, Step};
 use crate::host::lifecycle::repair;
 use crate::host::store::Store;
 
-/// What this server knows of a job it started: running, or how it ended
-/// (the whole request: a delete with its VDBs is several engine jobs).
+/// What this server knows of a job it started: the job as it began, and
+/// how the whole request ended (a delete with its VDBs is several engine
+/// jobs), once it has.
 #[derive(Debug, Clone)]
-pub enum Task {
-    Running,
-    Done(Result<Value, ErrorBody>),
+pub struct Task {
+    begun: Job,
+    outcome: Option<Result<Value, ErrorBody>>,
 }
 
 pub type Tasks = Arc<Mutex<HashMap<i64, Task>>>;
@@ -80,20 +81,24 @@ impl JobView {
         let (mut state, mut error, mut result) = match job.state {
             JobState::Running => ("running", None, None),
             JobState::Succeeded => ("succeeded", None, None),
-            JobState::Failed => ("failed", job.error.as_ref().map(|e| plain_error(job, e)), None),
+            JobState::Failed => (
+                "failed",
+                job.error.as_ref().map(|e| plain_error(job, e)),
+                None,
+            ),
             JobState::Repaired => (
                 "interrupted",
                 job.error.as_ref().map(|e| plain_error(job, e)),
                 None,
             ),
         };
-        match task {
-            Some(Task::Running) => state = "running",
-            Some(Task::Done(Ok(v))) => {
+        match task.map(|t| &t.outcome) {
+            Some(None) => state = "running",
+            Some(Some(Ok(v))) => {
                 state = "succeeded";
                 result = Some(v.clone());
             }
-            Some(Task::Done(Err(e))) => {
+            Some(Some(Err(e))) => {
                 state = "failed";
                 error = Some(e.clone());
             }
@@ -139,7 +144,7 @@ fn plain_error(job: &Job, why: &str) -> ErrorBody {
 }
 
 enum Message {
-    Begun(i64),
+    Begun(Box<Job>),
     Done(Result<Value, ApiError>),
 }
 
@@ -162,11 +167,15 @@ pub async fn launch<T: Serialize>(
             let first: Rc<Cell<Option<i64>>> = Rc::new(Cell::new(None));
             {
                 let (first, tx, tasks) = (first.clone(), tx.clone(), tasks.clone());
-                jobs::on_begin(move |id| {
+                jobs::on_begin(move |job| {
                     if first.get().is_none() {
-                        first.set(Some(id));
-                        lock(&tasks).insert(id, Task::Running);
-                        let _ = tx.send(Message::Begun(id));
+                        first.set(Some(job.id));
+                        let task = Task {
+                            begun: job.clone(),
+                            outcome: None,
+                        };
+                        lock(&tasks).insert(job.id, task);
+                        let _ = tx.send(Message::Begun(Box::new(job.clone())));
                     }
                 });
             }
@@ -183,8 +192,9 @@ pub async fn launch<T: Serialize>(
                 })
                 .map_err(|e| ApiError::from_host(&what, e, body_at));
             if let Some(id) = first.get() {
-                let done = outcome.clone().map_err(|e| e.body);
-                lock(&tasks).insert(id, Task::Done(done));
+                if let Some(task) = lock(&tasks).get_mut(&id) {
+                    task.outcome = Some(outcome.clone().map_err(|e| e.body));
+                }
             }
             let _ = tx.send(Message::Done(outcome));
         })
@@ -194,8 +204,15 @@ pub async fn launch<T: Serialize>(
         .map_err(|e| ApiError::internal(&what_here, e.to_string()))?
         .map_err(|e| ApiError::internal(&what_here, e.to_string()))?;
     match first {
-        Message::Begun(id) => {
-            let view = view(state, id).await?;
+        Message::Begun(job) => {
+            let id = job.id;
+            let view = JobView::of(
+                &job,
+                Some(&Task {
+                    begun: (*job).clone(),
+                    outcome: None,
+                }),
+            );
             Ok((
                 StatusCode::ACCEPTED,
                 [(header::LOCATION, format!("/jobs/{id}"))],
@@ -215,8 +232,14 @@ fn lock(tasks: &Tasks) -> std::sync::MutexGuard<'_, HashMap<i64, Task>> {
 async fn view(state: &AppState, id: i64) -> Result<JobView, ApiError> {
     let tasks = state.tasks.clone();
     blocking(state, format!("reading job {id}"), move |store| {
-        let job = jobs::get(store, id)?;
         let task = lock(&tasks).get(&id).cloned();
+        // A job begun in a transaction not yet committed (or rolled back)
+        // is known here only.
+        let job = match (jobs::find(store, id)?, &task) {
+            (Some(job), _) => job,
+            (None, Some(t)) => t.begun.clone(),
+            (None, None) => return Err(crate::host::Error::NotFound(format!("no job {id}"))),
+        };
         Ok(JobView::of(&job, task.as_ref()))
     })
     .await

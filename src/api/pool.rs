@@ -12,14 +12,20 @@ use crate::host::storage::Pool;
 #[utoipa::path(get, path = "/pool", tag = "pool",
     responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
 pub async fn pool_info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let info = blocking(&state, "reading the pool".into(), |s| Pool::open(s)?.info(s)).await?;
+    let info = blocking(&state, "reading the pool".into(), |s| {
+        Pool::open(s)?.info(s)
+    })
+    .await?;
     Ok(Json(json!(info)))
 }
 
 #[utoipa::path(get, path = "/pool/datasets", tag = "pool",
     responses((status = 200, body = Vec<Object>), (status = 404, body = ErrorBody)))]
 pub async fn pool_datasets(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let all = blocking(&state, "listing datasets".into(), |s| Pool::open(s)?.list(s)).await?;
+    let all = blocking(&state, "listing datasets".into(), |s| {
+        Pool::open(s)?.list(s)
+    })
+    .await?;
     Ok(Json(json!(all)))
 }
 

@@ -183,9 +183,9 @@ macro_rules! simple_job {
     ($fn_name:ident, $path:literal, $verb:literal, $op:path, $doc:literal) => {
         #[doc = $doc]
         #[utoipa::path(post, path = $path, tag = "vdbs",
-            params(("name" = String, Path, description = "The VDB")),
-            responses((status = 202, body = JobView), (status = 404, body = ErrorBody),
-                (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+                    params(("name" = String, Path, description = "The VDB")),
+                    responses((status = 202, body = JobView), (status = 404, body = ErrorBody),
+                        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
         pub async fn $fn_name(
             State(state): State<AppState>,
             Path(name): Path<String>,
@@ -199,11 +199,41 @@ macro_rules! simple_job {
     };
 }
 
-simple_job!(start_vdb, "/vdbs/{name}/start", "starting", vdb::start, "Starts the VDB's cluster (a job).");
-simple_job!(stop_vdb, "/vdbs/{name}/stop", "stopping", vdb::stop, "Stops the VDB's cluster (a job).");
-simple_job!(enable_vdb, "/vdbs/{name}/enable", "enabling", vdb::enable, "Mounts and starts a disabled VDB (a job).");
-simple_job!(disable_vdb, "/vdbs/{name}/disable", "disabling", vdb::disable, "Stops and unmounts the VDB (a job).");
-simple_job!(snapshot_vdb, "/vdbs/{name}/snapshot", "snapshotting", vdb::snapshot, "Takes a snapshot of the VDB (a job).");
+simple_job!(
+    start_vdb,
+    "/vdbs/{name}/start",
+    "starting",
+    vdb::start,
+    "Starts the VDB's cluster (a job)."
+);
+simple_job!(
+    stop_vdb,
+    "/vdbs/{name}/stop",
+    "stopping",
+    vdb::stop,
+    "Stops the VDB's cluster (a job)."
+);
+simple_job!(
+    enable_vdb,
+    "/vdbs/{name}/enable",
+    "enabling",
+    vdb::enable,
+    "Mounts and starts a disabled VDB (a job)."
+);
+simple_job!(
+    disable_vdb,
+    "/vdbs/{name}/disable",
+    "disabling",
+    vdb::disable,
+    "Stops and unmounts the VDB (a job)."
+);
+simple_job!(
+    snapshot_vdb,
+    "/vdbs/{name}/snapshot",
+    "snapshotting",
+    vdb::snapshot,
+    "Takes a snapshot of the VDB (a job)."
+);
 
 fn moment(bytes: &[u8]) -> Result<MomentBody, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -263,6 +293,9 @@ pub async fn set_vdb_quota(
 ) -> Result<Json<Value>, ApiError> {
     let what = format!("setting the quota of VDB {name}");
     Ok(Json(
-        blocking(&state, what, move |s| Ok(json!(vdb::set_quota(s, &name, q.bytes)?))).await?,
+        blocking(&state, what, move |s| {
+            Ok(json!(vdb::set_quota(s, &name, q.bytes)?))
+        })
+        .await?,
     ))
 }

@@ -35,7 +35,9 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
             let (token, secret) = tokens::create(&store, &name, read_only)
                 .with_context(|| format!("making token {name}"))?;
             if out.is_json() {
-                out.json(&json!({"name": token.name, "read_only": token.read_only, "token": secret}))
+                out.json(
+                    &json!({"name": token.name, "read_only": token.read_only, "token": secret}),
+                )
             } else {
                 // The token alone on standard output, for `$(pgvirt token create ...)`.
                 super::print_all(format!("{secret}\n").as_bytes())?;
@@ -48,8 +50,12 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
         }
         Cmd::List => out.tokens(&tokens::list(&store)?),
         Cmd::Revoke { name } => {
-            let t = tokens::revoke(&store, &name).with_context(|| format!("revoking token {name}"))?;
-            out.message(&format!("revoked token {}", t.name), json!({"revoked": t.name}))
+            let t =
+                tokens::revoke(&store, &name).with_context(|| format!("revoking token {name}"))?;
+            out.message(
+                &format!("revoked token {}", t.name),
+                json!({"revoked": t.name}),
+            )
         }
     }
 }

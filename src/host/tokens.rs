@@ -119,9 +119,15 @@ mod tests {
             .query_row("SELECT sha256 FROM api_tokens", [], |r| r.get(0))
             .expect("row");
         assert_ne!(kept, secret);
-        assert_eq!(verify(&store, &secret).expect("verify").map(|t| t.name), Some("ci".into()));
+        assert_eq!(
+            verify(&store, &secret).expect("verify").map(|t| t.name),
+            Some("ci".into())
+        );
         assert!(verify(&store, "pgv_nope").expect("verify").is_none());
-        assert!(matches!(create(&store, "ci", false), Err(Error::Conflict(_))));
+        assert!(matches!(
+            create(&store, "ci", false),
+            Err(Error::Conflict(_))
+        ));
         revoke(&store, "ci").expect("revoke");
         assert!(verify(&store, &secret).expect("verify").is_none());
     }

@@ -142,8 +142,14 @@ pub struct Api {
 impl Api {
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
         let bytes = body.map(|b| b.to_string().into_bytes());
-        request(self.port, method, path, self.token.as_deref(), bytes.as_deref())
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        request(
+            self.port,
+            method,
+            path,
+            self.token.as_deref(),
+            bytes.as_deref(),
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     pub fn get(&self, path: &str) -> Reply {
@@ -158,7 +164,10 @@ impl Api {
             if job["state"] != "running" {
                 return job;
             }
-            assert!(std::time::Instant::now() < deadline, "job {id} never ended: {job}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job {id} never ended: {job}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -167,23 +176,23 @@ impl Api {
 /// Makes a token with the CLI (`pgvirt token create`) of a store.
 pub fn make_token(pgvirt: &Path, store: &Path, name: &str, read_only: bool) -> String {
     let mut cmd = Command::new(pgvirt);
-    cmd.args(["token", "create", name]).env("PGVIRT_STORE", store);
+    cmd.args(["token", "create", name])
+        .env("PGVIRT_STORE", store);
     if read_only {
         cmd.arg("--read-only");
     }
     let out = cmd.output().expect("pgvirt runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// Fires `n` GET requests at once (one thread and connection each), over
 /// `paths` in turn; returns each one's status and latency.
-pub fn concurrent_reads(
-    port: u16,
-    token: &str,
-    paths: &[&str],
-    n: usize,
-) -> Vec<(u16, Duration)> {
+pub fn concurrent_reads(port: u16, token: &str, paths: &[&str], n: usize) -> Vec<(u16, Duration)> {
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
     let handles: Vec<_> = (0..n)
         .map(|i| {

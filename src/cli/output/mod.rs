@@ -90,7 +90,12 @@ impl Out {
         self.table(items, &["name", "rights", "created"], |t| {
             vec![
                 t.name.clone(),
-                if t.read_only { "read-only" } else { "read-write" }.into(),
+                if t.read_only {
+                    "read-only"
+                } else {
+                    "read-write"
+                }
+                .into(),
                 display_time(t.created_at),
             ]
         })

@@ -131,13 +131,14 @@ static BEGIN: Mutex<()> = Mutex::new(());
 
 thread_local! {
     /// Told the id of each job this thread begins (see [`on_begin`]).
-    static ON_BEGIN: RefCell<Option<Box<dyn FnMut(i64)>>> = const { RefCell::new(None) };
+    static ON_BEGIN: RefCell<Option<Box<dyn FnMut(&Job)>>> = const { RefCell::new(None) };
 }
 
-/// Calls `f` with the id of each job begun on this thread from now on: a
-/// caller that runs a workflow in the background (the API) learns the job
-/// to answer with as soon as it is recorded.
-pub fn on_begin(f: impl FnMut(i64) + 'static) {
+/// Calls `f` with each job begun on this thread from now on: a caller that
+/// runs a workflow in the background (the API) learns the job to answer
+/// with as soon as it is recorded (maybe in a transaction not yet
+/// committed: other connections see it a moment later).
+pub fn on_begin(f: impl FnMut(&Job) + 'static) {
     ON_BEGIN.with(|hook| *hook.borrow_mut() = Some(Box::new(f)));
 }
 
@@ -187,7 +188,7 @@ impl Job {
         let job = get(store, store.conn().last_insert_rowid())?;
         ON_BEGIN.with(|hook| {
             if let Some(f) = hook.borrow_mut().as_mut() {
-                f(job.id);
+                f(&job);
             }
         });
         Ok(job)
