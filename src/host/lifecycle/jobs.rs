@@ -129,9 +129,12 @@ pub struct Job {
 /// among the threads of one process (`pgvirt serve` runs many jobs).
 static BEGIN: Mutex<()> = Mutex::new(());
 
+/// What [`on_begin`] keeps.
+type BeginHook = Box<dyn FnMut(&Job)>;
+
 thread_local! {
     /// Told the id of each job this thread begins (see [`on_begin`]).
-    static ON_BEGIN: RefCell<Option<Box<dyn FnMut(&Job)>>> = const { RefCell::new(None) };
+    static ON_BEGIN: RefCell<Option<BeginHook>> = const { RefCell::new(None) };
 }
 
 /// Calls `f` with each job begun on this thread from now on: a caller that
