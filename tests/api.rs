@@ -360,3 +360,82 @@ fn a_busy_vdb_refuses_a_second_change_reads_go_on_and_a_killed_serve_is_repaired
     let done = api.wait_job(deleted.json()["id"].as_i64().expect("id"));
     assert_eq!(done["state"], "succeeded", "{done}");
 }
+
+#[test]
+fn a_connector_uploads_once_reinstalls_as_a_no_op_and_a_downgrade_is_refused() {
+    let p = Pgvirt::new();
+    let dist = p.dir().join("dist");
+    p.ok(&[
+        "connector",
+        "pack",
+        repo_root().to_str().expect("utf-8"),
+        "--out",
+        dist.to_str().expect("utf-8"),
+    ]);
+    let t = token(&p, "ci", false);
+    let server = serve(&p);
+    let api = Api {
+        port: server.port,
+        token: Some(t.clone()),
+    };
+    let bundle: Value = serde_json::from_str(
+        &std::fs::read_to_string(dist.join("connector.json")).expect("bundle"),
+    )
+    .expect("json");
+    // Without its library first: refused, saying where to put it.
+    let e = assert_error(&api.call("POST", "/connectors", Some(&bundle)), 422);
+    let sha = bundle["library"]["sha256"].as_str().expect("sha");
+    assert!(e["why"].as_str().expect("why").contains(sha), "{e}");
+    // Bytes that are not the library: 400.
+    let wrong = crate::support::http::request(
+        server.port,
+        "PUT",
+        &format!("/connectors/libraries/{sha}"),
+        Some(&t),
+        Some(b"not a library"),
+    )
+    .expect("request");
+    assert_error(&wrong, 400);
+    let lib = std::fs::read(dist.join("libpgvirt.so")).expect("library");
+    let put = crate::support::http::request(
+        server.port,
+        "PUT",
+        &format!("/connectors/libraries/{sha}"),
+        Some(&t),
+        Some(&lib),
+    )
+    .expect("request");
+    assert_eq!(put.status, 201, "{}", put.body);
+    let first = api.call("POST", "/connectors", Some(&bundle));
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json()["previous_version"], Value::Null);
+    let again = api.call("POST", "/connectors", Some(&bundle));
+    assert_eq!(again.json()["previous_version"], "0.1.0+1", "{}", again.body);
+    assert_eq!(again.json()["unchanged"], true, "{}", again.body);
+    // A malformed bundle names the field.
+    let mut bad = bundle.clone();
+    bad["manifest"]["version"] = json!(7);
+    let e = assert_error(&api.call("POST", "/connectors", Some(&bad)), 400);
+    assert!(!e["problems"].as_array().expect("problems").is_empty(), "{e}");
+
+    // Stand in for a newer release having been installed (9.0.0).
+    let store = pgvirt::host::store::Store::open(&p.store()).expect("store");
+    let manifest: String = store
+        .conn()
+        .query_row("SELECT manifest FROM connectors", [], |r| r.get(0))
+        .expect("row");
+    let mut manifest: Value = serde_json::from_str(&manifest).expect("json");
+    manifest["version"] = json!("9.0.0");
+    store
+        .conn()
+        .execute(
+            "UPDATE connectors SET version = '9.0.0', manifest = ?1",
+            [manifest.to_string()],
+        )
+        .expect("update");
+    drop(store);
+    let e = assert_error(&api.call("POST", "/connectors", Some(&bundle)), 409);
+    let why = e["why"].as_str().expect("why");
+    assert!(why.contains("0.1.0") && why.contains("9.0.0"), "{e}");
+    assert_eq!(api.get("/connectors").json()[0]["version"], "9.0.0");
+}
