@@ -410,13 +410,21 @@ fn a_connector_uploads_once_reinstalls_as_a_no_op_and_a_downgrade_is_refused() {
     assert_eq!(first.status, 200, "{}", first.body);
     assert_eq!(first.json()["previous_version"], Value::Null);
     let again = api.call("POST", "/connectors", Some(&bundle));
-    assert_eq!(again.json()["previous_version"], "0.1.0+1", "{}", again.body);
+    assert_eq!(
+        again.json()["previous_version"],
+        "0.1.0+1",
+        "{}",
+        again.body
+    );
     assert_eq!(again.json()["unchanged"], true, "{}", again.body);
     // A malformed bundle names the field.
     let mut bad = bundle.clone();
     bad["manifest"]["version"] = json!(7);
     let e = assert_error(&api.call("POST", "/connectors", Some(&bad)), 400);
-    assert!(!e["problems"].as_array().expect("problems").is_empty(), "{e}");
+    assert!(
+        !e["problems"].as_array().expect("problems").is_empty(),
+        "{e}"
+    );
 
     // Stand in for a newer release having been installed (9.0.0).
     let store = pgvirt::host::store::Store::open(&p.store()).expect("store");
