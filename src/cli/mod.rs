@@ -10,6 +10,7 @@ mod connector;
 mod demo;
 mod dsource;
 mod env;
+mod export;
 mod flags;
 mod output;
 mod pool;
@@ -91,6 +92,9 @@ enum Command {
     /// Virtual databases: writable thin clones of snapshots.
     #[command(subcommand)]
     Vdb(vdb::Cmd),
+    /// Table exports: chosen tables shipped to other databases, exactly once.
+    #[command(subcommand)]
+    Export(export::Cmd),
     /// Serve the HTTP API (every operation as REST, with jobs; see /openapi.json).
     Serve(serve::ServeArgs),
     /// Bearer tokens for the API: create (shown once), list, revoke.
@@ -272,6 +276,7 @@ fn run(cli: Cli, replication_password: Option<String>) -> anyhow::Result<()> {
         Command::Snapshot(cmd) => snapshot::exec(cmd, &cx),
         Command::Timeflow(cmd) => timeflow::exec(cmd, &cx),
         Command::Vdb(cmd) => vdb::exec(cmd, &cx),
+        Command::Export(cmd) => export::exec(cmd, &cx),
         Command::Serve(args) => serve::exec(args, &cx),
         Command::Token(cmd) => token::exec(cmd, &cx),
         Command::Demo(args) => demo::exec(args),

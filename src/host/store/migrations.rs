@@ -236,7 +236,20 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE retention ADD COLUMN wal_keep_bytes INTEGER CHECK (wal_keep_bytes >= 0);
     ALTER TABLE vdbs ADD COLUMN quota_bytes INTEGER CHECK (quota_bytes > 0);
     "#,
-    // 5: API tokens (only their hashes).
+    // 5: table exports (seed 004): chosen tables of a source config
+    // shipped to targets (VDBs or source configs); what each run shipped.
+    r#"
+    CREATE TABLE exports (
+        id               INTEGER PRIMARY KEY,
+        name             TEXT NOT NULL UNIQUE,
+        source_config_id INTEGER NOT NULL REFERENCES source_configs(id) ON DELETE RESTRICT,
+        definition       TEXT NOT NULL CHECK (json_valid(definition)),
+        state            TEXT NOT NULL CHECK (state IN ('added', 'installed')),
+        stats            TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(stats)),
+        created_at       INTEGER NOT NULL
+    );
+    "#,
+    // 6: API tokens (only their hashes).
     r#"
     CREATE TABLE api_tokens (
         name       TEXT PRIMARY KEY,
