@@ -43,6 +43,17 @@ fn burst(port: u16, token: &str, paths: &[&str], n: usize) -> (usize, usize, f64
     )
 }
 
+/// Polls a job every 20 ms until it ends.
+fn wait(api: &http::Api, job: i64) -> serde_json::Value {
+    loop {
+        let j = api.get(&format!("/jobs/{job}")).json();
+        if j["state"] != "running" {
+            return j;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -75,6 +86,7 @@ fn main() {
     let mut busy = Vec::new();
     let mut api_secs = Vec::new();
     let mut cli_secs = Vec::new();
+    let mut busy_secs = Vec::new();
     for round in 0..rounds {
         // Baseline: the burst with nothing running.
         idle.push(burst(
@@ -90,6 +102,15 @@ fn main() {
         });
         cli_secs.push(took.as_secs_f64());
         p.ok(&["vdb", "delete", &name]);
+        // API provision alone, timed (request to job succeeded).
+        let name = format!("api-alone-{round}");
+        let started = Instant::now();
+        let accepted = api.call("POST", "/vdbs", Some(&json!({"name": name, "from": "src"})));
+        assert_eq!(accepted.status, 202, "{}", accepted.body);
+        let done = wait(&api, accepted.json()["id"].as_i64().expect("job id"));
+        api_secs.push(started.elapsed().as_secs_f64());
+        assert_eq!(done["state"], "succeeded", "{done}");
+        p.ok(&["vdb", "delete", &name]);
         // Candidate: the burst while an API provision runs.
         let name = format!("api-{round}");
         let started = Instant::now();
@@ -104,14 +125,8 @@ fn main() {
             reads,
         ));
         let running_at_end = api.get(&job_path).json()["state"] == "running";
-        let done = loop {
-            let j = api.get(&job_path).json();
-            if j["state"] != "running" {
-                break j;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        api_secs.push(started.elapsed().as_secs_f64());
+        let done = wait(&api, job);
+        busy_secs.push(started.elapsed().as_secs_f64());
         assert_eq!(done["state"], "succeeded", "{done}");
         if !running_at_end {
             println!("note: round {round}: the provision ended before the burst did");
@@ -164,6 +179,7 @@ fn main() {
             "machine": machine(), "scale": scale, "reads": reads, "rounds": rounds,
             "idle": as_json(&idle), "during_provision": as_json(&busy),
             "provision_api_seconds": api_secs, "provision_cli_seconds": cli_secs,
+            "provision_api_under_burst_seconds": busy_secs,
             "provision_api_over_cli": a / c,
         }),
     );

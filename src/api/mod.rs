@@ -42,21 +42,39 @@ use error::ApiError;
 pub struct AppState {
     pub store_path: Arc<PathBuf>,
     pub tasks: jobs::Tasks,
+    /// Store connections kept open between requests (SQLite: one per
+    /// request at a time; jobs open their own).
+    pub idle: Arc<std::sync::Mutex<Vec<Store>>>,
 }
 
-/// Runs `f` with a store connection of its own on a blocking thread;
-/// errors become JSON errors about `what`.
+/// How many idle connections are kept.
+const IDLE_CONNECTIONS: usize = 16;
+
+/// Runs `f` with a store connection of its own (an idle one, or a new
+/// one) on a blocking thread; errors become JSON errors about `what`.
 pub async fn blocking<T: Send + 'static>(
     state: &AppState,
     what: String,
     f: impl FnOnce(&mut Store) -> crate::host::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
     let path = state.store_path.clone();
+    let idle = state.idle.clone();
     let what_here = what.clone();
     tokio::task::spawn_blocking(move || {
-        Store::open(&path)
-            .and_then(|mut store| f(&mut store))
-            .map_err(|e| ApiError::from_host(&what, e, ""))
+        let kept = idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut store = match kept {
+            Some(store) => store,
+            None => Store::open(&path).map_err(|e| ApiError::from_host(&what, e, ""))?,
+        };
+        let outcome = f(&mut store).map_err(|e| ApiError::from_host(&what, e, ""));
+        // A connection left inside a transaction (an error midway) is not kept.
+        if store.conn().is_autocommit() {
+            let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < IDLE_CONNECTIONS {
+                idle.push(store);
+            }
+        }
+        outcome
     })
     .await
     .map_err(|e| ApiError::internal(&what_here, e.to_string()))?
@@ -204,6 +222,7 @@ pub fn serve(options: Options) -> anyhow::Result<()> {
     let state = AppState {
         store_path: Arc::new(options.store_path),
         tasks: Default::default(),
+        idle: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
