@@ -447,3 +447,59 @@ fn a_connector_uploads_once_reinstalls_as_a_no_op_and_a_downgrade_is_refused() {
     assert!(why.contains("0.1.0") && why.contains("9.0.0"), "{e}");
     assert_eq!(api.get("/connectors").json()[0]["version"], "9.0.0");
 }
+
+#[test]
+fn serve_speaks_tls_with_a_certificate_and_key() {
+    let p = Pgvirt::new();
+    let t = token(&p, "ci", true);
+    let (cert, key) = (p.dir().join("cert.pem"), p.dir().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut cmd = p.command(&["serve", "--listen", "127.0.0.1:0", "--tls-cert"]);
+    cmd.arg(&cert).arg("--tls-key").arg(&key);
+    let server = Server::start_with(cmd);
+    let url = format!("https://127.0.0.1:{}/vdbs", server.port);
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&cert)
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {t}"),
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.ends_with("200") && text.starts_with("[]"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Plain HTTP is not answered as HTTP there.
+    let plain = crate::support::http::request(server.port, "GET", "/vdbs", Some(&t), None);
+    assert!(
+        plain.map_or(true, |r| r.status != 200),
+        "plain HTTP was served"
+    );
+}

@@ -21,6 +21,7 @@ pub mod error;
 mod jobs;
 mod pool;
 mod snapshots;
+mod tls;
 mod vdbs;
 
 use std::net::SocketAddr;
@@ -213,6 +214,8 @@ fn describe_responses(doc: &mut utoipa::openapi::OpenApi) {
 pub struct Options {
     pub listen: SocketAddr,
     pub store_path: PathBuf,
+    /// TLS: the certificate chain and private key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Repairs what interrupted work left (jobs of a `serve` that was stopped
@@ -228,19 +231,35 @@ pub fn serve(options: Options) -> anyhow::Result<()> {
         .enable_all()
         .max_blocking_threads(64)
         .build()?;
+    let app = router(state);
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
         let local = listener.local_addr()?;
-        // The line a script waits for (the port, when it asked for port 0).
-        println!("pgvirt API listening on http://{local}");
-        log::info!("listening on {local}");
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown())
-            .await?;
+        match options.tls {
+            None => {
+                announce("http", local);
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown())
+                    .await?;
+            }
+            Some((cert, key)) => {
+                let tls = tls::TlsListener::new(listener, &cert, &key)?;
+                announce("https", local);
+                axum::serve(tls, app)
+                    .with_graceful_shutdown(shutdown())
+                    .await?;
+            }
+        }
         Ok(())
     })
+}
+
+/// The line a script waits for (the port, when it asked for port 0).
+fn announce(scheme: &str, local: SocketAddr) {
+    println!("pgvirt API listening on {scheme}://{local}");
+    log::info!("listening on {local}");
 }
 
 fn repair_at_start(path: &Path) -> anyhow::Result<()> {

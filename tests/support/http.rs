@@ -20,8 +20,13 @@ impl Server {
     /// Starts `serve --listen 127.0.0.1:0` from `cmd` (a `pgvirt` command
     /// with its store set) and waits for the line with its port.
     pub fn start(mut cmd: Command) -> Self {
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+        Self::start_with(cmd)
+    }
+
+    /// Starts `cmd`, a whole `pgvirt serve ...` command line.
+    pub fn start_with(mut cmd: Command) -> Self {
         let mut child = cmd
-            .args(["serve", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
