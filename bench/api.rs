@@ -1,5 +1,6 @@
 //! API benchmark: 200 concurrent read requests (GET /vdbs, /dsources,
-//! /jobs/{id}, /pool, each on its own connection) while a provision job
+//! /jobs/{id}, /snapshots, each on its own connection; not /pool, whose
+//! space accounting walks the datasets) while a provision job
 //! runs, against the same burst with nothing running; throughput and
 //! p50/p99 latency; and the provision itself through the API against the
 //! CLI (alternated, medians). Run as root: `cargo bench --bench api`.
@@ -92,7 +93,7 @@ fn main() {
         idle.push(burst(
             server.port,
             &token,
-            &["/vdbs", "/dsources", "/jobs", "/pool"],
+            &["/vdbs", "/dsources", "/jobs", "/snapshots"],
             reads,
         ));
         // CLI provision, timed.
@@ -121,7 +122,7 @@ fn main() {
         busy.push(burst(
             server.port,
             &token,
-            &["/vdbs", "/dsources", &job_path, "/pool"],
+            &["/vdbs", "/dsources", &job_path, "/snapshots"],
             reads,
         ));
         let running_at_end = api.get(&job_path).json()["state"] == "running";

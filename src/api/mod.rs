@@ -49,7 +49,7 @@ pub struct AppState {
 }
 
 /// How many idle connections are kept.
-const IDLE_CONNECTIONS: usize = 16;
+const IDLE_CONNECTIONS: usize = 64;
 
 /// Runs `f` with a store connection of its own (an idle one, or a new
 /// one) on a blocking thread; errors become JSON errors about `what`.
