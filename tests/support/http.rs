@@ -87,7 +87,11 @@ pub fn request(
 ) -> std::io::Result<Reply> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    // Kept alive, and closed here once the reply is read: the client, not
+    // the server, then holds the closed connection's TIME_WAIT, so a burst
+    // of new connections never meets a server-side one on a reused port
+    // (a SYN answered that way waits a 1 s retransmission).
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
     if let Some(t) = token {
         head.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
@@ -98,8 +102,7 @@ pub fn request(
     ));
     stream.write_all(head.as_bytes())?;
     stream.write_all(body)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    let raw = read_reply(&mut stream)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (headers, rest) = text
         .split_once("\r\n\r\n")
@@ -122,6 +125,41 @@ pub fn request(
         headers: headers.to_owned(),
         body,
     })
+}
+
+/// Reads one reply: its headers, then its body by length, chunks, or to
+/// the end.
+fn read_reply(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        if let Some(end) = find(&raw, b"\r\n\r\n") {
+            let headers = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let length = headers
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let done = match length {
+                Some(n) => raw.len() >= end + 4 + n,
+                None if headers.contains("transfer-encoding: chunked") => {
+                    find(&raw[end..], b"\r\n0\r\n\r\n").is_some()
+                }
+                None => false,
+            };
+            if done {
+                return Ok(raw);
+            }
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(raw);
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn dechunk(mut rest: &str) -> String {
