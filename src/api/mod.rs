@@ -46,10 +46,17 @@ pub struct AppState {
     /// Store connections kept open between requests (SQLite: one per
     /// request at a time; jobs open their own).
     pub idle: Arc<std::sync::Mutex<Vec<Store>>>,
+    /// At most [`CONNECTIONS`] requests use the store at once (the rest
+    /// wait their turn): that many connections, opened once and kept.
+    pub permits: Arc<tokio::sync::Semaphore>,
 }
 
-/// How many idle connections are kept.
-const IDLE_CONNECTIONS: usize = 64;
+/// How many store connections requests use at most.
+const CONNECTIONS: usize = 32;
+
+/// Opens new connections one at a time: opening sets the journal mode,
+/// and a crowd of them doing it at once waits on SQLite's busy handler.
+static OPENING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `f` with a store connection of its own (an idle one, or a new
 /// one) on a blocking thread; errors become JSON errors about `what`.
@@ -61,17 +68,27 @@ pub async fn blocking<T: Send + 'static>(
     let path = state.store_path.clone();
     let idle = state.idle.clone();
     let what_here = what.clone();
+    let permit = state
+        .permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal(&what_here, e.to_string()))?;
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let kept = idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut store = match kept {
             Some(store) => store,
-            None => Store::open(&path).map_err(|e| ApiError::from_host(&what, e, ""))?,
+            None => {
+                let _one = OPENING.lock().unwrap_or_else(|e| e.into_inner());
+                Store::open(&path).map_err(|e| ApiError::from_host(&what, e, ""))?
+            }
         };
         let outcome = f(&mut store).map_err(|e| ApiError::from_host(&what, e, ""));
         // A connection left inside a transaction (an error midway) is not kept.
         if store.conn().is_autocommit() {
             let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < IDLE_CONNECTIONS {
+            if idle.len() < CONNECTIONS {
                 idle.push(store);
             }
         }
@@ -226,6 +243,7 @@ pub fn serve(options: Options) -> anyhow::Result<()> {
         store_path: Arc::new(options.store_path),
         tasks: Default::default(),
         idle: Default::default(),
+        permits: Arc::new(tokio::sync::Semaphore::new(CONNECTIONS)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -233,8 +251,7 @@ pub fn serve(options: Options) -> anyhow::Result<()> {
         .build()?;
     let app = router(state);
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(options.listen)
-            .await
+        let listener = listen(options.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
         let local = listener.local_addr()?;
         match options.tls {
@@ -254,6 +271,20 @@ pub fn serve(options: Options) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// A listening socket with a deep accept queue: a burst of connections
+/// (CI jobs at once) waits there instead of losing SYNs to a full queue,
+/// which costs each such client a 1 s retransmission.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// The line a script waits for (the port, when it asked for port 0).
