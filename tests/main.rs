@@ -12,6 +12,7 @@ mod dsource;
 mod export;
 mod first_hour;
 mod hardening;
+mod ingest;
 mod pitr;
 mod quota;
 mod storage;
