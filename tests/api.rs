@@ -4,6 +4,11 @@
 //! a VDB; a second change to a busy VDB (409), reads answered while a
 //! provision runs, and a job cut short by a killed `serve`, repaired at
 //! its restart.
+//!
+//! `tests/fixtures/openapi-3.1.schema.json` is the official OpenAPI 3.1
+//! schema (`https://spec.openapis.org/oas/3.1/schema/2022-10-07`, Apache-2.0,
+//! by the OpenAPI Initiative), vendored as it is: self-contained, so the
+//! validator fetches nothing.
 
 use std::path::Path;
 use std::process::Command;
