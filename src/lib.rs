@@ -13,6 +13,8 @@
 //!   (package, loader, registry, definitions), `environments`, `storage`,
 //!   `lifecycle` (discovery, dSources, VDBs, timeflows, jobs and their
 //!   repair), the `store`, and `secrets` sealed at rest.
+//! - [`api`]: the HTTP API (`pgvirt serve`), a second face over [`host`]
+//!   beside the command line, with jobs, tokens and an OpenAPI document.
 //! - [`cli`]: the `pgvirt` command line, one file per command group, a thin
 //!   layer over [`host`] (the demo lives there too).
 //!
@@ -21,6 +23,7 @@
 //! host never imports `connector`: it reaches it only through the library.
 
 pub mod abi;
+pub mod api;
 pub mod cli;
 mod connector;
 pub mod host;

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod api;
 mod boundary;
 mod contract;
 mod demo;

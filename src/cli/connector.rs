@@ -92,6 +92,10 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
                 .with_context(|| format!("installing connector {}", path.display()))?;
             let i = &outcome.installed;
             let text = match &outcome.previous_version {
+                Some(_) if outcome.unchanged => format!(
+                    "{} {}+{} is installed already; nothing to do",
+                    i.name, i.version, i.build_number
+                ),
                 Some(prev) => format!(
                     "installed {} {}+{} (replacing {prev})",
                     i.name, i.version, i.build_number

@@ -52,9 +52,8 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
             name,
             scratch,
         } => {
-            let name = name.unwrap_or_else(|| kind.to_string());
-            let e = environment::add(store, kind, &name, &user, scratch.as_deref())
-                .with_context(|| format!("adding environment {name}"))?;
+            let e = environment::add(store, kind, name.as_deref(), &user, scratch.as_deref())
+                .with_context(|| format!("adding environment {}", name.as_deref().unwrap_or("")))?;
             out.message(
                 &format!("added environment {} ({} as {})", e.name, e.kind, e.os_user),
                 serde_json::to_value(&e)?,

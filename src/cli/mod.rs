@@ -15,9 +15,11 @@ mod flags;
 mod output;
 mod pool;
 mod repo;
+mod serve;
 mod snapshot;
 mod source;
 mod timeflow;
+mod token;
 mod vdb;
 
 use std::path::PathBuf;
@@ -93,6 +95,11 @@ enum Command {
     /// Table exports: chosen tables shipped to other databases, exactly once.
     #[command(subcommand)]
     Export(export::Cmd),
+    /// Serve the HTTP API (every operation as REST, with jobs; see /openapi.json).
+    Serve(serve::ServeArgs),
+    /// Bearer tokens for the API: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Token(token::Cmd),
     /// The whole story on this machine, start to finish, each step timed:
     /// a source with sample data, link, snapshot, two VDBs, write,
     /// refresh, rewind, tear down. Uses its own store and pool.
@@ -270,6 +277,8 @@ fn run(cli: Cli, replication_password: Option<String>) -> anyhow::Result<()> {
         Command::Timeflow(cmd) => timeflow::exec(cmd, &cx),
         Command::Vdb(cmd) => vdb::exec(cmd, &cx),
         Command::Export(cmd) => export::exec(cmd, &cx),
+        Command::Serve(args) => serve::exec(args, &cx),
+        Command::Token(cmd) => token::exec(cmd, &cx),
         Command::Demo(args) => demo::exec(args),
         Command::Completions { shell } => {
             let mut text = Vec::new();

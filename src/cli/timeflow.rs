@@ -5,8 +5,7 @@ use serde_json::json;
 
 use super::output::key_list;
 use super::Context;
-use crate::host::connectors::registry;
-use crate::host::lifecycle::{dsource, pitr, timeflow, vdb};
+use crate::host::lifecycle::{moments, pitr};
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
@@ -22,36 +21,17 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
     let store = cx.store()?;
     match cmd {
         Cmd::Show { name } => {
-            let (what, ranges, timeflows, policy) = if let Some(d) = dsource::find(&store, &name)? {
-                let connector = registry::open(&store, None)?;
-                let ranges = dsource::ranges(&store, &connector, &d)?;
-                let tfs = timeflow::list(&store, timeflow::ContainerKind::Dsource, d.id)?;
-                let (days, bytes) =
-                    timeflow::wal_retention(&store, timeflow::ContainerKind::Dsource, d.id)?;
-                let policy = format!(
-                    "back to the oldest snapshot{}{}",
-                    days.map_or(String::new(), |d| format!(" younger than {d} days")),
-                    bytes.map_or(String::new(), |b| format!(", at most {b} bytes"))
-                );
-                (format!("dSource {name}"), ranges, tfs, policy)
-            } else {
-                let v = vdb::get(&store, &name)?;
-                let connector = registry::open(&store, None)?;
-                let ranges = vdb::wal::ranges(&store, &connector, &v)?;
-                let tfs = timeflow::list(&store, timeflow::ContainerKind::Vdb, v.id)?;
-                // Each timeflow keeps its WAL from its oldest snapshot on.
-                let policy = "from the oldest snapshot of each timeflow on".to_owned();
-                (format!("VDB {name}"), ranges, tfs, policy)
-            };
+            let m = moments::of(&store, &name)?;
             if cx.out.is_json() {
                 return cx
                     .out
-                    .json(&json!({"name": name, "timeflows": timeflows, "ranges": ranges}));
+                    .json(&json!({"name": name, "timeflows": m.timeflows, "ranges": m.ranges}));
             }
+            let what = format!("{} {name}", m.kind.title());
             let rows: Vec<(&str, String)> = vec![
-                ("timeflows", timeflows.len().to_string()),
-                ("WAL kept", policy),
-                ("ranges", format!("\n{}", pitr::describe(&ranges))),
+                ("timeflows", m.timeflows.len().to_string()),
+                ("WAL kept", m.wal_kept),
+                ("ranges", format!("\n{}", pitr::describe(&m.ranges))),
             ];
             println!("{}", key_list(&what, &rows));
             Ok(())

@@ -67,11 +67,7 @@ pub struct At {
 
 impl At {
     fn target(&self) -> anyhow::Result<Option<Target>> {
-        Ok(match (&self.at, &self.at_lsn) {
-            (Some(t), _) => Some(Target::parse_time(t)?),
-            (_, Some(l)) => Some(Target::parse_lsn(l)?),
-            _ => None,
-        })
+        Ok(Target::either(self.at.as_deref(), self.at_lsn.as_deref())?)
     }
 }
 

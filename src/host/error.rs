@@ -69,6 +69,11 @@ pub enum Error {
     #[error("{0}")]
     Conflict(String),
 
+    /// The object's state refuses the change (a dSource to enable first,
+    /// dependants to delete first).
+    #[error("{0}")]
+    Refused(String),
+
     /// A connector library could not be loaded or does not fit this host.
     #[error("cannot load connector library {}: {message}", .path.display())]
     Load { path: PathBuf, message: String },

@@ -25,5 +25,6 @@ pub mod processes;
 pub mod secrets;
 pub mod storage;
 pub mod store;
+pub mod tokens;
 
 pub use error::{Error, Problem, Result};

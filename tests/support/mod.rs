@@ -13,6 +13,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+#[path = "http.rs"]
+pub mod http;
 #[path = "loopfs.rs"]
 mod loopfs;
 pub use loopfs::LoopFs;

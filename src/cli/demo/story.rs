@@ -137,7 +137,7 @@ impl Demo<'_> {
                 let env = environments::add(
                     &d.store,
                     environments::EnvironmentKind::Local,
-                    "local",
+                    Some("local"),
                     user,
                     None,
                 )?;

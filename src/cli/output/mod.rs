@@ -86,6 +86,21 @@ impl Out {
         )
     }
 
+    pub fn tokens(&self, items: &[crate::host::tokens::Token]) -> anyhow::Result<()> {
+        self.table(items, &["name", "rights", "created"], |t| {
+            vec![
+                t.name.clone(),
+                if t.read_only {
+                    "read-only"
+                } else {
+                    "read-write"
+                }
+                .into(),
+                display_time(t.created_at),
+            ]
+        })
+    }
+
     pub fn environments(&self, items: &[Environment]) -> anyhow::Result<()> {
         self.table(
             items,
@@ -449,13 +464,8 @@ impl Out {
         headline: &str,
         usage: Option<(Option<u64>, u64)>,
     ) -> anyhow::Result<()> {
-        let mut value = serde_json::to_value(v)?;
-        value["connection"] = Value::String(v.connection_string());
-        if let Some((used, quota)) = usage {
-            value["quota"] = serde_json::json!({"bytes": quota, "used_bytes": used});
-        }
         if self.is_json() {
-            return self.json(&value);
+            return self.json(&crate::host::lifecycle::vdb::described(v, usage));
         }
         let parent = match (&v.parent, v.origin_snapshot) {
             (Some(name), Some(snap)) => format!("{} {name}, snapshot {snap}", v.parent_kind),

@@ -36,6 +36,8 @@ pub struct InstallOutcome {
     pub installed: Installed,
     /// The version it replaced, if any.
     pub previous_version: Option<String>,
+    /// The same version and library were installed already: nothing was done.
+    pub unchanged: bool,
 }
 
 /// Installs the package at `origin` (directory or `connector.json`).
@@ -52,7 +54,15 @@ pub fn install_package(store: &Store, package: &Package) -> Result<InstallOutcom
     let previous = find(store, &manifest.id)?;
     if let Some(prev) = &previous {
         let prev_manifest = manifest_of(store, &prev.id)?;
-        if new_key < prev_manifest.version_key()? {
+        let prev_key = prev_manifest.version_key()?;
+        if new_key == prev_key && same_library(package, prev) {
+            return Ok(InstallOutcome {
+                installed: prev.clone(),
+                previous_version: Some(format!("{}+{}", prev.version, prev.build_number)),
+                unchanged: true,
+            });
+        }
+        if new_key < prev_key {
             return Err(Error::Conflict(format!(
                 "connector {} {} (build {}) is older than the installed {} (build {}); downgrades are not supported",
                 manifest.name, manifest.version, manifest.build_number, prev.version, prev.build_number
@@ -105,7 +115,15 @@ pub fn install_package(store: &Store, package: &Package) -> Result<InstallOutcom
     Ok(InstallOutcome {
         installed,
         previous_version: previous.map(|p| format!("{}+{}", p.version, p.build_number)),
+        unchanged: false,
     })
+}
+
+/// Whether the package's library is the one installed, and still intact.
+fn same_library(package: &Package, installed: &Installed) -> bool {
+    let sha = |p: &Path| files::sha256_file(p).ok();
+    package.library.as_deref().and_then(sha).as_ref() == Some(&installed.library_sha256)
+        && sha(&installed.library_path).as_ref() == Some(&installed.library_sha256)
 }
 
 pub fn list(store: &Store) -> Result<Vec<Installed>> {

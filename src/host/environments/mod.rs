@@ -100,14 +100,17 @@ impl Environment {
 /// Adds an environment. Its scratch directory (default: `.pgvirt/<engine
 /// id>` in the user's home, outside every dataset the engine snapshots) is
 /// made, private to its user: connectors keep files there that must not be
-/// in a snapshot, such as passfiles.
+/// in a snapshot, such as passfiles. Its name defaults to its kind
+/// (`local`).
 pub fn add(
     store: &Store,
     kind: EnvironmentKind,
-    name: &str,
+    name: Option<&str>,
     os_user: &str,
     scratch: Option<&std::path::Path>,
 ) -> Result<Environment> {
+    let kind_name = kind.to_string();
+    let name = name.unwrap_or(&kind_name);
     check_name(name, "environment name")?;
     let user = OsUser::lookup(os_user)?;
     if user.uid.is_root() {

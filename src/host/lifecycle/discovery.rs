@@ -395,7 +395,7 @@ pub fn remove_source_config(store: &Store, key: &str) -> Result<SourceConfig> {
             .map_err(|e| store.err(e))?
     };
     if !users.is_empty() {
-        return Err(Error::Conflict(format!(
+        return Err(Error::Refused(format!(
             "source config {} ({}) is used by dSource {}; delete the dSource first",
             config.id,
             config.name,

@@ -7,6 +7,9 @@
 //! is, finds it with [`interrupted`] and repairs it (see
 //! [`super::repair`]) before doing anything else.
 
+use std::cell::RefCell;
+use std::sync::Mutex;
+
 use rusqlite::params;
 use serde::Serialize;
 use serde_json::Value;
@@ -117,6 +120,29 @@ pub struct Job {
     #[serde(skip)]
     pub process: Option<ProcessId>,
     pub started_at: i64,
+    /// Why it failed, or what its repair did.
+    pub error: Option<String>,
+    pub ended_at: Option<i64>,
+}
+
+/// Keeps the check for a running job and the insert of a new one together
+/// among the threads of one process (`pgvirt serve` runs many jobs).
+static BEGIN: Mutex<()> = Mutex::new(());
+
+/// What [`on_begin`] keeps.
+type BeginHook = Box<dyn FnMut(&Job)>;
+
+thread_local! {
+    /// Told the id of each job this thread begins (see [`on_begin`]).
+    static ON_BEGIN: RefCell<Option<BeginHook>> = const { RefCell::new(None) };
+}
+
+/// Calls `f` with each job begun on this thread from now on: a caller that
+/// runs a workflow in the background (the API) learns the job to answer
+/// with as soon as it is recorded (maybe in a transaction not yet
+/// committed: other connections see it a moment later).
+pub fn on_begin(f: impl FnMut(&Job) + 'static) {
+    ON_BEGIN.with(|hook| *hook.borrow_mut() = Some(Box::new(f)));
 }
 
 impl Job {
@@ -129,13 +155,15 @@ impl Job {
         target_id: i64,
         target_name: &str,
     ) -> Result<Self> {
+        let _one_at_a_time = BEGIN.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(other) = running_on(store, target_kind, target_id)?
             .into_iter()
             .find(|j| j.is_alive())
         {
             return Err(Error::Conflict(format!(
-                "{} {target_name} is busy: process {} is running `{}` on it since {}; wait for it to finish",
+                "{} {target_name} is busy: job {} (process {}) is running `{}` on it since {}; wait for it to finish",
                 target_kind.title(),
+                other.id,
                 other.pid.unwrap_or(0),
                 other.kind,
                 store::display_time(other.started_at)
@@ -160,7 +188,13 @@ impl Job {
                 ],
             )
             .map_err(|e| store.err(e))?;
-        get(store, store.conn().last_insert_rowid())
+        let job = get(store, store.conn().last_insert_rowid())?;
+        ON_BEGIN.with(|hook| {
+            if let Some(f) = hook.borrow_mut().as_mut() {
+                f(&job);
+            }
+        });
+        Ok(job)
     }
 
     /// Whether the process running it is still there.
@@ -178,7 +212,13 @@ impl Job {
             )
             .map_err(|e| store.err(e))?;
         self.step = step;
-        Ok(())
+        // The steps taken, with when, for those who follow the job.
+        let mut steps = match self.details.get("steps") {
+            Some(Value::Array(a)) => a.clone(),
+            _ => Vec::new(),
+        };
+        steps.push(serde_json::json!({"step": step, "at": store::now()}));
+        self.note(store, "steps", Value::Array(steps))
     }
 
     /// Records a fact the repair needs (what was made), before it is made.
@@ -246,7 +286,7 @@ pub fn run<T>(
     outcome
 }
 
-const COLUMNS: &str = "id, kind, target_kind, target_id, target_name, state, step, details, pid, pid_start, started_at";
+const COLUMNS: &str = "id, kind, target_kind, target_id, target_name, state, step, details, pid, pid_start, started_at, error, ended_at";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     let id: i64 = r.get(0)?;
@@ -266,18 +306,32 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
             start: r.get(9).ok().flatten(),
         }),
         started_at: r.get(10)?,
+        error: r.get(11)?,
+        ended_at: r.get(12)?,
     })
 }
 
-fn get(store: &Store, id: i64) -> Result<Job> {
-    store
-        .conn()
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
-            [id],
-            row,
-        )
-        .map_err(|e| store.err(e))
+/// One job by id.
+pub fn get(store: &Store, id: i64) -> Result<Job> {
+    find(store, id)?.ok_or_else(|| Error::NotFound(format!("no job {id}")))
+}
+
+/// One job by id, if there is one.
+pub fn find(store: &Store, id: i64) -> Result<Option<Job>> {
+    store.optional(store.conn().query_row(
+        &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
+        [id],
+        row,
+    ))
+}
+
+/// The newest `limit` jobs, oldest first.
+pub fn recent(store: &Store, limit: u32) -> Result<Vec<Job>> {
+    query(
+        store,
+        "id IN (SELECT id FROM jobs ORDER BY id DESC LIMIT ?1)",
+        [limit],
+    )
 }
 
 fn query(store: &Store, sql: &str, args: impl rusqlite::Params) -> Result<Vec<Job>> {

@@ -10,6 +10,7 @@
 //! - [`jobs`]: what each workflow is doing; [`repair`]: what a cut-short one left.
 //! - [`ownership`]: who owns which dataset and snapshot; `pool check`.
 //! - [`names`]: one name space for dSources and VDBs.
+//! - [`moments`]: what `timeflow show` tells (timeflows, ranges, WAL kept).
 //! - [`pitr`]: provisionable ranges (snapshots and kept WAL) and point-in-time targets.
 //! - [`placement`]: mounting a dataset where the connector's specification says.
 //! - [`hooks`]: user shell hooks around workflows.
@@ -22,6 +23,7 @@ pub mod dsource;
 pub mod export;
 pub mod hooks;
 pub mod jobs;
+pub mod moments;
 pub mod names;
 pub mod ownership;
 pub mod pitr;

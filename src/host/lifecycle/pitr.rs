@@ -54,6 +54,18 @@ impl Target {
         }
     }
 
+    /// A moment given as a time or an LSN (not both), or none.
+    pub fn either(at: Option<&str>, at_lsn: Option<&str>) -> Result<Option<Self>> {
+        match (at, at_lsn) {
+            (Some(_), Some(_)) => Err(Error::usage(
+                "give a moment as a time (--at) or an LSN (--at-lsn), not both",
+            )),
+            (Some(t), None) => Self::parse_time(t).map(Some),
+            (None, Some(l)) => Self::parse_lsn(l).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// `--at-lsn`: `0/5A000000`.
     pub fn parse_lsn(text: &str) -> Result<Self> {
         parse_lsn(text)

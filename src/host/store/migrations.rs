@@ -249,4 +249,13 @@ pub const MIGRATIONS: &[&str] = &[
         created_at       INTEGER NOT NULL
     );
     "#,
+    // 6: API tokens (only their hashes).
+    r#"
+    CREATE TABLE api_tokens (
+        name       TEXT PRIMARY KEY,
+        sha256     TEXT NOT NULL UNIQUE,
+        read_only  INTEGER NOT NULL CHECK (read_only IN (0, 1)),
+        created_at INTEGER NOT NULL
+    );
+    "#,
 ];

@@ -54,7 +54,7 @@ pub fn delete(store: &Store, connector: &Connector, name: &str) -> Result<()> {
     let pool = Pool::open(store)?;
     let dependents = ownership::dependents_of(store, &pool, ContainerKind::Dsource, d.id)?;
     if !dependents.is_empty() {
-        return Err(Error::Conflict(format!(
+        return Err(Error::Refused(format!(
             "{} on snapshots of dSource {name}; delete them first, or pass --with-vdbs",
             ownership::depend_phrase(&dependents)
         )));

@@ -28,7 +28,7 @@ pub fn sync(store: &Store, connector: &Connector, name: &str, resync: bool) -> R
             true
         }
         other => {
-            return Err(Error::Conflict(format!(
+            return Err(Error::Refused(format!(
                 "dSource {name} is {other}; enable it first (`pgvirt dsource enable {name}`)"
             )))
         }

@@ -44,7 +44,7 @@ use crate::host::store::{columns, Store};
 pub use control::{disable, enable, snapshot, start, status, stop};
 pub use delete::{delete, delete_tree};
 pub use provision::{create_empty, provision, resolve_origin, Origin, ProvisionRequest};
-pub use quota::{quota_usage, set_quota};
+pub use quota::{described, quota_usage, set_quota};
 pub use reclone::{refresh, rewind};
 pub use repair::repair;
 

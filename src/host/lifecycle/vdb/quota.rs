@@ -93,3 +93,14 @@ fn record(store: &Store, id: i64, quota: Option<u64>) -> Result<()> {
 fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }
+
+/// A VDB as `vdb show --output json` and `GET /vdbs/{name}` give it: the
+/// stored VDB, how to connect, and what it used of its quota.
+pub fn described(vdb: &Vdb, usage: Option<(Option<u64>, u64)>) -> serde_json::Value {
+    let mut value = serde_json::to_value(vdb).unwrap_or_default();
+    value["connection"] = serde_json::Value::String(vdb.connection_string());
+    if let Some((used, quota)) = usage {
+        value["quota"] = serde_json::json!({"bytes": quota, "used_bytes": used});
+    }
+    value
+}
