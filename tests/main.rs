@@ -12,5 +12,6 @@ mod first_hour;
 mod hardening;
 mod pitr;
 mod quota;
+mod remote;
 mod storage;
 mod vdb;

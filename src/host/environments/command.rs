@@ -184,7 +184,7 @@ pub fn run_as(user: &OsUser, request: &CommandRequest) -> Result<CommandOutput> 
     })
 }
 
-fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+pub(super) fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
         let _ = r.read_to_end(&mut buf);
@@ -193,7 +193,7 @@ fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> 
 }
 
 /// Replaces the values of the request's secret variables with `********`.
-fn mask(text: &str, request: &CommandRequest) -> String {
+pub(super) fn mask(text: &str, request: &CommandRequest) -> String {
     let mut out = text.to_owned();
     for name in &request.secret_variables {
         if let Some(value) = request.variables.get(name).filter(|v| !v.is_empty()) {

@@ -160,14 +160,40 @@ impl Store {
                 MIGRATIONS.len()
             )));
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-            self.transaction(|tx| {
-                tx.execute_batch(sql).map_err(|e| Error::store(&path, e))?;
-                tx.pragma_update(None, "user_version", (i + 1) as i64)
-                    .map_err(|e| Error::store(&path, e))
-            })?;
+        if current == MIGRATIONS.len() {
+            return Ok(());
         }
-        Ok(())
+        // Tables others refer to are rebuilt (SQLite cannot change a CHECK):
+        // with foreign keys on, dropping the old one would cascade. They are
+        // checked whole before each migration commits.
+        self.conn
+            .execute_batch("PRAGMA foreign_keys = OFF")
+            .map_err(|e| Error::store(&path, e))?;
+        let result = (|| {
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+                self.transaction(|tx| {
+                    tx.execute_batch(sql).map_err(|e| Error::store(&path, e))?;
+                    let broken: Option<String> = tx
+                        .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+                        .optional()
+                        .map_err(|e| Error::store(&path, e))?;
+                    if let Some(table) = broken {
+                        return Err(Error::usage(format!(
+                            "store {}: migration {} would break references from table {table}",
+                            path.display(),
+                            i + 1
+                        )));
+                    }
+                    tx.pragma_update(None, "user_version", (i + 1) as i64)
+                        .map_err(|e| Error::store(&path, e))
+                })?;
+            }
+            Ok(())
+        })();
+        self.conn
+            .execute_batch("PRAGMA foreign_keys = ON")
+            .map_err(|e| Error::store(&path, e))?;
+        result
     }
 
     /// The engine's key (made on first use).

@@ -1,0 +1,1 @@
+//! Discovery on remote hosts, and dSources linked from them.
