@@ -280,7 +280,8 @@ pub fn stop_staging(platform: &Platform, input: &Value) -> Result<Value, Operati
     if input.get("purpose").and_then(Value::as_str) == Some("delete") {
         if staging.creates_slot() && may_own_slot(platform, &staging)? {
             if let Some(slot) = staging.slot() {
-                let source = Source::from_params(&staging.params)?;
+                let source =
+                    Source::from_params(&staging.params)?.with_bin_dir(&staging.cluster.bin_dir);
                 if let Err(e) = source.drop_slot(&slot) {
                     log::warn!("could not drop replication slot {slot} on the source: {e}");
                 }
@@ -363,7 +364,7 @@ pub fn worker(platform: &Platform, input: &Value) -> Result<Value, OperationErro
     }
     if staging.method.streams() {
         if let (Ok(source), Some(replayed)) = (
-            Source::from_params(&staging.params),
+            Source::from_params(&staging.params).map(|s| s.with_bin_dir(&staging.cluster.bin_dir)),
             health["replayed_lsn"].as_str(),
         ) {
             match source.current_lsn() {
