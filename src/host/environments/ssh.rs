@@ -192,11 +192,12 @@ impl SshTarget {
         let mut child = processes::spawn(&mut cmd)
             .map_err(|e| Error::io("cannot start ssh for", Path::new(&self.host), e))?;
         let pgid = child.id();
-        let writer = child.stdin.take().map(|mut w| {
-            std::thread::spawn(move || {
-                let _ = w.write_all(&input);
-            })
-        });
+        // An ssh that ended (the host refused or went away) closes the
+        // pipe: EPIPE there, never a SIGPIPE that kills pgvirt.
+        let writer = child
+            .stdin
+            .take()
+            .map(|w| super::command::write_stdin(w, input));
         let stdout = child.stdout.take().map(super::command::reader);
         let stderr = child.stderr.take().map(super::command::reader);
         let bound = request
