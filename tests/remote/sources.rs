@@ -212,3 +212,71 @@ fn two_remote_sources_are_discovered_linked_and_provisioned_exactly() {
         .psql("postgres", "SELECT count(*) FROM pg_replication_slots");
     assert_eq!(slots, "0", "the deleted dSource's slot is gone from west");
 }
+
+/// Nothing of a link is left: no dSource, no dataset, no staging server,
+/// no slot on the source.
+fn nothing_left(e: &Engine, host: &RemoteHost, staging_port: &str) {
+    assert_eq!(e.p.json(&["dsource", "list"]), json!([]));
+    assert_eq!(e.p.json(&["pool", "list"]), json!([]));
+    e.p.ok(&["pool", "check"]);
+    let port: u16 = staging_port.parse().expect("port");
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "no staging process"
+    );
+    let slots = host
+        .pg
+        .as_ref()
+        .expect("pg")
+        .psql("postgres", "SELECT count(*) FROM pg_replication_slots");
+    assert_eq!(slots, "0", "no slot on the source");
+}
+
+#[test]
+fn a_remote_link_killed_or_cut_off_leaves_nothing_on_either_side() {
+    let east = RemoteHost::new(true);
+    let e = Engine::new();
+    east.pg.as_ref().expect("pg").psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT generate_series(1, 1000) id",
+    );
+    let id = e.add_and_discover("east", &east);
+
+    // pgvirt killed after the ingest (the slot is made on the source): the
+    // next ordinary command removes staging here and the slot there.
+    let port = free_port().to_string();
+    let args = Engine::link_args("doomed", &id, &port);
+    let mut child = crate::support::spawn_paused(
+        e.p.command(&args.iter().map(String::as_str).collect::<Vec<_>>()),
+        "snapshot",
+    );
+    let slots = east
+        .pg
+        .as_ref()
+        .expect("pg")
+        .psql("postgres", "SELECT count(*) FROM pg_replication_slots");
+    assert_eq!(slots, "1", "paused after the slot was made");
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    e.p.ok(&["dsource", "list"]);
+    nothing_left(&e, &east, &port);
+
+    // The source host cut off: the link fails within the source's connect
+    // time-out, saying so, and makes nothing.
+    east.unplug();
+    let port = free_port().to_string();
+    let mut args = Engine::link_args("cutoff", &id, &port);
+    args.pop();
+    args.pop();
+    let began = std::time::Instant::now();
+    let err =
+        e.p.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(err.contains("cannot connect"), "{err}");
+    assert_eq!(e.p.json(&["dsource", "list"]), json!([]));
+    assert_eq!(e.p.json(&["pool", "list"]), json!([]));
+}
