@@ -66,6 +66,7 @@ pub fn add(store: &Store, spec: &RemoteSpec<'_>) -> Result<Environment> {
         )));
     }
     let dir = ssh::engine_dir(&store.data_dir())?;
+    sweep_keys(store, &dir.join("keys"))?;
     let key_file = dir.join("keys").join(spec.name);
     let target = SshTarget {
         host: spec.host.to_owned(),
@@ -118,6 +119,22 @@ pub fn add(store: &Store, spec: &RemoteSpec<'_>) -> Result<Environment> {
         }
     }
     result
+}
+
+/// Removes key copies no environment owns: what an add killed midway left
+/// (the next add repairs it).
+fn sweep_keys(store: &Store, keys: &Path) -> Result<()> {
+    let known: Vec<String> = super::list(store)?.into_iter().map(|e| e.name).collect();
+    let Ok(entries) = std::fs::read_dir(keys) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !known.contains(&name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
 }
 
 /// Trusts the key the host of `name` offers now, if its fingerprint is
