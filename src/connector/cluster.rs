@@ -83,6 +83,38 @@ impl Cluster {
         }
     }
 
+    /// Waits until the server has left recovery (it promoted), for at most
+    /// `limit_secs`; fails at once, with the log's last lines, when the
+    /// server stopped. Each look is a query of its own: a query held open
+    /// across replay would be cancelled by recovery conflicts.
+    pub fn wait_out_of_recovery(
+        &self,
+        platform: &Platform,
+        limit_secs: u64,
+    ) -> Result<(), OperationError> {
+        let script = r#"
+set -u
+end=$(( $(date +%s) + LIMIT ))
+while :; do
+  r=$("$BIN/psql" -X -A -t -q -h "$SOCKET_DIR" -p "$PORT" -U "${PGVIRT_DBUSER:-postgres}" -d postgres -c "SELECT pg_is_in_recovery()" 2>/dev/null)
+  [ "$r" = f ] && exit 0
+  if [ ! -f "$PGDATA_DIR/postmaster.pid" ]; then
+    echo "the server stopped while it recovered; the last lines of $LOG_FILE:" >&2
+    tail -n 20 -- "$LOG_FILE" >&2; exit 4
+  fi
+  if [ "$(date +%s)" -ge "$end" ]; then
+    echo "still recovering after $LIMIT s" >&2; exit 5
+  fi
+  sleep 0.05
+done
+"#;
+        platform.run_ok(
+            "waiting for the server to leave recovery",
+            &self.request(script, vec![("LIMIT".to_owned(), limit_secs.to_string())]),
+        )?;
+        Ok(())
+    }
+
     /// Whether a postmaster runs on this data directory.
     pub fn is_running(&self, platform: &Platform) -> Result<bool, OperationError> {
         // A killed postmaster not yet reaped (a zombie) is not running,

@@ -235,30 +235,19 @@ fn segment_file(snapshot: &Value, lsn: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Waits until the VDB has left recovery.
+/// Waits until the VDB has left recovery (however much WAL it replays: a
+/// moment far past its snapshot may take minutes).
 pub(super) fn wait_promoted(platform: &Platform, vdb: &Vdb) -> Result<(), OperationError> {
-    let out = vdb.cluster.psql(
-        platform,
-        "waiting for the VDB to leave recovery",
-        r#"DO $$
-BEGIN
-  FOR i IN 1..3000 LOOP
-    EXIT WHEN NOT pg_is_in_recovery();
-    PERFORM pg_sleep(0.02);
-  END LOOP;
-END $$;
-SELECT pg_is_in_recovery();"#,
-        &[],
-    )?;
-    if out.lines().last().map(str::trim) == Some("f") {
-        Ok(())
-    } else {
-        Err(OperationError::new(
-            ErrorKind::CommandFailed,
-            format!("VDB {} did not leave recovery", vdb.name),
-        )
-        .with_action(format!("see {}", vdb.cluster.log_file)))
-    }
+    vdb.cluster
+        .wait_out_of_recovery(platform, 6 * 3600)
+        .map_err(|e| {
+            OperationError::new(
+                ErrorKind::CommandFailed,
+                format!("VDB {} did not leave recovery", vdb.name),
+            )
+            .with_cause(e.message)
+            .with_action(format!("see {}", vdb.cluster.log_file))
+        })
 }
 
 #[cfg(test)]

@@ -209,6 +209,8 @@ pub(super) fn remove_storage(store: &Store, pool: &Pool, d: &DSource) -> Result<
     let prefix = format!("{}-prep-", d.dataset);
     for name in pool.dataset_names(store)? {
         if name.starts_with(&prefix) {
+            // The kept WAL lent to a preparation cut short.
+            crate::host::lifecycle::placement::return_wal(pool, &name)?;
             pool.release(store, &name)?;
             pool.destroy_dataset_tree(store, &name)?;
         }
