@@ -272,3 +272,37 @@ fn a_changed_host_key_is_refused_loudly_until_trusted_again() {
     p.ok(&["env", "trust", "east", "--fingerprint", &new]);
     p.ok(&["env", "refresh", "east"]);
 }
+
+#[test]
+fn another_os_user_is_reached_with_sudo_and_root_is_refused() {
+    let host = RemoteHost::new(false);
+    let p = Pgvirt::with_local_env();
+    let fp = host.host_fingerprint();
+    let mut as_root = host.env_add_args("east");
+    let at = as_root
+        .iter()
+        .position(|a| a == "--ssh-user")
+        .expect("--ssh-user")
+        + 1;
+    as_root[at] = "root".into();
+    as_root.extend(["--fingerprint".into(), fp.clone()]);
+    let err = p.fails(&args(&as_root));
+    assert!(err.contains("--user cannot be root"), "{err}");
+    assert_no_env(&p, "east");
+
+    as_root.extend(["--user".into(), "postgres".into()]);
+    p.ok(&args(&as_root));
+    let env = environment(&p, "east");
+    let mut req = CommandRequest {
+        command: r#"id -un; printf '%s\n' "$HOME" "$V"; cat"#.into(),
+        stdin: Some("through sudo".into()),
+        ..Default::default()
+    };
+    req.variables.insert("V".into(), "a 'b' c".into());
+    let out = env.run(&req).expect("runs");
+    assert_eq!(
+        out.stdout, "postgres\n/var/lib/postgresql\na 'b' c\nthrough sudo",
+        "{out:?}"
+    );
+    assert_eq!(out.exit_code, 0);
+}

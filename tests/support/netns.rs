@@ -167,7 +167,7 @@ impl RemoteHost {
         let config = format!(
             "Port 22\nListenAddress {}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
              StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             UsePAM yes\nPermitRootLogin no\nAllowUsers {PG_USER}\nMaxStartups 50\nMaxSessions 50\n\
+             UsePAM yes\nPermitRootLogin prohibit-password\nAllowUsers {PG_USER} root\nMaxStartups 50\nMaxSessions 50\n\
              LogLevel ERROR\n",
             self.addr,
             self.path("host_key").display(),
