@@ -1,8 +1,10 @@
 //! The source cluster of a dSource, reached through the platform: `psql`
 //! runs on the operation's environment (the staging host) and connects over
 //! the network to the source as the replication user. The password travels
-//! in the command's environment (`PGPASSWORD`, a secret variable the host
-//! masks), SQL and its values on psql's stdin (`\getenv`), never in argv.
+//! on the command's stdin into a 0600 passfile (the staging's own, in its
+//! private directory, or a temporary one removed at the end), so it is in
+//! no argv and no process environment; SQL and its values follow on psql's
+//! stdin (`\getenv`).
 //! Checks before anything is made, replication slots, and the source's
 //! position for lag.
 
@@ -12,6 +14,26 @@ use serde_json::Value;
 
 use crate::abi::{CommandRequest, ErrorKind, OperationError};
 use crate::connector::platform::{self, Platform};
+
+/// Runs psql on SQL from stdin; with a password, the first line of stdin is
+/// the passfile line, kept in a 0600 file (never in argv or an environment).
+const QUERY_SCRIPT: &str = r#"
+if [ -n "${HAS_PASSWORD:-}" ]; then
+  IFS= read -r line || exit 1
+  if [ -n "${PASSFILE:-}" ]; then
+    f=$PASSFILE
+    (umask 077; mkdir -p -- "${f%/*}") || exit 1
+  else
+    d=$(umask 077; mktemp -d) || exit 1
+    trap 'rm -rf -- "$d"' EXIT
+    f=$d/pgpass
+  fi
+  (umask 077; printf '%s\n' "$line" > "$f.tmp" && mv -f -- "$f.tmp" "$f") || exit 1
+  unset line
+  export PGPASSFILE=$f
+fi
+"${PSQL_BIN:-psql}" -X -A -t -q -v ON_ERROR_STOP=1 -f -
+"#;
 
 /// Connection facts of a source, from the linked-source parameters.
 #[derive(Clone)]
@@ -26,6 +48,9 @@ pub struct Source {
     pub connect_timeout: u64,
     /// Where `psql` is (the staging's installation); `psql` on PATH if unset.
     pub bin_dir: Option<String>,
+    /// The staging's passfile (0600, in its private directory), written by
+    /// the queries too; a temporary one per query if unset.
+    pub passfile: Option<String>,
 }
 
 impl std::fmt::Debug for Source {
@@ -61,12 +86,19 @@ impl Source {
                 .and_then(Value::as_u64)
                 .unwrap_or(10),
             bin_dir: None,
+            passfile: None,
         })
     }
 
     /// Uses the `psql` of this installation.
     pub fn with_bin_dir(mut self, bin_dir: &str) -> Self {
         self.bin_dir = Some(bin_dir.to_owned());
+        self
+    }
+
+    /// Keeps the password in this passfile (the staging's own).
+    pub fn with_passfile(mut self, passfile: &str) -> Self {
+        self.passfile = Some(passfile.to_owned());
         self
     }
 
@@ -91,7 +123,7 @@ impl Source {
         })?;
         let mut input = String::new();
         let mut req = CommandRequest {
-            command: r#"exec "${PSQL_BIN:-psql}" -X -A -t -q -v ON_ERROR_STOP=1 -f -"#.into(),
+            command: QUERY_SCRIPT.into(),
             timeout_seconds: Some(self.connect_timeout + 600),
             ..CommandRequest::default()
         };
@@ -108,16 +140,18 @@ impl Source {
         set("PGAPPNAME", "pgvirt".into());
         set("PGCONNECT_TIMEOUT", self.connect_timeout.max(1).to_string());
         set("PGPASSFILE", "/dev/null".into());
-        if let Some(pw) = &self.password {
-            set("PGPASSWORD", pw.clone());
+        if self.password.is_some() {
+            set("HAS_PASSWORD", "1".into());
+            input.push_str(&self.pgpass_line());
+            input.push('\n');
+            if let Some(file) = &self.passfile {
+                set("PASSFILE", file.clone());
+            }
         }
         for (i, (name, value)) in vars.iter().enumerate() {
             let var = format!("PGVIRT_Q{i}");
             input.push_str(&format!("\\getenv {name} {var}\n"));
             set(&var, (*value).to_owned());
-        }
-        if self.password.is_some() {
-            req.secret_variables.push("PGPASSWORD".into());
         }
         input.push_str(sql);
         input.push_str(";\n");

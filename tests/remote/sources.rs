@@ -127,7 +127,8 @@ fn two_remote_sources_are_discovered_linked_and_provisioned_exactly() {
     let west_id = e.add_and_discover("west", &west);
 
     // The east link, watched: no process on either side (the namespaces
-    // share this host's process table) shows the replication password.
+    // share this host's process table) shows the replication password, in
+    // its command line or its environment.
     let port = free_port().to_string();
     let args = Engine::link_args("shop", &east_id, &port);
     let mut child =
@@ -136,6 +137,7 @@ fn two_remote_sources_are_discovered_linked_and_provisioned_exactly() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("link starts");
+    let pgvirt_pid = child.id() as i32;
     let mut looked = 0;
     while child.try_wait().expect("wait").is_none() {
         for (pid, argv, _) in processes() {
@@ -143,6 +145,15 @@ fn two_remote_sources_are_discovered_linked_and_provisioned_exactly() {
                 !argv.join(" ").contains(REPL_PASSWORD),
                 "process {pid} shows the replication password: {argv:?}"
             );
+            if pid == pgvirt_pid {
+                continue; // its own initial environment block, read once
+            }
+            if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) {
+                assert!(
+                    !String::from_utf8_lossy(&environ).contains(REPL_PASSWORD),
+                    "process {pid} ({argv:?}) has the password in its environment"
+                );
+            }
         }
         looked += 1;
         std::thread::sleep(Duration::from_millis(20));

@@ -106,6 +106,13 @@ impl Staging {
         format!("{}/pgpass", self.private)
     }
 
+    /// The source, reached with the staging's psql and passfile.
+    fn source(&self) -> Result<Source, OperationError> {
+        Ok(Source::from_params(&self.params)?
+            .with_bin_dir(&self.cluster.bin_dir)
+            .with_passfile(&self.passfile()))
+    }
+
     /// The replication slot this dSource uses on the source, if any.
     fn slot(&self) -> Option<String> {
         if !self.method.streams() {
@@ -280,8 +287,7 @@ pub fn stop_staging(platform: &Platform, input: &Value) -> Result<Value, Operati
     if input.get("purpose").and_then(Value::as_str) == Some("delete") {
         if staging.creates_slot() && may_own_slot(platform, &staging)? {
             if let Some(slot) = staging.slot() {
-                let source =
-                    Source::from_params(&staging.params)?.with_bin_dir(&staging.cluster.bin_dir);
+                let source = staging.source()?;
                 if let Err(e) = source.drop_slot(&slot) {
                     log::warn!("could not drop replication slot {slot} on the source: {e}");
                 }
@@ -363,10 +369,7 @@ pub fn worker(platform: &Platform, input: &Value) -> Result<Value, OperationErro
         );
     }
     if staging.method.streams() {
-        if let (Ok(source), Some(replayed)) = (
-            Source::from_params(&staging.params).map(|s| s.with_bin_dir(&staging.cluster.bin_dir)),
-            health["replayed_lsn"].as_str(),
-        ) {
+        if let (Ok(source), Some(replayed)) = (staging.source(), health["replayed_lsn"].as_str()) {
             match source.current_lsn() {
                 Ok(current) => {
                     if let (Some(a), Some(b)) = (parse_lsn(&current), parse_lsn(replayed)) {
