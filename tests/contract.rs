@@ -122,6 +122,9 @@ fn secrets_are_marked_password_in_the_schemas() {
     assert!(defs
         .secret_fields("source_config")
         .contains(&"password".to_owned()));
+    assert!(defs
+        .secret_fields("export")
+        .contains(&"password".to_owned()));
 }
 
 #[test]
@@ -202,7 +205,8 @@ fn pack_then_install_then_reinstall_the_same_version() {
     .expect("json");
     assert_eq!(bundle["format"], json!("pgvirt-connector/1"));
     assert_eq!(bundle["library"]["file"], json!("libpgvirt.so"));
-    assert_eq!(bundle["schemas"].as_object().expect("inlined").len(), 6);
+    // The six definitions and the optional `export`.
+    assert_eq!(bundle["schemas"].as_object().expect("inlined").len(), 7);
     assert!(out.join("libpgvirt.so").is_file());
     // The packed file validates on its own.
     p.ok(&[

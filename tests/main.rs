@@ -8,6 +8,7 @@ mod contract;
 mod demo;
 mod discovery;
 mod dsource;
+mod export;
 mod first_hour;
 mod hardening;
 mod pitr;

@@ -20,8 +20,13 @@ pub const DEFINITIONS: [&str; 6] = [
     "snapshot_parameters",
 ];
 
+/// Definitions a connector may declare besides the six: `export`, the
+/// definition of a table export (seed 004), for connectors with the
+/// `export` operations.
+pub const OPTIONAL_DEFINITIONS: [&str; 1] = ["export"];
+
 /// The operation groups and the operations each may hold (migrations aside).
-pub const GROUPS: [(&str, &[&str]); 3] = [
+pub const GROUPS: [(&str, &[&str]); 4] = [
     ("discovery", &["repository", "source_config"]),
     (
         "linked",
@@ -57,6 +62,10 @@ pub const GROUPS: [(&str, &[&str]); 3] = [
             "wal_range",
             "wal_prune",
         ],
+    ),
+    (
+        "export",
+        &["ddl", "install", "export", "status", "reset", "uninstall"],
     ),
 ];
 
@@ -122,7 +131,7 @@ impl OperationId {
             .find(|(g, _)| *g == group)
             .map(|(_, names)| *names)
             .ok_or_else(|| {
-                format!("operation {id:?} is in unknown group {group:?} (discovery, linked, virtual, upgrade)")
+                format!("operation {id:?} is in unknown group {group:?} (discovery, linked, virtual, export, upgrade)")
             })?;
         if !names.contains(&rest) {
             return Err(format!(
@@ -142,7 +151,7 @@ impl OperationId {
         match (self.group.as_str(), self.name.as_str()) {
             ("discovery", "repository") => Output::ListOf("repository"),
             ("discovery", "source_config") => Output::ListOf("source_config"),
-            ("upgrade", _) => Output::Object,
+            ("upgrade" | "export", _) => Output::Object,
             (_, "post_snapshot") => Output::One("snapshot"),
             ("virtual", "configure" | "reconfigure" | "initialize") => Output::One("source_config"),
             (_, "status") => Output::Status,

@@ -10,6 +10,7 @@ mod connector;
 mod demo;
 mod dsource;
 mod env;
+mod export;
 mod flags;
 mod output;
 mod pool;
@@ -89,6 +90,9 @@ enum Command {
     /// Virtual databases: writable thin clones of snapshots.
     #[command(subcommand)]
     Vdb(vdb::Cmd),
+    /// Table exports: chosen tables shipped to other databases, exactly once.
+    #[command(subcommand)]
+    Export(export::Cmd),
     /// The whole story on this machine, start to finish, each step timed:
     /// a source with sample data, link, snapshot, two VDBs, write,
     /// refresh, rewind, tear down. Uses its own store and pool.
@@ -265,6 +269,7 @@ fn run(cli: Cli, replication_password: Option<String>) -> anyhow::Result<()> {
         Command::Snapshot(cmd) => snapshot::exec(cmd, &cx),
         Command::Timeflow(cmd) => timeflow::exec(cmd, &cx),
         Command::Vdb(cmd) => vdb::exec(cmd, &cx),
+        Command::Export(cmd) => export::exec(cmd, &cx),
         Command::Demo(args) => demo::exec(args),
         Command::Completions { shell } => {
             let mut text = Vec::new();

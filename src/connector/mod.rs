@@ -10,6 +10,7 @@
 mod cluster;
 mod conf;
 mod discovery;
+mod export;
 mod linked;
 mod platform;
 mod registry;

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::{discovery, linked, virtual_db, Platform};
+use super::{discovery, export, linked, virtual_db, Platform};
 use crate::abi::OperationError;
 
 /// An operation: JSON input in, JSON output or an error out.
@@ -43,4 +43,10 @@ pub(super) const REGISTRY: &[(&str, Handler)] = &[
     ("virtual.archive_wal", virtual_db::archive_wal),
     ("virtual.wal_range", linked::wal_range),
     ("virtual.wal_prune", linked::wal_prune),
+    ("export.ddl", export::ddl),
+    ("export.install", export::install),
+    ("export.export", export::export),
+    ("export.status", export::status),
+    ("export.reset", export::reset),
+    ("export.uninstall", export::uninstall),
 ];

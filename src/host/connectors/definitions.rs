@@ -8,10 +8,11 @@ use jsonschema::error::ValidationErrorKind;
 use jsonschema::{ValidationError, Validator};
 use serde_json::Value;
 
-use crate::abi::operations::DEFINITIONS;
+use crate::abi::operations::{DEFINITIONS, OPTIONAL_DEFINITIONS};
 use crate::host::error::{Error, Problem, Result};
 
-/// The six compiled definition schemas of one connector.
+/// The compiled definition schemas of one connector: the six every
+/// connector has, and the optional ones it declares.
 pub struct Definitions {
     schemas: BTreeMap<String, Value>,
     validators: BTreeMap<String, Validator>,
@@ -27,7 +28,10 @@ impl Definitions {
             .ok_or_else(|| Error::usage(format!("{origin}: schemas must be a JSON object")))?;
         let mut problems = Vec::new();
         let mut validators = BTreeMap::new();
-        for key in DEFINITIONS {
+        let optional = OPTIONAL_DEFINITIONS
+            .into_iter()
+            .filter(|key| object.contains_key(*key));
+        for key in DEFINITIONS.into_iter().chain(optional) {
             let Some(schema) = object.get(key) else {
                 problems.push(Problem {
                     at: format!("{origin}#/{key}"),
@@ -163,6 +167,11 @@ fn collect_secrets(schema: &Value, found: &mut Vec<String>) {
                 found.push(name.clone());
             }
             collect_secrets(sub, found);
+        }
+    }
+    for key in ["definitions", "$defs"] {
+        if let Some(defs) = schema.get(key).and_then(Value::as_object) {
+            defs.values().for_each(|s| collect_secrets(s, found));
         }
     }
     for key in ["items", "allOf", "anyOf", "oneOf", "then", "else"] {

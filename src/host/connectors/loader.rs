@@ -13,7 +13,7 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RResult, RStr};
 use serde_json::Value;
 
-use crate::abi::operations::{OperationId, Output, DEFINITIONS};
+use crate::abi::operations::{OperationId, Output, DEFINITIONS, OPTIONAL_DEFINITIONS};
 use crate::abi::{
     ConnectorModRef, ErrorKind, OperationError, Platform_TO, ABI_VERSION, HANDSHAKE_SYMBOL,
 };
@@ -155,7 +155,7 @@ impl Connector {
                 self.manifest.name, self.manifest.version
             )));
         }
-        for key in DEFINITIONS {
+        for key in DEFINITIONS.into_iter().chain(OPTIONAL_DEFINITIONS) {
             if let Some(document) = input.get(key) {
                 self.definitions
                     .validate(key, document, &format!("input {key} of {operation}"))?;

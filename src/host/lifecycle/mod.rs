@@ -13,11 +13,13 @@
 //! - [`pitr`]: provisionable ranges (snapshots and kept WAL) and point-in-time targets.
 //! - [`placement`]: mounting a dataset where the connector's specification says.
 //! - [`hooks`]: user shell hooks around workflows.
+//! - [`export`]: table exports (trigger-tracked tables shipped to targets).
 //!
 //! Imports run one way: `teardown` → `vdb` → `dsource` → the rest.
 
 pub mod discovery;
 pub mod dsource;
+pub mod export;
 pub mod hooks;
 pub mod jobs;
 pub mod names;

@@ -236,11 +236,24 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE retention ADD COLUMN wal_keep_bytes INTEGER CHECK (wal_keep_bytes >= 0);
     ALTER TABLE vdbs ADD COLUMN quota_bytes INTEGER CHECK (quota_bytes > 0);
     "#,
-    // 5: remote environments reached over SSH (host, port, SSH user, the
+    // 5: table exports (seed 004): chosen tables of a source config
+    // shipped to targets (VDBs or source configs); what each run shipped.
+    r#"
+    CREATE TABLE exports (
+        id               INTEGER PRIMARY KEY,
+        name             TEXT NOT NULL UNIQUE,
+        source_config_id INTEGER NOT NULL REFERENCES source_configs(id) ON DELETE RESTRICT,
+        definition       TEXT NOT NULL CHECK (json_valid(definition)),
+        state            TEXT NOT NULL CHECK (state IN ('added', 'installed')),
+        stats            TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(stats)),
+        created_at       INTEGER NOT NULL
+    );
+    "#,
+    // 6: remote environments reached over SSH (host, port, SSH user, the
     // engine's copy of the key, time-outs). Rebuilt with foreign keys off
     // (see `Store::migrate`): the kind's CHECK changes.
     r#"
-    CREATE TABLE environments_v5 (
+    CREATE TABLE environments_v6 (
         id                  INTEGER PRIMARY KEY,
         name                TEXT NOT NULL UNIQUE,
         kind                TEXT NOT NULL CHECK (kind IN ('local', 'ssh')),
@@ -259,9 +272,9 @@ pub const MIGRATIONS: &[&str] = &[
                AND key_file IS NOT NULL AND connect_timeout IS NOT NULL AND alive_interval IS NOT NULL
                AND alive_count_max IS NOT NULL))
     );
-    INSERT INTO environments_v5 (id, name, kind, os_user, scratch, added_at, refreshed_at)
+    INSERT INTO environments_v6 (id, name, kind, os_user, scratch, added_at, refreshed_at)
         SELECT id, name, kind, os_user, scratch, added_at, refreshed_at FROM environments;
     DROP TABLE environments;
-    ALTER TABLE environments_v5 RENAME TO environments;
+    ALTER TABLE environments_v6 RENAME TO environments;
     "#,
 ];
