@@ -276,8 +276,8 @@ fn nothing_left(e: &Engine, host: &RemoteHost, staging_port: &str) {
 }
 
 #[test]
-fn a_remote_link_killed_or_cut_off_leaves_nothing_on_either_side() {
-    let east = RemoteHost::new(true);
+fn a_remote_link_killed_cut_off_or_losing_sshd_leaves_nothing_on_either_side() {
+    let mut east = RemoteHost::new(true);
     let e = Engine::new();
     east.pg.as_ref().expect("pg").psql(
         "postgres",
@@ -302,6 +302,30 @@ fn a_remote_link_killed_or_cut_off_leaves_nothing_on_either_side() {
     child.kill().expect("kill -9");
     child.wait().expect("reaped");
     e.p.ok(&["dsource", "list"]);
+    nothing_left(&e, &east, &port);
+
+    // sshd killed while a link runs: the link needs no SSH (staging pulls
+    // over the network), so it completes whole; deleting it leaves nothing
+    // on either side.
+    let port = free_port().to_string();
+    let args = Engine::link_args("during", &id, &port);
+    let child =
+        e.p.command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("link starts");
+    std::thread::sleep(Duration::from_millis(300));
+    east.kill_sshd();
+    let out = child.wait_with_output().expect("link ends");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = e.p.fails(&["env", "refresh", "east"]);
+    assert!(err.contains("SSH connection"), "{err}");
+    e.p.ok(&["dsource", "delete", "during"]);
     nothing_left(&e, &east, &port);
 
     // The source host cut off: the link fails within the source's connect

@@ -83,7 +83,14 @@ impl Environment {
     }
 
     /// The OS user commands run as.
+    /// Only a local environment's: a remote one's user is on its host.
     pub fn user(&self) -> Result<OsUser> {
+        if let Some(t) = &self.ssh {
+            return Err(Error::usage(format!(
+                "environment {} is remote ({}): its files cannot be given to {} on this host",
+                self.name, t.host, self.os_user
+            )));
+        }
         OsUser::lookup(&self.os_user)
     }
 
