@@ -316,6 +316,29 @@ impl Source {
         Ok(size.trim().parse::<u64>().unwrap_or(0))
     }
 
+    /// What a single-database ingest needs to know of the source's
+    /// database: encoding, locale, extensions, how many tables. Connects as
+    /// the user given (no replication privilege needed).
+    #[allow(dead_code)] // used by the single-database ingestion (issue 11)
+    pub fn database_facts(&self) -> Result<Value, OperationError> {
+        let text = self.value(
+            "cannot read the database's settings",
+            "SELECT json_build_object(
+               'encoding', pg_encoding_to_char(d.encoding),
+               'collate', d.datcollate,
+               'ctype', d.datctype,
+               'server_version_num', current_setting('server_version_num')::int,
+               'extensions', (SELECT coalesce(json_agg(extname ORDER BY extname), '[]') FROM pg_extension),
+               'tables', (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                          WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                            AND n.nspname NOT LIKE 'pg_toast%'))::text
+             FROM pg_database d WHERE d.datname = current_database()",
+            &[],
+        )?;
+        serde_json::from_str(&text)
+            .map_err(|e| OperationError::new(ErrorKind::Internal, e.to_string()))
+    }
+
     /// The `.pgpass` line for the replication connection.
     pub fn pgpass_line(&self) -> String {
         let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
