@@ -105,6 +105,21 @@ impl Pgvirt {
 
     /// Connector installed, `local` environment (postgres), pool at `pool`.
     pub fn setup(dir: &Path, pool: &Path) -> Self {
+        // `cargo bench` builds the binary but not the connector library
+        // (the cdylib): a stale one would measure old code.
+        let lib = PathBuf::from(env!("CARGO_BIN_EXE_pgvirt")).with_file_name("libpgvirt.so");
+        let built = std::fs::metadata(&lib).and_then(|m| m.modified()).ok();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let newest = newest_change(&[
+            root.join("src"),
+            root.join("schema"),
+            root.join("plugin.json"),
+        ]);
+        assert!(
+            built.is_some() && built >= newest,
+            "{} is older than the sources (or missing): run `cargo build --release` before `cargo bench`",
+            lib.display()
+        );
         let p = Self::new(dir);
         p.ok(&["connector", "install", env!("CARGO_MANIFEST_DIR")]);
         p.ok(&["env", "add", "local", "--user", "postgres"]);
@@ -368,4 +383,23 @@ pub fn pool_label(kind: &str) -> String {
     } else {
         kind.to_owned()
     }
+}
+
+/// The newest modification time of the files under `paths`.
+fn newest_change(paths: &[PathBuf]) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    let mut todo: Vec<PathBuf> = paths.to_vec();
+    while let Some(p) = todo.pop() {
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&p) {
+                todo.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if let Ok(m) = meta.modified() {
+            newest = newest.max(Some(m));
+        }
+    }
+    newest
 }

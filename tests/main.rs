@@ -11,6 +11,7 @@ mod dsource;
 mod export;
 mod first_hour;
 mod hardening;
+mod ingest;
 mod pitr;
 mod quota;
 mod remote;

@@ -251,12 +251,8 @@ fn a_provision_killed_midway_is_cleaned_by_the_next_command() {
         .collect();
     assert_eq!(
         datasets,
-        vec![
-            "dsource-src".to_owned(),
-            "dsource-src-prep-1".to_owned(),
-            "dsource-src-wal".to_owned()
-        ],
-        "only the dSource's datasets are left (its data, its snapshot's prepared image, its WAL)"
+        vec!["dsource-src".to_owned(), "dsource-src-wal".to_owned()],
+        "only the dSource's datasets are left (its data and its WAL)"
     );
     s.pgvirt.ok(&["pool", "check"]);
 }

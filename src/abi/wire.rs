@@ -69,6 +69,13 @@ pub enum IngestionMethod {
     BackupStreaming,
     /// The customer's base backup; staging restores WAL from an archive.
     BackupLogShipping,
+    /// The user loads the staging data directory themselves (seed 000).
+    StagingPush,
+    /// One database, by parallel `pg_dump` and `pg_restore`.
+    SingleDatabase,
+    /// A restore from the user's pgBackRest repository; staging restores
+    /// WAL with `pgbackrest archive-get`.
+    Pgbackrest,
 }
 
 impl IngestionMethod {
@@ -84,7 +91,19 @@ impl IngestionMethod {
 
     /// Whether staging streams from the source (and so needs to reach it).
     pub fn streams(self) -> bool {
-        self != Self::BackupLogShipping
+        matches!(self, Self::BasebackupStreaming | Self::BackupStreaming)
+    }
+
+    /// Where the linked-source document keeps the source password the user
+    /// hands over in an environment variable, for methods that have one.
+    pub fn password_pointer(self) -> Option<&'static str> {
+        match self {
+            Self::BasebackupStreaming | Self::BackupStreaming => {
+                Some("/source/replication_password")
+            }
+            Self::SingleDatabase => Some("/single_database/password"),
+            Self::BackupLogShipping | Self::StagingPush | Self::Pgbackrest => None,
+        }
     }
 }
 

@@ -33,7 +33,8 @@ pub struct LinkedParams {
     /// Replication user on the source.
     #[arg(long)]
     replication_user: Option<String>,
-    /// Environment variable holding the replication password (never a flag value).
+    /// Environment variable holding the source password (never a flag value):
+    /// the replication user's, or for single_database the dump user's.
     #[arg(long, value_name = "VAR", default_value = PASSWORD_ENV)]
     pub password_env: String,
     /// Port of the staging cluster.
@@ -48,6 +49,30 @@ pub struct LinkedParams {
     /// WAL archive directory (backup_log_shipping).
     #[arg(long)]
     wal_archive_path: Option<String>,
+    /// The database to ingest (single_database).
+    #[arg(long)]
+    database: Option<String>,
+    /// User that dumps the database (single_database; default postgres).
+    #[arg(long)]
+    dump_user: Option<String>,
+    /// Parallel jobs of pg_dump (single_database; default 2).
+    #[arg(long)]
+    dump_jobs: Option<u32>,
+    /// Parallel jobs of pg_restore (single_database; default 2).
+    #[arg(long)]
+    restore_jobs: Option<u32>,
+    /// pgBackRest stanza (pgbackrest).
+    #[arg(long)]
+    stanza: Option<String>,
+    /// pgbackrest.conf naming the repository (pgbackrest).
+    #[arg(long, value_name = "FILE")]
+    pgbackrest_config: Option<String>,
+    /// pgBackRest repository path, repo1-path (pgbackrest).
+    #[arg(long, value_name = "DIR")]
+    repo_path: Option<String>,
+    /// pgBackRest backup set to restore (pgbackrest; default the latest).
+    #[arg(long)]
+    backup_set: Option<String>,
     /// Replication slot name (default pgvirt_<name>).
     #[arg(long)]
     slot: Option<String>,
@@ -131,13 +156,8 @@ fn linked_params(
         );
     }
     if let Some(pw) = password {
-        if IngestionMethod::of(&doc).streams() {
-            given.set(
-                &mut doc,
-                "--password-env",
-                "/source/replication_password",
-                json!(pw),
-            );
+        if let Some(pointer) = IngestionMethod::of(&doc).password_pointer() {
+            given.set(&mut doc, "--password-env", pointer, json!(pw));
         }
     }
     if let Some(port) = p.staging_port {
@@ -156,6 +176,53 @@ fn linked_params(
             "/wal_archive_path",
             json!(v),
         );
+    }
+    let single = [
+        (
+            "--database",
+            "/single_database/database",
+            p.database.as_ref().map(|v| json!(v)),
+        ),
+        (
+            "--dump-user",
+            "/single_database/user",
+            p.dump_user.as_ref().map(|v| json!(v)),
+        ),
+        (
+            "--dump-jobs",
+            "/single_database/dump_jobs",
+            p.dump_jobs.map(|v| json!(v)),
+        ),
+        (
+            "--restore-jobs",
+            "/single_database/restore_jobs",
+            p.restore_jobs.map(|v| json!(v)),
+        ),
+        (
+            "--stanza",
+            "/pgbackrest/stanza",
+            p.stanza.as_ref().map(|v| json!(v)),
+        ),
+        (
+            "--pgbackrest-config",
+            "/pgbackrest/config_path",
+            p.pgbackrest_config.as_ref().map(|v| json!(v)),
+        ),
+        (
+            "--repo-path",
+            "/pgbackrest/repo_path",
+            p.repo_path.as_ref().map(|v| json!(v)),
+        ),
+        (
+            "--backup-set",
+            "/pgbackrest/backup_set",
+            p.backup_set.as_ref().map(|v| json!(v)),
+        ),
+    ];
+    for (flag, pointer, value) in single {
+        if let Some(v) = value {
+            given.set(&mut doc, flag, pointer, v);
+        }
     }
     if let Some(slot) = &p.slot {
         given.set(&mut doc, "--slot", "/replication_slot/name", json!(slot));

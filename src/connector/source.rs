@@ -319,7 +319,6 @@ impl Source {
     /// What a single-database ingest needs to know of the source's
     /// database: encoding, locale, extensions, how many tables. Connects as
     /// the user given (no replication privilege needed).
-    #[allow(dead_code)] // used by the single-database ingestion (issue 11)
     pub fn database_facts(&self) -> Result<Value, OperationError> {
         let text = self.value(
             "cannot read the database's settings",

@@ -515,7 +515,8 @@ impl Stack {
     pub fn on(kind: &str) -> Self {
         let fs = match kind {
             "zfs" => PoolFs::Zfs(ZfsPool::new(1024)),
-            other => PoolFs::Loop(LoopFs::new(other, 1024)),
+            // Sparse: room for the WAL a staging keeps between syncs.
+            other => PoolFs::Loop(LoopFs::new(other, 4096)),
         };
         Self::build(Some(fs), Cluster::start(), Pgvirt::new())
     }

@@ -346,6 +346,9 @@ impl Out {
         let p = &d["parameters"];
         let replication = if r["running"] == Value::Bool(false) {
             "staging is not running".to_owned()
+        } else if r.get("status").is_none() && r.get("next").is_some() {
+            // No replica (staging push, single database): nothing replicates.
+            "staging runs".to_owned()
         } else {
             let mut t = text(r, "status");
             if let Some(lag) = r.get("lag_bytes").and_then(Value::as_u64) {
@@ -419,6 +422,7 @@ impl Out {
             ("dataset", text(d, "dataset")),
             ("replication", replication),
             ("problem", text(r, "problem")),
+            ("next", text(shown, "next")),
             ("last snapshot", last),
             ("busy", busy),
             (

@@ -7,10 +7,30 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::ingest::mark_slot;
+use super::method::Ingestion;
 use super::Staging;
 use crate::abi::{ErrorKind, OperationError};
 use crate::connector::platform::{request, Platform};
 use crate::connector::source::Source;
+
+/// `basebackup_streaming`.
+pub struct Basebackup;
+
+impl Ingestion for Basebackup {
+    fn ingest(
+        &self,
+        platform: &Platform,
+        staging: &Staging,
+        source: Option<&Source>,
+    ) -> Result<(), OperationError> {
+        let source = source.ok_or_else(|| {
+            OperationError::new(ErrorKind::InvalidInput, "linked_source has no source")
+        })?;
+        mark_slot(platform, staging)?;
+        run(platform, staging, source)
+    }
+}
 
 /// How long pg_basebackup may show no progress before it counts as stuck.
 pub const STALL: Duration = Duration::from_secs(600);

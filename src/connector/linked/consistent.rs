@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{log_shipping, wal, Staging};
-use crate::abi::{ErrorKind, IngestionMethod, OperationError};
+use super::{wal, Staging};
+use crate::abi::{ErrorKind, OperationError};
 use crate::connector::conf::parse_size;
 use crate::connector::platform::{request, Platform};
 
@@ -182,9 +182,13 @@ fn record(
         .as_u64()
         .unwrap_or(16 * 1024 * 1024);
     let replayed = facts["replayed_lsn"].as_str().unwrap_or("").to_owned();
-    if staging.method == IngestionMethod::BackupLogShipping {
-        log_shipping::keep_archived_wal(platform, staging, &labelfile, &replayed, segment_size)?;
-    }
+    staging.ingestion().keep_archived_wal(
+        platform,
+        staging,
+        &labelfile,
+        &replayed,
+        segment_size,
+    )?;
     if live {
         // The snapshot's point is known once the files are cloned.
         facts["replay"] = json!("running");

@@ -5,9 +5,32 @@
 
 use serde_json::Value;
 
+use super::ingest::mark_slot;
+use super::method::Ingestion;
 use super::Staging;
 use crate::abi::{ErrorKind, OperationError};
 use crate::connector::platform::{request, Platform};
+use crate::connector::source::Source;
+
+/// `backup_streaming`: the customer's backup, then streaming.
+pub struct CustomerBackup;
+
+impl Ingestion for CustomerBackup {
+    fn ingest(
+        &self,
+        platform: &Platform,
+        staging: &Staging,
+        source: Option<&Source>,
+    ) -> Result<(), OperationError> {
+        if let (Some(source), Some(slot), true) = (source, staging.slot(), staging.creates_slot()) {
+            // pg_basebackup -C makes the slot for the engine's own backup;
+            // for the customer's, make it here.
+            mark_slot(platform, staging)?;
+            source.create_slot(&slot)?;
+        }
+        restore(platform, staging)
+    }
+}
 
 /// Restores the base backup into the empty data directory.
 pub fn restore(platform: &Platform, staging: &Staging) -> Result<(), OperationError> {

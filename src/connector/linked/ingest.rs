@@ -7,8 +7,8 @@
 //! not a cluster to start), and `slot-made` before a slot may be created on
 //! the source (so that only a slot this dSource made is ever dropped).
 
-use super::{basebackup, customer_backup, standby, Staging};
-use crate::abi::{ErrorKind, IngestionMethod, OperationError};
+use super::{standby, Staging};
+use crate::abi::{ErrorKind, OperationError};
 use crate::connector::cluster::Cluster;
 use crate::connector::platform::{request, Platform};
 use crate::connector::source::Source;
@@ -23,6 +23,7 @@ pub fn ingest(platform: &Platform, staging: &Staging) -> Result<(), OperationErr
     };
     // Check everything we can before making anything.
     port_is_free(platform, staging.cluster.port)?;
+    staging.ingestion().check(platform, staging)?;
     if let Some(source) = &source {
         source.check_replication_access()?;
         if staging.creates_slot() {
@@ -36,8 +37,19 @@ pub fn ingest(platform: &Platform, staging: &Staging) -> Result<(), OperationErr
         "preparing the staging directories",
         &request(
             r#"set -e; umask 077; mkdir -p -- "$FILES" "$PRIVATE"; chmod 0700 -- "$PRIVATE"
-: > "$FILES/ingesting"; rm -rf -- "$DATA"; mkdir -m 0700 -- "$DATA""#,
+: > "$FILES/ingesting"
+if [ -z "$KEEP" ]; then rm -rf -- "$DATA"; fi
+mkdir -p -m 0700 -- "$DATA""#,
             &[
+                (
+                    "KEEP",
+                    if staging.ingestion().keeps_data_on_resync() {
+                        "1"
+                    } else {
+                        ""
+                    }
+                    .to_owned(),
+                ),
                 ("FILES", staging.files()),
                 ("DATA", staging.cluster.data_dir.clone()),
                 ("PRIVATE", staging.private.clone()),
@@ -51,7 +63,9 @@ pub fn ingest(platform: &Platform, staging: &Staging) -> Result<(), OperationErr
     {
         Cluster::write_private_file(platform, &staging.passfile(), &line)?;
     }
-    let result = fill(platform, staging, source.as_ref())
+    let result = staging
+        .ingestion()
+        .ingest(platform, staging, source.as_ref())
         .and_then(|()| standby::write_config(platform, staging, source.as_ref()))
         .and_then(|()| staging.cluster.start(platform))
         .and_then(|()| {
@@ -72,37 +86,8 @@ pub fn ingest(platform: &Platform, staging: &Staging) -> Result<(), OperationErr
     Ok(())
 }
 
-/// Fills the empty data directory by the dSource's method.
-fn fill(
-    platform: &Platform,
-    staging: &Staging,
-    source: Option<&Source>,
-) -> Result<(), OperationError> {
-    match staging.method {
-        IngestionMethod::BasebackupStreaming => {
-            let source = source.ok_or_else(|| {
-                OperationError::new(ErrorKind::InvalidInput, "linked_source has no source")
-            })?;
-            mark_slot(platform, staging)?;
-            basebackup::run(platform, staging, source)
-        }
-        IngestionMethod::BackupStreaming => {
-            if let (Some(source), Some(slot), true) =
-                (source, staging.slot(), staging.creates_slot())
-            {
-                // pg_basebackup -C makes the slot for the engine's own
-                // backup; for the customer's, make it here.
-                mark_slot(platform, staging)?;
-                source.create_slot(&slot)?;
-            }
-            customer_backup::restore(platform, staging)
-        }
-        IngestionMethod::BackupLogShipping => customer_backup::restore(platform, staging),
-    }
-}
-
 /// Notes, before a slot may be made, that this dSource may own one.
-fn mark_slot(platform: &Platform, staging: &Staging) -> Result<(), OperationError> {
+pub(super) fn mark_slot(platform: &Platform, staging: &Staging) -> Result<(), OperationError> {
     if staging.creates_slot() {
         platform.run_ok(
             "noting the replication slot",

@@ -3,10 +3,42 @@
 
 use serde_json::Value;
 
-use super::Staging;
+use super::method::Ingestion;
+use super::{customer_backup, Staging};
 use crate::abi::{ErrorKind, OperationError};
 use crate::connector::conf::{conf_quote, parse_lsn, shell_quote};
 use crate::connector::platform::{request, Platform};
+use crate::connector::source::Source;
+
+/// `backup_log_shipping`: the customer's backup, then WAL from an archive
+/// directory.
+pub struct LogShipping;
+
+impl Ingestion for LogShipping {
+    fn ingest(
+        &self,
+        platform: &Platform,
+        staging: &Staging,
+        _source: Option<&Source>,
+    ) -> Result<(), OperationError> {
+        customer_backup::restore(platform, staging)
+    }
+
+    fn restore_command(&self, staging: &Staging) -> Result<Option<String>, OperationError> {
+        restore_command(staging).map(Some)
+    }
+
+    fn keep_archived_wal(
+        &self,
+        platform: &Platform,
+        staging: &Staging,
+        label: &str,
+        replayed: &str,
+        segment_size: u64,
+    ) -> Result<(), OperationError> {
+        keep_archived_wal(platform, staging, label, replayed, segment_size)
+    }
+}
 
 /// The `restore_command` setting that copies segments from the archive
 /// (the path shell-quoted, the whole a quoted postgresql.conf literal).

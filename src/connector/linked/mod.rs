@@ -1,14 +1,24 @@
-//! The linked (staged) lifecycle: ingest a source cluster into a staging
-//! cluster on an engine-provided mount, keep it in sync, and bring it to a
+//! The linked (staged) lifecycle: ingest a source into a staging cluster
+//! on an engine-provided mount, keep it in sync, and bring it to a
 //! consistent point for each snapshot.
 //!
-//! One module per ingestion method, around what they share:
+//! Every method answers the same steps ([`method::Ingestion`]: check,
+//! ingest, consistent point, describe, and staging's start, stop and
+//! health); [`method::of`] maps the parsed [`IngestionMethod`] to its module:
 //! - [`basebackup`]: the engine runs `pg_basebackup`, staging streams;
 //! - [`customer_backup`]: the customer's base backup, then streaming or
 //!   [`log_shipping`] (WAL restored from an archive directory);
-//! - [`ingest`]: an ingest of any method, all or nothing;
-//! - [`standby`]: staging's configuration as a standby, and its streaming;
-//! - [`consistent`]: the consistent point a snapshot is taken at.
+//! - [`pgbackrest`]: a restore from the user's pgBackRest repository, then
+//!   WAL by `pgbackrest archive-get`;
+//! - [`staging_push`]: the user loads `data/` and stops the cluster;
+//! - [`single_database`]: one database by parallel pg_dump / pg_restore.
+//!
+//! Shared by the physical replicas: [`physical`] (their life), [`ingest`]
+//! (an ingest, all or nothing), [`standby`] (the standby configuration and
+//! its streaming), [`consistent`] (a backup on the standby as the snapshot's
+//! point), [`wal`] (the kept WAL). Shared by the others: [`clean`] (the
+//! cluster shut down cleanly, described from its control file) and
+//! [`progress`] (a long command in the background).
 //!
 //! Layout of the mount (`mount.path`), all of it in every snapshot:
 //! - `data/`: the staging cluster's data directory (0700);
@@ -18,15 +28,23 @@
 //!   while an ingest is under way, `slot-made` once this dSource may own a
 //!   replication slot on the source.
 //!
-//! Secrets are not in the mount: the replication passfile lives in the
-//! environment's scratch directory (`<scratch>/dsource-<name>/pgpass`,
-//! 0600), outside every dataset the engine snapshots.
+//! Secrets are not in the mount: the passfile (replication, or the dump
+//! user's) lives in the environment's scratch directory
+//! (`<scratch>/dsource-<name>/pgpass`, 0600), outside every dataset the
+//! engine snapshots; so does a single-database dump while it is restored.
 
 mod basebackup;
+mod clean;
 mod consistent;
 mod customer_backup;
 mod ingest;
 mod log_shipping;
+mod method;
+mod pgbackrest;
+mod physical;
+mod progress;
+mod single_database;
+mod staging_push;
 mod standby;
 mod wal;
 
@@ -35,7 +53,6 @@ pub use wal::{archive_settings_after_snapshot, restore_command};
 use serde_json::{json, Value};
 
 use super::cluster::Cluster;
-use super::conf::parse_lsn;
 use super::platform::{field, request, str_field, Platform};
 use super::source::Source;
 use crate::abi::{ErrorKind, IngestionMethod, OperationError, Status};
@@ -51,6 +68,8 @@ pub(super) struct Staging {
     private: String,
     /// Where the WAL dataset is mounted, when the engine gave one.
     wal: Option<String>,
+    /// The source config's document (its port, for defaults).
+    source_config: Value,
 }
 
 impl Staging {
@@ -92,10 +111,16 @@ impl Staging {
                 .pointer("/wal/path")
                 .and_then(Value::as_str)
                 .map(|p| p.trim_end_matches('/').to_owned()),
+            source_config: input.get("source_config").cloned().unwrap_or(Value::Null),
             mount,
             params,
             name,
         })
+    }
+
+    /// The module of this dSource's ingestion method.
+    fn ingestion(&self) -> &'static dyn method::Ingestion {
+        method::of(self.method)
     }
 
     fn files(&self) -> String {
@@ -142,6 +167,38 @@ impl Staging {
                 .unwrap_or(true)
     }
 
+    /// The facts `pgvirt/snapshot.json` records, with the method.
+    fn recorded_facts(&self, platform: &Platform) -> Result<Value, OperationError> {
+        let info = platform.run_ok(
+            "reading the snapshot's backup information",
+            &request(
+                r#"cat -- "$FILES/snapshot.json""#,
+                &[("FILES", self.files())],
+            ),
+        )?;
+        let mut meta: Value = serde_json::from_str(&info.stdout).map_err(|e| {
+            OperationError::new(
+                ErrorKind::Internal,
+                format!("snapshot.json is unreadable: {e}"),
+            )
+        })?;
+        meta["ingestion_method"] = json!(self.method);
+        Ok(meta)
+    }
+
+    /// Removes this dSource's private directory (outside the mount) and
+    /// the markers that name what it made.
+    fn remove_private(&self, platform: &Platform) -> Result<(), OperationError> {
+        platform.run_ok(
+            "removing the dSource's private files",
+            &request(
+                r#"rm -rf -- "$PRIVATE"; rm -f -- "$FILES/pgpass" "$FILES/slot-made""#,
+                &[("PRIVATE", self.private.clone()), ("FILES", self.files())],
+            ),
+        )?;
+        Ok(())
+    }
+
     /// Resumes WAL replay if it is paused.
     fn resume_replay(&self, platform: &Platform) -> Result<(), OperationError> {
         self.cluster.psql(
@@ -170,8 +227,8 @@ fn default_slot_name(dsource: &str) -> String {
     s
 }
 
-/// `linked.mount_specification`: where the staging dataset goes, and (every
-/// method here replays WAL) where the WAL dataset that keeps it goes: beside
+/// `linked.mount_specification`: where the staging dataset goes, and (when
+/// the method replays WAL) where the WAL dataset that keeps it goes: beside
 /// the mount, or where the engine offers (`default_wal_path`).
 pub fn mount_specification(_platform: &Platform, input: &Value) -> Result<Value, OperationError> {
     let params = field(input, "linked_source")?;
@@ -184,12 +241,14 @@ pub fn mount_specification(_platform: &Platform, input: &Value) -> Result<Value,
                 "no mount_path and no default_mount_path",
             )
         })?;
+    let replays = method::of(IngestionMethod::of(params)).replays_wal();
     let wal = match (
-        explicit,
+        explicit.filter(|_| replays),
         input.get("default_wal_path").and_then(Value::as_str),
     ) {
         (Some(p), _) => Some(format!("{}-wal", p.trim_end_matches('/'))),
-        (None, Some(w)) => Some(w.to_owned()),
+        (None, Some(w)) if replays => Some(w.to_owned()),
+        (None, Some(_)) => None,
         (None, None) => None,
     };
     let mut spec = json!({"mounts": [{"path": path}]});
@@ -209,115 +268,61 @@ pub fn wal_prune(platform: &Platform, input: &Value) -> Result<Value, OperationE
     wal::prune(platform, input)
 }
 
-/// `linked.pre_snapshot`: ingest if asked (`resync`) or never done, make sure
-/// staging runs and replicates, then bring it to a consistent point.
+/// `linked.pre_snapshot`: ingest if asked (`resync`) or never done, then
+/// bring staging to a consistent point (by the dSource's method).
 pub fn pre_snapshot(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
     let staging = Staging::from_input(input)?;
     let resync = input
         .pointer("/snapshot_parameters/resync")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let ingested = has_cluster(platform, &staging)?;
-    if resync || !ingested {
-        ingest::ingest(platform, &staging)?;
-    } else {
-        staging.cluster.start(platform)?;
-        staging.resume_replay(platform)?;
-    }
-    if staging.method.streams() {
-        standby::wait_for_streaming(
-            platform,
-            &staging,
-            if resync || !ingested { 60 } else { 15 },
-        )?;
-    }
-    consistent::consistent_point(platform, &staging)
+    staging
+        .ingestion()
+        .consistent_point(platform, &staging, resync)
 }
 
-/// `linked.post_snapshot`: resume replay (if it was paused) and describe
-/// the snapshot; for one taken with replay running, at how far replay has
-/// got now.
+/// `linked.post_snapshot`: describe the snapshot just taken, and let
+/// staging go on (resume replay, restart it).
 pub fn post_snapshot(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
     let staging = Staging::from_input(input)?;
-    staging.resume_replay(platform)?;
-    let info = platform.run_ok(
-        "reading the snapshot's backup information",
-        &request(
-            r#"cat -- "$FILES/snapshot.json""#,
-            &[("FILES", staging.files())],
-        ),
-    )?;
-    let mut meta: Value = serde_json::from_str(&info.stdout).map_err(|e| {
-        OperationError::new(
-            ErrorKind::Internal,
-            format!("snapshot.json is unreadable: {e}"),
-        )
-    })?;
-    if meta["replay"] == json!("running") {
-        consistent::after_live_clone(platform, &staging, &mut meta)?;
-    }
+    let mut meta = staging.ingestion().describe(platform, &staging)?;
     meta["ingestion_method"] = json!(staging.method);
-    meta["provisionable"] = json!(true);
     Ok(meta)
 }
 
-/// `linked.start_staging`: start the staging cluster and let it replay WAL
-/// (a snapshot cut short may have left replay paused).
+/// `linked.start_staging`: start staging again (as the method has it).
 pub fn start_staging(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
     let staging = Staging::from_input(input)?;
-    if !has_cluster(platform, &staging)? {
-        return Err(OperationError::new(
-            ErrorKind::InvalidState,
-            "the staging data directory is empty, or its last ingest was cut short",
-        )
-        .with_action("run a sync with --resync to ingest the source again"));
-    }
-    staging.cluster.start(platform)?;
-    staging.resume_replay(platform)?;
+    staging.ingestion().start_staging(platform, &staging)?;
     Ok(json!({}))
 }
 
-/// `linked.stop_staging`: stop the staging cluster; when the dSource is being
-/// deleted (`purpose: delete`), also undo what it made outside its mount:
-/// its replication slot on the source (only if it made one) and its
-/// passfile.
+/// `linked.stop_staging`: stop staging; when the dSource is being deleted
+/// (`purpose: delete`), also undo what it made outside its mount. With
+/// `purpose: check`, only say whether it may be stopped now.
 pub fn stop_staging(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
     let staging = Staging::from_input(input)?;
-    staging.cluster.stop(platform)?;
-    if input.get("purpose").and_then(Value::as_str) == Some("delete") {
-        if staging.creates_slot() && may_own_slot(platform, &staging)? {
-            if let Some(slot) = staging.slot() {
-                let source = staging.source()?;
-                if let Err(e) = source.drop_slot(&slot) {
-                    log::warn!("could not drop replication slot {slot} on the source: {e}");
-                }
-            }
-        }
-        platform.run_ok(
-            "removing the dSource's private files",
-            &request(
-                r#"rm -rf -- "$PRIVATE"; rm -f -- "$FILES/pgpass" "$FILES/slot-made""#,
-                &[
-                    ("PRIVATE", staging.private.clone()),
-                    ("FILES", staging.files()),
-                ],
-            ),
-        )?;
+    let purpose = input
+        .get("purpose")
+        .and_then(Value::as_str)
+        .unwrap_or("disable");
+    if purpose == "check" {
+        staging.ingestion().may_stop(platform, &staging)?;
+    } else {
+        staging
+            .ingestion()
+            .stop_staging(platform, &staging, purpose)?;
     }
     Ok(json!({}))
 }
 
-/// Whether this dSource may have made a replication slot: it marked so
-/// before making one, or (made by an older pgvirt) it holds a cluster.
-fn may_own_slot(platform: &Platform, staging: &Staging) -> Result<bool, OperationError> {
-    let out = platform.run(&request(
-        r#"[ -f "$FILES/slot-made" ] || [ -f "$DATA/PG_VERSION" ]"#,
-        &[
-            ("FILES", staging.files()),
-            ("DATA", staging.cluster.data_dir.clone()),
-        ],
-    ))?;
-    Ok(out.exit_code == 0)
+/// `linked.worker`: staging's health (replication, for a replica), the
+/// method, and what staging needs from the user next, if anything.
+pub fn worker(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
+    let staging = Staging::from_input(input)?;
+    let mut health = staging.ingestion().worker(platform, &staging, input)?;
+    health["ingestion_method"] = json!(staging.method);
+    Ok(health)
 }
 
 /// `linked.status`: ACTIVE when the staging cluster runs.
@@ -330,64 +335,6 @@ pub fn status(platform: &Platform, input: &Value) -> Result<Value, OperationErro
         Status::Inactive
     }
     .to_output())
-}
-
-/// `linked.worker`: replication health — connected or not, lag in bytes and
-/// seconds behind the source, and a paused replay no snapshot explains
-/// (the host says in `snapshot_in_progress` whether one is being taken).
-pub fn worker(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
-    let staging = Staging::from_input(input)?;
-    if !staging.cluster.is_running(platform)? {
-        return Ok(json!({"running": false, "connected": false}));
-    }
-    let out = staging.cluster.psql(
-        platform,
-        "reading replication state on staging",
-        r#"SELECT json_build_object(
-             'status', (SELECT status FROM pg_stat_wal_receiver),
-             'received_lsn', pg_last_wal_receive_lsn()::text,
-             'replayed_lsn', pg_last_wal_replay_lsn()::text,
-             'replay_paused', pg_get_wal_replay_pause_state() <> 'not paused',
-             'last_replay', pg_last_xact_replay_timestamp());"#,
-        &[],
-    )?;
-    let mut health: Value = serde_json::from_str(out.trim()).map_err(|e| {
-        OperationError::new(
-            ErrorKind::Internal,
-            format!("unreadable replication state: {e}"),
-        )
-    })?;
-    health["running"] = json!(true);
-    health["connected"] = json!(health["status"] == json!("streaming"));
-    let snapshotting = input
-        .get("snapshot_in_progress")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    if health["replay_paused"] == json!(true) && !snapshotting {
-        health["problem"] = json!(
-            "WAL replay on staging is paused, and no snapshot is being taken: staging falls behind the source until it is resumed (`pgvirt dsource enable` resumes it)"
-        );
-    }
-    if staging.method.streams() {
-        if let (Ok(source), Some(replayed)) = (staging.source(), health["replayed_lsn"].as_str()) {
-            match source.current_lsn() {
-                Ok(current) => {
-                    if let (Some(a), Some(b)) = (parse_lsn(&current), parse_lsn(replayed)) {
-                        health["lag_bytes"] = json!(a.saturating_sub(b));
-                    }
-                    health["source_lsn"] = json!(current);
-                    // Caught up means no time lag, whatever the last commit's age.
-                    if health["lag_bytes"] == json!(0) {
-                        health["lag_seconds"] = json!(0.0);
-                    } else if let Ok(age) = source.seconds_since(&health["last_replay"]) {
-                        health["lag_seconds"] = json!(age);
-                    }
-                }
-                Err(e) => health["source_error"] = json!(e.to_string()),
-            }
-        }
-    }
-    Ok(health)
 }
 
 /// `linked.source_size`: bytes of all databases on staging.

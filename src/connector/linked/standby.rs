@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
-use super::{default_slot_name, log_shipping, wal, Staging};
-use crate::abi::{ErrorKind, IngestionMethod, OperationError};
+use super::{default_slot_name, wal, Staging};
+use crate::abi::{ErrorKind, OperationError};
 use crate::connector::cluster::ClusterConfig;
 use crate::connector::conf::{conf_quote, conf_value, conninfo_quote};
 use crate::connector::platform::{request, Platform};
@@ -14,7 +14,7 @@ use crate::connector::source::Source;
 /// Writes the standby configuration: port, sockets, hot standby, the
 /// replication connection (password in a 0600 passfile outside the mount, so
 /// no snapshot holds it), restore_command for
-/// log shipping, the user's settings, and a private pg_hba.conf.
+/// methods that restore from an archive, the user's settings, and a private pg_hba.conf.
 pub fn write_config(
     platform: &Platform,
     staging: &Staging,
@@ -67,11 +67,8 @@ pub fn write_config(
         settings.retain(|(k, _)| k != "archive_mode");
         settings.extend(wal::archive_settings(dir));
     }
-    if staging.method == IngestionMethod::BackupLogShipping {
-        settings.push((
-            "restore_command".into(),
-            log_shipping::restore_command(staging)?,
-        ));
+    if let Some(command) = staging.ingestion().restore_command(staging)? {
+        settings.push(("restore_command".into(), command));
     }
     let mut comment_out: Vec<String> = [
         "data_directory",

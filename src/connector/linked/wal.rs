@@ -97,7 +97,7 @@ set -eu
 umask 077
 keep() { # source, final name
   [ -f "$WAL/$2" ] && return 0
-  cp -- "$1" "$WAL/$2.keep.tmp" && sync -- "$WAL/$2.keep.tmp" && mv -- "$WAL/$2.keep.tmp" "$WAL/$2"
+  cp --reflink=auto -- "$1" "$WAL/$2.keep.tmp" && sync -- "$WAL/$2.keep.tmp" && mv -- "$WAL/$2.keep.tmp" "$WAL/$2"
 }
 for seg in $WHOLE; do
   [ -f "$DATA/pg_wal/$seg" ] && keep "$DATA/pg_wal/$seg" "$seg"
@@ -252,6 +252,20 @@ pub fn prune(platform: &Platform, input: &Value) -> Result<Value, OperationError
             &[("WAL", dir.clone())],
         ),
     )?;
+    // Islands to keep below `before_lsn`: [from, to] LSN pairs.
+    let keep: Vec<(u64, u64)> = input
+        .get("keep")
+        .and_then(Value::as_array)
+        .map(|pairs| {
+            pairs
+                .iter()
+                .filter_map(|p| {
+                    let lsn = |i: usize| p.get(i).and_then(Value::as_str).and_then(parse_lsn);
+                    Some((lsn(0)?, lsn(1)?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let mut doomed = Vec::new();
     for file in listing.stdout.lines() {
         let seg = &file[..file.len().min(24)];
@@ -265,8 +279,12 @@ pub fn prune(platform: &Platform, input: &Value) -> Result<Value, OperationError
             continue;
         };
         let per_id = 0x1_0000_0000 / size;
-        let end = (hi * per_id + lo + 1) * size;
-        if end <= before {
+        let start = (hi * per_id + lo) * size;
+        let end = start + size;
+        // A segment holds [start, end): needed by an island that overlaps it.
+        // (The island's end is where its WAL stops: exclusive too.)
+        let needed = keep.iter().any(|(from, to)| *from < end && start < *to);
+        if end <= before && !needed {
             doomed.push(file.to_owned());
         }
     }

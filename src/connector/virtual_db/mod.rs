@@ -405,7 +405,8 @@ pub fn pre_snapshot(platform: &Platform, input: &Value) -> Result<Value, Operati
     platform.run_ok(
         "marking the snapshot clean",
         &request(
-            r#"rm -f -- "$FILES/backup_label" "$FILES/tablespace_map"; : > "$FILES/clean""#,
+            // Stopped now: no commit in it is later than this moment.
+            r#"rm -f -- "$FILES/backup_label" "$FILES/tablespace_map"; : > "$FILES/clean"; date -u +%Y-%m-%dT%H:%M:%S.%6NZ > "$FILES/taken-at""#,
             &[("FILES", vdb.files())],
         ),
     )?;
@@ -421,7 +422,7 @@ pub fn post_snapshot(platform: &Platform, input: &Value) -> Result<Value, Operat
         &request(
             // In UTC, so the times read are what they say (the environment's
             // zone may be anything).
-            r#"LC_ALL=C TZ=UTC "$BIN/pg_controldata" -D "$DATA"; echo "PG_VERSION: $(cat -- "$DATA/PG_VERSION")"; echo "--facts"; cat -- "$FILES/vdb-facts.json" 2>/dev/null; echo; [ -f "$FILES/was-running" ] && echo "--was-running"; rm -f -- "$FILES/was-running"; true"#,
+            r#"LC_ALL=C TZ=UTC "$BIN/pg_controldata" -D "$DATA"; echo "PG_VERSION: $(cat -- "$DATA/PG_VERSION")"; echo "--taken-at $(cat -- "$FILES/taken-at" 2>/dev/null)"; echo "--facts"; cat -- "$FILES/vdb-facts.json" 2>/dev/null; echo; [ -f "$FILES/was-running" ] && echo "--was-running"; rm -f -- "$FILES/was-running"; true"#,
             &[
                 ("BIN", vdb.cluster.bin_dir.clone()),
                 ("DATA", vdb.cluster.data_dir.clone()),
@@ -463,8 +464,15 @@ pub fn post_snapshot(platform: &Platform, input: &Value) -> Result<Value, Operat
         "checkpoint_lsn": get("Latest checkpoint location"),
         "redo_lsn": get("Latest checkpoint's REDO location"),
         "checkpoint_time": to_rfc3339(&get("Time of latest checkpoint")),
-        // Taken stopped: its point is its shutdown checkpoint.
-        "taken_at": to_rfc3339(&get("Time of latest checkpoint")),
+        // Taken stopped: its point is its shutdown checkpoint, and every
+        // commit in it came before the moment it was seen stopped.
+        "taken_at": out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("--taken-at "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map_or_else(|| to_rfc3339(&get("Time of latest checkpoint")), str::to_owned),
         "wal_segment_size": get("Bytes per WAL segment").parse::<u64>().unwrap_or(16 * 1024 * 1024),
         "databases": facts.get("databases").cloned().filter(Value::is_array).unwrap_or_else(|| json!([])),
         "size_bytes": facts.get("size_bytes").and_then(Value::as_u64).unwrap_or(0),

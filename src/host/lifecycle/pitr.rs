@@ -24,6 +24,15 @@ pub enum Target {
 }
 
 impl Target {
+    /// Whether the moment lies past snapshot `s` (an LSN target at its
+    /// very point is the snapshot itself: no recovery past it is asked).
+    pub fn past(&self, s: &Snapshot) -> bool {
+        match self {
+            Self::Lsn { lsn, .. } => point(s).is_none_or(|(at, _)| *lsn != at),
+            Self::Time(_) => true,
+        }
+    }
+
     /// `--at`: RFC 3339 or ISO 8601, with a zone or offset (`Z`, `+00`,
     /// `+05:30`); without one, in this host's time zone.
     pub fn parse_time(text: &str) -> Result<Self> {

@@ -16,6 +16,8 @@ pub fn delete_dsource(
 ) -> Result<Vec<String>> {
     let d = dsource::get(store, name)?;
     let mut deleted = Vec::new();
+    // Refused before anything goes (a staging push's cluster still runs).
+    dsource::check_may_stop(store, connector, &d)?;
     if with_vdbs {
         for v in vdb::children(store, ParentKind::Dsource, d.id)? {
             deleted.extend(vdb::delete_tree(store, connector, &v.name)?);

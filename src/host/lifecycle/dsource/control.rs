@@ -59,6 +59,7 @@ pub fn delete(store: &Store, connector: &Connector, name: &str) -> Result<()> {
             ownership::depend_phrase(&dependents)
         )));
     }
+    super::check_may_stop(store, connector, &d)?;
     jobs::run(
         store,
         JobKind::DeleteDsource,

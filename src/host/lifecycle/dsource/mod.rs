@@ -219,6 +219,14 @@ pub(super) fn stop_staging(
     Ok(())
 }
 
+/// Asks the connector whether staging may be stopped now (a staging push
+/// whose user still runs the cluster may not): before a delete changes
+/// anything.
+pub fn check_may_stop(store: &Store, connector: &Connector, d: &DSource) -> Result<()> {
+    let pool = Pool::open(store)?;
+    stop_staging(store, connector, &pool, d, "check")
+}
+
 /// The provisionable ranges of a dSource: its snapshots and the WAL kept
 /// after them.
 pub fn ranges(store: &Store, connector: &Connector, d: &DSource) -> Result<Vec<pitr::Range>> {
@@ -297,7 +305,8 @@ pub fn prune_wal(store: &Store, connector: &Connector, d: &DSource) -> Result<u6
     // What each snapshot needs kept: from its point, or from its redo when
     // it was taken while staging replayed (it is consistent only with the
     // WAL from there). Those from `start` on keep their ranges; older ones
-    // keep only what a clone of them needs, which a prepared image spares.
+    // keep only the WAL from their redo to their point, which a prepared
+    // image spares.
     let needs = |s: &timeflow::Snapshot, point: u64| {
         if s.needs_kept_wal() {
             s.metadata["redo_lsn"]
@@ -308,13 +317,17 @@ pub fn prune_wal(store: &Store, connector: &Connector, d: &DSource) -> Result<u6
             point
         }
     };
-    let before = points
+    let before = points[start..]
         .iter()
-        .enumerate()
-        .filter(|(i, (s, _, _))| *i >= start || (s.needs_kept_wal() && s.prepared_id.is_none()))
-        .map(|(_, (s, point, _))| needs(s, *point))
+        .map(|(s, point, _)| needs(s, *point))
         .min()
         .unwrap_or(points[start].1);
+    let keep: Vec<Value> = points[..start]
+        .iter()
+        .filter(|(s, _, _)| s.needs_kept_wal() && s.prepared_id.is_none())
+        .map(|(s, point, _)| json!([pitr::lsn_text(needs(s, *point)), pitr::lsn_text(*point)]))
+        .collect();
+    input["keep"] = json!(keep);
     input["before_lsn"] = json!(pitr::lsn_text(before));
     input["wal_segment_size"] = points[start].0.metadata["wal_segment_size"].clone();
     let out = connector.invoke("linked.wal_prune", &input, platform())?;
@@ -339,13 +352,12 @@ pub fn show(store: &Store, connector: &Connector, name: &str) -> Result<Value> {
         .invoke("linked.status", &input, HostPlatform::new(&cx.env))
         .ok()
         .and_then(|s| crate::abi::Status::of(&s));
-    let health = if status == Some(crate::abi::Status::Active) {
-        connector
-            .invoke("linked.worker", &input, HostPlatform::new(&cx.env))
-            .unwrap_or_else(|e| json!({"error": e.to_string()}))
-    } else {
-        json!({"running": false, "connected": false})
-    };
+    // The connector says how staging is, and what it needs from the user
+    // next (for a staging push, whether it waits for data or runs).
+    let health = connector
+        .invoke("linked.worker", &input, HostPlatform::new(&cx.env))
+        .unwrap_or_else(|e| json!({"running": status == Some(crate::abi::Status::Active), "error": e.to_string()}));
+    let next = health.get("next").cloned().unwrap_or(Value::Null);
     let last = timeflow::snapshots(store, ContainerKind::Dsource, d.id)?
         .into_iter()
         .last();
@@ -356,6 +368,8 @@ pub fn show(store: &Store, connector: &Connector, name: &str) -> Result<Value> {
     Ok(json!({
         "dsource": d,
         "status": status.map_or(json!("UNKNOWN"), |s| json!(s)),
+        "ingestion_method": crate::abi::IngestionMethod::of(&d.parameters),
+        "next": next,
         "replication": health,
         "last_snapshot": last,
         "busy": busy,

@@ -19,6 +19,33 @@ use crate::host::lifecycle::timeflow::{self, Snapshot};
 use crate::host::storage::Pool;
 use crate::host::store::Store;
 
+/// A clone replays the WAL from the snapshot's redo point to its point;
+/// below this much, that takes well under a second and a prepared image
+/// (a clone, a recovery and a snapshot more per sync, two full copies on a
+/// copy pool) is not worth its cost.
+const PREPARE_ABOVE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Whether `snapshot` is worth preparing: what its clones would replay.
+/// Only a snapshot its clones recover (from its backup label) is: one not
+/// provisionable, or of a cluster shut down cleanly (staging push, single
+/// database), has nothing to recover.
+pub(super) fn worth_it(snapshot: &Snapshot) -> bool {
+    let recovers = snapshot.metadata["provisionable"] == serde_json::json!(true)
+        && snapshot.metadata.get("backup_label").is_some();
+    if !recovers {
+        return false;
+    }
+    let lsn = |k: &str| {
+        snapshot.metadata[k]
+            .as_str()
+            .and_then(crate::host::lifecycle::pitr::parse_lsn)
+    };
+    match (lsn("redo_lsn"), lsn("replayed_lsn")) {
+        (Some(redo), Some(point)) => point.saturating_sub(redo) > PREPARE_ABOVE_BYTES,
+        _ => false,
+    }
+}
+
 /// The dataset a snapshot's image is prepared on.
 pub(super) fn dataset_for(d: &DSource, snapshot: &Snapshot) -> String {
     format!("{}-prep-{}", d.dataset, snapshot.id)

@@ -105,7 +105,12 @@ pub(super) fn sync_inner(
         timeflow::add_snapshot(store, timeflow.id, taken.id, &meta)
     })?;
     job.step(store, Step::Committed)?;
-    let snapshot = match prepare::prepare(store, connector, pool, d, config, env, &snapshot, job) {
+    let prepared = if prepare::worth_it(&snapshot) {
+        prepare::prepare(store, connector, pool, d, config, env, &snapshot, job)
+    } else {
+        Ok(())
+    };
+    let snapshot = match prepared {
         Ok(()) => timeflow::snapshot(store, snapshot.id)?,
         Err(e) => {
             log::warn!(

@@ -108,7 +108,11 @@ pub struct ProvisionRequest<'a> {
 /// Provisions a VDB and leaves it running. On failure nothing is left.
 /// With a target, from the latest snapshot at or before it, recovered with
 /// the kept WAL to exactly that moment.
-pub fn provision(store: &Store, connector: &Connector, req: ProvisionRequest<'_>) -> Result<Vdb> {
+pub fn provision(
+    store: &Store,
+    connector: &Connector,
+    mut req: ProvisionRequest<'_>,
+) -> Result<Vdb> {
     let mut origin = resolve_origin(store, req.from)?;
     if let Some(target) = &req.target {
         if req.from.contains('@') {
@@ -119,6 +123,7 @@ pub fn provision(store: &Store, connector: &Connector, req: ProvisionRequest<'_>
         }
         origin.snapshot = at_target(store, connector, &origin, target)?;
     }
+    req.target = req.target.filter(|t| t.past(&origin.snapshot));
     check_provisionable(&origin.snapshot)?;
     create(store, connector, req, Some(origin))
 }
@@ -139,6 +144,16 @@ pub(super) fn at_target(
         return Ok(pitr::resolve(&snapshots, &ranges, target, &format!("VDB {}", v.name))?.clone());
     }
     let d = dsource::get(store, &origin.name)?;
+    let method = crate::abi::IngestionMethod::of(&d.parameters);
+    if matches!(
+        method,
+        crate::abi::IngestionMethod::StagingPush | crate::abi::IngestionMethod::SingleDatabase
+    ) {
+        return Err(Error::usage(format!(
+            "a moment (--at, --at-lsn) is not available for the {method} method: dSource {} keeps no WAL between its snapshots; provision one of its snapshots (`pgvirt snapshot list --dsource {}`)",
+            d.name, d.name
+        )));
+    }
     if dsource::wal_path(store, &d)?.is_none() {
         return Err(Error::usage(format!(
             "dSource {} keeps no WAL to recover to a moment with (it is not available for this method, or it was linked before pgvirt kept WAL: resync it)",

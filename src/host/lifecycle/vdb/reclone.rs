@@ -48,6 +48,7 @@ pub fn refresh(
         origin.snapshot = at_target(store, connector, &origin, target)?;
     }
     check_provisionable(&origin.snapshot)?;
+    let target = target.filter(|t| t.past(&origin.snapshot));
     reclone(store, connector, &vdb, &origin, JobKind::Refresh, target)
 }
 
@@ -75,6 +76,7 @@ pub fn rewind(
         }
     };
     check_provisionable(&origin.snapshot)?;
+    let target = target.filter(|t| t.past(&origin.snapshot));
     reclone(store, connector, &vdb, &origin, JobKind::Rewind, target)
 }
 
