@@ -221,8 +221,10 @@ fn env_add_refuses_root_unknown_users_and_duplicates() {
         .fails(&["env", "add", "local", "--user", "no-such-user-xyz"])
         .contains("does not exist"));
     let err = p.fails(&["env", "add", "ssh", "--user", "postgres"]);
+    assert!(err.contains("--host"), "{err}");
+    let err = p.fails(&["env", "add", "elsewhere", "--user", "postgres"]);
     assert!(
-        err.contains("invalid value 'ssh'") && err.contains("possible values: local"),
+        err.contains("\"elsewhere\"") && err.contains("local --user") && err.contains("--host"),
         "{err}"
     );
     p.ok(&["env", "add", "local", "--user", "postgres"]);

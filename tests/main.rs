@@ -15,5 +15,6 @@ mod hardening;
 mod ingest;
 mod pitr;
 mod quota;
+mod remote;
 mod storage;
 mod vdb;

@@ -86,6 +86,11 @@ thread_local! {
     static CURRENT: RefCell<Option<Platform>> = const { RefCell::new(None) };
 }
 
+/// The platform of the operation running on this thread.
+pub fn current() -> Option<Platform> {
+    CURRENT.with(|c| c.try_borrow().ok().and_then(|p| p.clone()))
+}
+
 /// Makes a platform the target of this thread's log records until dropped.
 pub(super) struct CurrentGuard;
 

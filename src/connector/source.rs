@@ -1,12 +1,39 @@
-//! The source cluster of a dSource, reached over the network with the
-//! `postgres` crate as the replication user: checks before anything is made,
-//! replication slots, and the source's position for lag.
+//! The source cluster of a dSource, reached through the platform: `psql`
+//! runs on the operation's environment (the staging host) and connects over
+//! the network to the source as the replication user. The password travels
+//! on the command's stdin into a 0600 passfile (the staging's own, in its
+//! private directory, or a temporary one removed at the end), so it is in
+//! no argv and no process environment; SQL and its values follow on psql's
+//! stdin (`\getenv`).
+//! Checks before anything is made, replication slots, and the source's
+//! position for lag.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::abi::{ErrorKind, OperationError};
+use crate::abi::{CommandRequest, ErrorKind, OperationError};
+use crate::connector::platform::{self, Platform};
+
+/// Runs psql on SQL from stdin; with a password, the first line of stdin is
+/// the passfile line, kept in a 0600 file (never in argv or an environment).
+const QUERY_SCRIPT: &str = r#"
+if [ -n "${HAS_PASSWORD:-}" ]; then
+  IFS= read -r line || exit 1
+  if [ -n "${PASSFILE:-}" ]; then
+    f=$PASSFILE
+    (umask 077; mkdir -p -- "${f%/*}") || exit 1
+  else
+    d=$(umask 077; mktemp -d) || exit 1
+    trap 'rm -rf -- "$d"' EXIT
+    f=$d/pgpass
+  fi
+  (umask 077; printf '%s\n' "$line" > "$f.tmp" && mv -f -- "$f.tmp" "$f") || exit 1
+  unset line
+  export PGPASSFILE=$f
+fi
+"${PSQL_BIN:-psql}" -X -A -t -q -v ON_ERROR_STOP=1 -f -
+"#;
 
 /// Connection facts of a source, from the linked-source parameters.
 #[derive(Clone)]
@@ -14,11 +41,16 @@ pub struct Source {
     pub host: String,
     pub port: u16,
     pub user: String,
-    /// Never logged, never in argv: handed to libpq in memory, to
-    /// pg_basebackup in its environment, to staging in a 0600 passfile.
+    /// Never logged, never in argv: handed to psql and pg_basebackup in
+    /// their environment, to staging in a 0600 passfile.
     pub password: Option<String>,
     pub database: String,
     pub connect_timeout: u64,
+    /// Where `psql` is (the staging's installation); `psql` on PATH if unset.
+    pub bin_dir: Option<String>,
+    /// The staging's passfile (0600, in its private directory), written by
+    /// the queries too; a temporary one per query if unset.
+    pub passfile: Option<String>,
 }
 
 impl std::fmt::Debug for Source {
@@ -53,67 +85,141 @@ impl Source {
                 .get("connect_timeout_seconds")
                 .and_then(Value::as_u64)
                 .unwrap_or(10),
+            bin_dir: None,
+            passfile: None,
         })
+    }
+
+    /// Uses the `psql` of this installation.
+    pub fn with_bin_dir(mut self, bin_dir: &str) -> Self {
+        self.bin_dir = Some(bin_dir.to_owned());
+        self
+    }
+
+    /// Keeps the password in this passfile (the staging's own).
+    pub fn with_passfile(mut self, passfile: &str) -> Self {
+        self.passfile = Some(passfile.to_owned());
+        self
     }
 
     fn where_(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
 
-    fn connect(&self) -> Result<postgres::Client, OperationError> {
-        let mut config = postgres::Config::new();
-        config
-            .host(&self.host)
-            .port(self.port)
-            .user(&self.user)
-            .dbname(&self.database)
-            .application_name("pgvirt")
-            .connect_timeout(Duration::from_secs(self.connect_timeout));
-        if let Some(pw) = &self.password {
-            config.password(pw);
+    /// Runs `sql` on the source through the platform; its values come from
+    /// `vars` (read into psql variables with `\getenv`, used as `:'name'`).
+    /// Returns psql's unaligned, tuples-only output lines.
+    fn query(
+        &self,
+        what: &str,
+        sql: &str,
+        vars: &[(&str, &str)],
+    ) -> Result<Vec<String>, OperationError> {
+        let platform: Platform = platform::current().ok_or_else(|| {
+            OperationError::new(
+                ErrorKind::Internal,
+                "no platform to reach the source through",
+            )
+        })?;
+        let mut input = String::new();
+        let mut req = CommandRequest {
+            command: QUERY_SCRIPT.into(),
+            timeout_seconds: Some(self.connect_timeout + 600),
+            ..CommandRequest::default()
+        };
+        let mut set = |k: &str, v: String| {
+            req.variables.insert(k.to_owned(), v);
+        };
+        if let Some(dir) = &self.bin_dir {
+            set("PSQL_BIN", format!("{dir}/psql"));
         }
-        config.connect(postgres::NoTls).map_err(|e| {
-            let cause = scrub(&describe(&e), self.password.as_deref());
-            let (what, action) = if cause.contains("password authentication failed")
-                || cause.contains("authentication")
-            {
-                (
-                    "authentication failed",
-                    "check the replication user and password",
-                )
-            } else {
-                (
-                    "cannot connect",
-                    "check that the source runs and that host and port are right",
-                )
-            };
+        set("PGHOST", self.host.clone());
+        set("PGPORT", self.port.to_string());
+        set("PGUSER", self.user.clone());
+        set("PGDATABASE", self.database.clone());
+        set("PGAPPNAME", "pgvirt".into());
+        set("PGCONNECT_TIMEOUT", self.connect_timeout.max(1).to_string());
+        set("PGPASSFILE", "/dev/null".into());
+        if self.password.is_some() {
+            set("HAS_PASSWORD", "1".into());
+            input.push_str(&self.pgpass_line());
+            input.push('\n');
+            if let Some(file) = &self.passfile {
+                set("PASSFILE", file.clone());
+            }
+        }
+        for (i, (name, value)) in vars.iter().enumerate() {
+            let var = format!("PGVIRT_Q{i}");
+            input.push_str(&format!("\\getenv {name} {var}\n"));
+            set(&var, (*value).to_owned());
+        }
+        input.push_str(sql);
+        input.push_str(";\n");
+        req.stdin = Some(input);
+        let out = platform.run(&req).map_err(|e| {
             OperationError::new(
                 ErrorKind::SourceUnreachable,
+                format!("source {}: {what}: cannot run psql", self.where_()),
+            )
+            .with_cause(scrub(&e.to_string(), self.password.as_deref()))
+        })?;
+        let cause = scrub(out.stderr.trim(), self.password.as_deref());
+        match out.exit_code {
+            0 => Ok(out.stdout.lines().map(str::to_owned).collect()),
+            // psql: 2 is a lost or refused connection, 3 an SQL error.
+            2 => {
+                let (problem, action) = if cause.contains("authentication") {
+                    (
+                        "authentication failed",
+                        "check the replication user and password",
+                    )
+                } else {
+                    (
+                        "cannot connect",
+                        "check that the source runs and that host and port are right",
+                    )
+                };
+                Err(OperationError::new(
+                    ErrorKind::SourceUnreachable,
+                    format!("source {}: {problem}", self.where_()),
+                )
+                .with_cause(cause)
+                .with_action(action))
+            }
+            _ => Err(OperationError::new(
+                ErrorKind::SourceError,
                 format!("source {}: {what}", self.where_()),
             )
-            .with_cause(cause)
-            .with_action(action)
-        })
+            .with_cause(cause)),
+        }
     }
 
-    fn query_err(&self, what: &str, e: postgres::Error) -> OperationError {
-        OperationError::new(
-            ErrorKind::SourceError,
-            format!("source {}: {what}", self.where_()),
-        )
-        .with_cause(scrub(&describe(&e), self.password.as_deref()))
+    /// The one value a query returns.
+    fn value(
+        &self,
+        what: &str,
+        sql: &str,
+        vars: &[(&str, &str)],
+    ) -> Result<String, OperationError> {
+        self.query(what, sql, vars)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                OperationError::new(
+                    ErrorKind::SourceError,
+                    format!("source {}: {what}: no answer", self.where_()),
+                )
+            })
     }
 
     /// Connects and checks the user may replicate.
     pub fn check_replication_access(&self) -> Result<(), OperationError> {
-        let mut client = self.connect()?;
-        let row = client
-            .query_one(
-                "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
-                &[],
-            )
-            .map_err(|e| self.query_err("cannot read the user's role", e))?;
-        if !row.get::<_, bool>(0) {
+        let may = self.value(
+            "cannot read the user's role",
+            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )?;
+        if may != "t" {
             return Err(OperationError::new(
                 ErrorKind::SourceError,
                 format!(
@@ -132,37 +238,35 @@ impl Source {
 
     /// Drops a replication slot if it exists and is not active.
     pub fn drop_slot_if_exists(&self, slot: &str) -> Result<(), OperationError> {
-        let mut client = self.connect()?;
-        let rows = client
-            .query(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .map_err(|e| self.query_err("cannot list replication slots", e))?;
-        if let Some(row) = rows.first() {
-            if row.get::<_, bool>(0) {
+        let rows = self.query(
+            "cannot list replication slots",
+            "SELECT active FROM pg_replication_slots WHERE slot_name = :'slot'",
+            &[("slot", slot)],
+        )?;
+        if let Some(active) = rows.first() {
+            if active == "t" {
                 return Err(OperationError::new(
                     ErrorKind::Conflict,
                     format!("replication slot {slot} on source {} is in use", self.where_()),
                 )
                 .with_action("another standby streams through it; name another slot in replication_slot.name"));
             }
-            client
-                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                .map_err(|e| self.query_err("cannot drop a replication slot", e))?;
+            self.query(
+                "cannot drop a replication slot",
+                "SELECT pg_drop_replication_slot(:'slot')",
+                &[("slot", slot)],
+            )?;
         }
         Ok(())
     }
 
     /// Creates a physical replication slot that reserves WAL from now on.
     pub fn create_slot(&self, slot: &str) -> Result<(), OperationError> {
-        let mut client = self.connect()?;
-        client
-            .execute(
-                "SELECT pg_create_physical_replication_slot($1, true)",
-                &[&slot],
-            )
-            .map_err(|e| self.query_err("cannot create the replication slot", e))?;
+        self.query(
+            "cannot create the replication slot",
+            "SELECT pg_create_physical_replication_slot(:'slot', true)",
+            &[("slot", slot)],
+        )?;
         Ok(())
     }
 
@@ -181,11 +285,11 @@ impl Source {
 
     /// The source's current WAL position.
     pub fn current_lsn(&self) -> Result<String, OperationError> {
-        let mut client = self.connect()?;
-        let row = client
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .map_err(|e| self.query_err("cannot read the WAL position", e))?;
-        Ok(row.get(0))
+        self.value(
+            "cannot read the WAL position",
+            "SELECT pg_current_wal_lsn()::text",
+            &[],
+        )
     }
 
     /// Seconds between a timestamp (as JSON text from staging) and the
@@ -194,49 +298,42 @@ impl Source {
         let Some(ts) = timestamp.as_str() else {
             return Ok(0.0);
         };
-        let mut client = self.connect()?;
-        let row = client
-            .query_one(
-                "SELECT extract(epoch FROM now() - $1::text::timestamptz)::float8",
-                &[&ts],
-            )
-            .map_err(|e| self.query_err("cannot compute the lag", e))?;
-        Ok(row.get::<_, f64>(0).max(0.0))
+        let age = self.value(
+            "cannot compute the lag",
+            "SELECT extract(epoch FROM now() - :'ts'::timestamptz)::float8",
+            &[("ts", ts)],
+        )?;
+        Ok(age.trim().parse::<f64>().unwrap_or(0.0).max(0.0))
     }
 
     /// Total size of the source's databases, for progress.
     pub fn database_size(&self) -> Result<u64, OperationError> {
-        let mut client = self.connect()?;
-        let row = client
-            .query_one(
-                "SELECT sum(pg_database_size(oid))::bigint FROM pg_database",
-                &[],
-            )
-            .map_err(|e| self.query_err("cannot read database sizes", e))?;
-        Ok(row.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64)
+        let size = self.value(
+            "cannot read database sizes",
+            "SELECT coalesce(sum(pg_database_size(oid)), 0)::bigint FROM pg_database",
+            &[],
+        )?;
+        Ok(size.trim().parse::<u64>().unwrap_or(0))
     }
 
     /// What a single-database ingest needs to know of the source's
     /// database: encoding, locale, extensions, how many tables. Connects as
     /// the user given (no replication privilege needed).
     pub fn database_facts(&self) -> Result<Value, OperationError> {
-        let mut client = self.connect()?;
-        let row = client
-            .query_one(
-                "SELECT json_build_object(
-                   'encoding', pg_encoding_to_char(d.encoding),
-                   'collate', d.datcollate,
-                   'ctype', d.datctype,
-                   'server_version_num', current_setting('server_version_num')::int,
-                   'extensions', (SELECT coalesce(json_agg(extname ORDER BY extname), '[]') FROM pg_extension),
-                   'tables', (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                              WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                                AND n.nspname NOT LIKE 'pg_toast%'))::text
-                 FROM pg_database d WHERE d.datname = current_database()",
-                &[],
-            )
-            .map_err(|e| self.query_err("cannot read the database's settings", e))?;
-        let text: String = row.get(0);
+        let text = self.value(
+            "cannot read the database's settings",
+            "SELECT json_build_object(
+               'encoding', pg_encoding_to_char(d.encoding),
+               'collate', d.datcollate,
+               'ctype', d.datctype,
+               'server_version_num', current_setting('server_version_num')::int,
+               'extensions', (SELECT coalesce(json_agg(extname ORDER BY extname), '[]') FROM pg_extension),
+               'tables', (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                          WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                            AND n.nspname NOT LIKE 'pg_toast%'))::text
+             FROM pg_database d WHERE d.datname = current_database()",
+            &[],
+        )?;
         serde_json::from_str(&text)
             .map_err(|e| OperationError::new(ErrorKind::Internal, e.to_string()))
     }
@@ -252,21 +349,6 @@ impl Source {
             esc(self.password.as_deref().unwrap_or(""))
         )
     }
-}
-
-/// The server's own message when there is one ("password authentication
-/// failed for user ..."), else the error and its causes.
-fn describe(e: &postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return db.message().to_owned();
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }
 
 /// Removes a secret from a message, should a library ever echo it.

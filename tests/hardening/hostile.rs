@@ -137,6 +137,30 @@ fn shell_and_sql_in_any_field_are_refused_naming_the_field_and_nothing_runs_or_i
             "environment name",
             false,
         );
+        // Remote environments: every field checked before any ssh runs.
+        let remote = |field: &'static str| -> Vec<&'static str> {
+            let mut args = vec![
+                "env",
+                "add",
+                "r",
+                "--host",
+                "10.231.255.254",
+                "--ssh-user",
+                "postgres",
+                "--key",
+                "/dev/null",
+            ];
+            match field {
+                "environment name" => args[2] = "{}",
+                "--host" => args[4] = "{}",
+                "--ssh-user" => args[6] = "{}",
+                _ => args.extend([field, "{}"]),
+            }
+            args
+        };
+        for field in ["environment name", "--host", "--ssh-user", "--user"] {
+            c.try_value(&remote(field), payload, field, false);
+        }
         // Paths that reach shells.
         let path = format!("/var/tmp/pgvirt-hostile/{payload}");
         c.try_value(

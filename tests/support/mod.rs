@@ -21,6 +21,8 @@ pub use loopfs::LoopFs;
 #[path = "zfs.rs"]
 mod zfs;
 pub use zfs::ZfsPool;
+#[path = "netns.rs"]
+pub mod netns;
 
 /// The PostgreSQL 15 binaries the tests use.
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";

@@ -104,11 +104,15 @@ impl Out {
     pub fn environments(&self, items: &[Environment]) -> anyhow::Result<()> {
         self.table(
             items,
-            &["name", "kind", "user", "refreshed", "scratch"],
+            &["name", "kind", "host", "user", "refreshed", "scratch"],
             |e| {
                 vec![
                     e.name.clone(),
                     e.kind.to_string(),
+                    e.ssh.as_ref().map_or_else(
+                        || "this host".into(),
+                        |t| format!("{}@{}:{}", t.ssh_user, t.host, t.port),
+                    ),
                     e.os_user.clone(),
                     e.refreshed_at
                         .map(display_time)

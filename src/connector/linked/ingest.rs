@@ -17,7 +17,7 @@ use crate::connector::source::Source;
 pub fn ingest(platform: &Platform, staging: &Staging) -> Result<(), OperationError> {
     staging.cluster.stop(platform)?;
     let source = if staging.method.streams() {
-        Some(Source::from_params(&staging.params)?)
+        Some(staging.source()?)
     } else {
         None
     };

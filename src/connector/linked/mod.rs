@@ -54,6 +54,7 @@ use serde_json::{json, Value};
 
 use super::cluster::Cluster;
 use super::platform::{field, request, str_field, Platform};
+use super::source::Source;
 use crate::abi::{ErrorKind, IngestionMethod, OperationError, Status};
 
 /// The staging side of one dSource, from an operation's input.
@@ -128,6 +129,13 @@ impl Staging {
 
     fn passfile(&self) -> String {
         format!("{}/pgpass", self.private)
+    }
+
+    /// The source, reached with the staging's psql and passfile.
+    fn source(&self) -> Result<Source, OperationError> {
+        Ok(Source::from_params(&self.params)?
+            .with_bin_dir(&self.cluster.bin_dir)
+            .with_passfile(&self.passfile()))
     }
 
     /// The replication slot this dSource uses on the source, if any.

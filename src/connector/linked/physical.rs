@@ -10,7 +10,6 @@ use super::{consistent, has_cluster, ingest, standby, Staging};
 use crate::abi::{ErrorKind, OperationError};
 use crate::connector::conf::parse_lsn;
 use crate::connector::platform::{request, Platform};
-use crate::connector::source::Source;
 
 /// Ingests if asked (`resync`) or never done, makes sure staging runs and
 /// replicates, then brings it to a consistent point.
@@ -70,7 +69,7 @@ pub fn stop_staging(
     if purpose == "delete" {
         if staging.creates_slot() && may_own_slot(platform, staging)? {
             if let Some(slot) = staging.slot() {
-                let source = Source::from_params(&staging.params)?;
+                let source = staging.source()?;
                 if let Err(e) = source.drop_slot(&slot) {
                     log::warn!("could not drop replication slot {slot} on the source: {e}");
                 }
@@ -134,10 +133,7 @@ pub fn worker(
         );
     }
     if staging.method.streams() {
-        if let (Ok(source), Some(replayed)) = (
-            Source::from_params(&staging.params),
-            health["replayed_lsn"].as_str(),
-        ) {
+        if let (Ok(source), Some(replayed)) = (staging.source(), health["replayed_lsn"].as_str()) {
             match source.current_lsn() {
                 Ok(current) => {
                     if let (Some(a), Some(b)) = (parse_lsn(&current), parse_lsn(replayed)) {

@@ -90,6 +90,8 @@ impl Dump {
                     .get("connect_timeout_seconds")
                     .and_then(Value::as_u64)
                     .unwrap_or(10),
+                bin_dir: Some(staging.cluster.bin_dir.clone()),
+                passfile: Some(staging.passfile()),
             },
             dump_jobs: jobs("dump_jobs")?,
             restore_jobs: jobs("restore_jobs")?,

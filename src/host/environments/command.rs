@@ -135,11 +135,10 @@ pub fn run_as(user: &OsUser, request: &CommandRequest) -> Result<CommandOutput> 
     let mut child = processes::spawn(&mut cmd)
         .map_err(|e| Error::io("cannot start bash for", Path::new(&user.name), e))?;
     let pgid = child.id();
-    if let (Some(text), Some(mut input)) = (&request.stdin, child.stdin.take()) {
-        use std::io::Write;
-        // A command that does not read it closes the pipe: not an error.
-        let _ = input.write_all(text.as_bytes());
-    }
+    let writer = match (&request.stdin, child.stdin.take()) {
+        (Some(text), Some(input)) => Some(write_stdin(input, text.clone().into_bytes())),
+        _ => None,
+    };
     let stdout = child.stdout.take().map(reader);
     let stderr = child.stderr.take().map(reader);
     let bound = request
@@ -165,6 +164,9 @@ pub fn run_as(user: &OsUser, request: &CommandRequest) -> Result<CommandOutput> 
         }
     };
     processes::finished(pgid);
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
     let stdout = stdout.and_then(|h| h.join().ok()).unwrap_or_default();
     let mut stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
     let exit_code = match status {
@@ -184,7 +186,23 @@ pub fn run_as(user: &OsUser, request: &CommandRequest) -> Result<CommandOutput> 
     })
 }
 
-fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+/// Writes a command's input from a thread of its own, with SIGPIPE blocked
+/// there: a command that does not read it (or an ssh that ended) closes the
+/// pipe, which is not an error and must not kill pgvirt (its SIGPIPE is the
+/// default, for `| head`). A signal left pending goes with the thread.
+pub(super) fn write_stdin(
+    mut input: impl std::io::Write + Send + 'static,
+    bytes: Vec<u8>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut pipe = nix::sys::signal::SigSet::empty();
+        pipe.add(nix::sys::signal::Signal::SIGPIPE);
+        let _ = pipe.thread_block();
+        let _ = input.write_all(&bytes);
+    })
+}
+
+pub(super) fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
         let _ = r.read_to_end(&mut buf);
@@ -193,7 +211,7 @@ fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> 
 }
 
 /// Replaces the values of the request's secret variables with `********`.
-fn mask(text: &str, request: &CommandRequest) -> String {
+pub(super) fn mask(text: &str, request: &CommandRequest) -> String {
     let mut out = text.to_owned();
     for name in &request.secret_variables {
         if let Some(value) = request.variables.get(name).filter(|v| !v.is_empty()) {

@@ -1,13 +1,16 @@
 //! Environments: hosts the engine runs commands on, each with an OS user.
 //!
-//! Only `local` exists so far. When pgvirt runs as root, every command for an
-//! environment runs as that environment's user (uid, gid, supplementary
-//! groups, HOME); otherwise it runs as pgvirt's own user, which must then be
-//! the environment's. [`HostPlatform`] is what a connector operation gets as
+//! `local` is this host: when pgvirt runs as root, every command for it
+//! runs as that environment's user (uid, gid, supplementary groups, HOME);
+//! otherwise as pgvirt's own user, which must then be the environment's.
+//! `ssh` is another host, reached with OpenSSH ([`ssh`]): commands run there
+//! as the environment's user, their script and variables on stdin. [`HostPlatform`] is what a connector operation gets as
 //! its platform: commands, logging and progress for one environment.
 
 mod command;
 mod platform;
+pub mod remote;
+pub mod ssh;
 
 use std::path::PathBuf;
 
@@ -43,6 +46,8 @@ use crate::host::store::{self, Store};
 pub enum EnvironmentKind {
     /// This host.
     Local,
+    /// Another host, over SSH.
+    Ssh,
 }
 
 crate::host::store::columns::text_enum_column!(EnvironmentKind);
@@ -57,27 +62,49 @@ pub struct Environment {
     pub scratch: PathBuf,
     pub added_at: i64,
     pub refreshed_at: Option<i64>,
+    /// How a remote environment is reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<ssh::SshTarget>,
 }
 
 impl Environment {
     /// The JSON the connector sees as `environment`.
     pub fn to_input(&self) -> Value {
-        json!({
+        let mut v = json!({
             "name": self.name,
             "kind": self.kind,
             "user": self.os_user,
             "scratch": self.scratch,
-        })
+        });
+        if let Some(t) = &self.ssh {
+            v["host"] = json!(t.host);
+        }
+        v
     }
 
     /// The OS user commands run as.
+    /// Only a local environment's: a remote one's user is on its host.
     pub fn user(&self) -> Result<OsUser> {
+        if let Some(t) = &self.ssh {
+            return Err(Error::usage(format!(
+                "environment {} is remote ({}): its files cannot be given to {} on this host",
+                self.name, t.host, self.os_user
+            )));
+        }
         OsUser::lookup(&self.os_user)
     }
 
     /// Runs a command on this environment as its user.
     pub fn run(&self, request: &CommandRequest) -> Result<CommandOutput> {
-        run_as(&self.user()?, request)
+        match &self.ssh {
+            Some(target) => target.run(&self.os_user, request),
+            None => run_as(&self.user()?, request),
+        }
+    }
+
+    /// Whether this environment is the engine's own host.
+    pub fn is_local(&self) -> bool {
+        self.ssh.is_none()
     }
 
     /// Runs a command that must succeed; a failure keeps the command, exit
@@ -112,6 +139,11 @@ pub fn add(
     let kind_name = kind.to_string();
     let name = name.unwrap_or(&kind_name);
     check_name(name, "environment name")?;
+    if kind != EnvironmentKind::Local {
+        return Err(Error::usage(
+            "an ssh environment needs --host, --ssh-user and --key",
+        ));
+    }
     let user = OsUser::lookup(os_user)?;
     if user.uid.is_root() {
         return Err(Error::usage(
@@ -176,20 +208,24 @@ fn make_scratch(user: &OsUser, dir: &std::path::Path) -> Result<()> {
 
 /// All environments, by name.
 pub fn list(store: &Store) -> Result<Vec<Environment>> {
+    let dir = store.data_dir().join("ssh");
     let mut stmt = store
         .conn()
-        .prepare("SELECT id, name, kind, os_user, scratch, added_at, refreshed_at FROM environments ORDER BY name")
+        .prepare(&format!("SELECT {COLUMNS} FROM environments ORDER BY name"))
         .map_err(|e| store.err(e))?;
-    let rows = stmt.query_map([], row).map_err(|e| store.err(e))?;
+    let rows = stmt
+        .query_map([], |r| row(r, &dir))
+        .map_err(|e| store.err(e))?;
     rows.collect::<rusqlite::Result<_>>()
         .map_err(|e| store.err(e))
 }
 
 pub fn find(store: &Store, name: &str) -> Result<Option<Environment>> {
+    let dir = store.data_dir().join("ssh");
     store.optional(store.conn().query_row(
-        "SELECT id, name, kind, os_user, scratch, added_at, refreshed_at FROM environments WHERE name = ?1",
+        &format!("SELECT {COLUMNS} FROM environments WHERE name = ?1"),
         [name],
-        row,
+        |r| row(r, &dir),
     ))
 }
 
@@ -209,8 +245,28 @@ pub fn get(store: &Store, name: &str) -> Result<Environment> {
     })
 }
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Environment> {
+const COLUMNS: &str = "id, name, kind, os_user, scratch, added_at, refreshed_at, host, ssh_port, \
+                       ssh_user, key_file, connect_timeout, alive_interval, alive_count_max";
+
+fn row(r: &rusqlite::Row<'_>, ssh_dir: &std::path::Path) -> rusqlite::Result<Environment> {
+    let host: Option<String> = r.get(7)?;
+    let ssh = match host {
+        Some(host) => Some(ssh::SshTarget {
+            host,
+            port: r.get(8)?,
+            ssh_user: r.get(9)?,
+            key_file: PathBuf::from(r.get::<_, String>(10)?),
+            timeouts: ssh::Timeouts {
+                connect: r.get(11)?,
+                alive_interval: r.get(12)?,
+                alive_count_max: r.get(13)?,
+            },
+            dir: ssh_dir.to_owned(),
+        }),
+        None => None,
+    };
     Ok(Environment {
+        ssh,
         id: r.get(0)?,
         name: r.get(1)?,
         kind: r.get(2)?,

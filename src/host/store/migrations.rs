@@ -258,4 +258,32 @@ pub const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     "#,
+    // 7: remote environments reached over SSH (host, port, SSH user, the
+    // engine's copy of the key, time-outs). Rebuilt with foreign keys off
+    // (see `Store::migrate`): the kind's CHECK changes.
+    r#"
+    CREATE TABLE environments_v7 (
+        id                  INTEGER PRIMARY KEY,
+        name                TEXT NOT NULL UNIQUE,
+        kind                TEXT NOT NULL CHECK (kind IN ('local', 'ssh')),
+        os_user             TEXT NOT NULL,
+        scratch             TEXT NOT NULL,
+        added_at            INTEGER NOT NULL,
+        refreshed_at        INTEGER,
+        host                TEXT,
+        ssh_port            INTEGER CHECK (ssh_port BETWEEN 1 AND 65535),
+        ssh_user            TEXT,
+        key_file            TEXT,
+        connect_timeout     INTEGER CHECK (connect_timeout > 0),
+        alive_interval      INTEGER CHECK (alive_interval > 0),
+        alive_count_max     INTEGER CHECK (alive_count_max > 0),
+        CHECK ((kind = 'ssh') = (host IS NOT NULL AND ssh_port IS NOT NULL AND ssh_user IS NOT NULL
+               AND key_file IS NOT NULL AND connect_timeout IS NOT NULL AND alive_interval IS NOT NULL
+               AND alive_count_max IS NOT NULL))
+    );
+    INSERT INTO environments_v7 (id, name, kind, os_user, scratch, added_at, refreshed_at)
+        SELECT id, name, kind, os_user, scratch, added_at, refreshed_at FROM environments;
+    DROP TABLE environments;
+    ALTER TABLE environments_v7 RENAME TO environments;
+    "#,
 ];

@@ -160,14 +160,40 @@ impl Store {
                 MIGRATIONS.len()
             )));
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-            self.transaction(|tx| {
-                tx.execute_batch(sql).map_err(|e| Error::store(&path, e))?;
-                tx.pragma_update(None, "user_version", (i + 1) as i64)
-                    .map_err(|e| Error::store(&path, e))
-            })?;
+        if current == MIGRATIONS.len() {
+            return Ok(());
         }
-        Ok(())
+        // Tables others refer to are rebuilt (SQLite cannot change a CHECK):
+        // with foreign keys on, dropping the old one would cascade. They are
+        // checked whole before each migration commits.
+        self.conn
+            .execute_batch("PRAGMA foreign_keys = OFF")
+            .map_err(|e| Error::store(&path, e))?;
+        let result = (|| {
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+                self.transaction(|tx| {
+                    tx.execute_batch(sql).map_err(|e| Error::store(&path, e))?;
+                    let broken: Option<String> = tx
+                        .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+                        .optional()
+                        .map_err(|e| Error::store(&path, e))?;
+                    if let Some(table) = broken {
+                        return Err(Error::usage(format!(
+                            "store {}: migration {} would break references from table {table}",
+                            path.display(),
+                            i + 1
+                        )));
+                    }
+                    tx.pragma_update(None, "user_version", (i + 1) as i64)
+                        .map_err(|e| Error::store(&path, e))
+                })?;
+            }
+            Ok(())
+        })();
+        self.conn
+            .execute_batch("PRAGMA foreign_keys = ON")
+            .map_err(|e| Error::store(&path, e))?;
+        result
     }
 
     /// The engine's key (made on first use).
@@ -263,6 +289,48 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_rebuilt_table_keeps_the_rows_that_refer_to_it() {
+        // A store of the version before environments were rebuilt, with an
+        // environment that repositories and source configs refer to.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pgvirt.db");
+        let conn = Connection::open(&path).expect("open");
+        let before = MIGRATIONS.len() - 1;
+        for sql in &MIGRATIONS[..before] {
+            conn.execute_batch(sql).expect("older migration");
+        }
+        conn.pragma_update(None, "user_version", before as i64)
+            .expect("version");
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON;
+             INSERT INTO environments (id, name, kind, os_user, scratch, added_at) VALUES (7, 'local', 'local', 'postgres', '/s', 1);
+             INSERT INTO repositories (environment_id, identity, name, document, state) VALUES (7, 'r', 'r', '{}', 'present');",
+        )
+        .expect("rows");
+        drop(conn);
+        let store = Store::open(&path).expect("migrates");
+        let repos: i64 = store
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM repositories WHERE environment_id = 7",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(repos, 1, "the rebuild cascaded");
+        let fk: i64 = store
+            .conn()
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .expect("pragma");
+        assert_eq!(fk, 1, "foreign keys are on again");
+        let refused = store.conn().execute(
+            "INSERT INTO environments (name, kind, os_user, scratch, added_at) VALUES ('x', 'ssh', 'u', '/s', 1)",
+            [],
+        );
+        assert!(refused.is_err(), "an ssh environment needs its host");
     }
 
     #[test]

@@ -37,9 +37,10 @@ pub fn link(
 ) -> Result<(DSource, Snapshot)> {
     names::check_free(store, request.name, "dSource name")?;
     let config = discovery::find_source_config(store, request.source_config)?;
-    let env = environments::get(store, request.environment.unwrap_or(&config.environment))?;
+    let source_env = environments::get(store, &config.environment)?;
+    let env = staging_environment(store, request.environment, &source_env)?;
     let mut request = request;
-    fill_source_defaults(&mut request.parameters, &config);
+    fill_source_defaults(&mut request.parameters, &config, &source_env);
     connector.definitions.validate(
         "linked_source",
         &request.parameters,
@@ -112,10 +113,46 @@ pub fn link(
     }
 }
 
+/// Where staging runs: on the engine's host, whose storage it lives on.
+/// Default: the source config's environment when that is local, else the
+/// engine's (first) local environment.
+fn staging_environment(
+    store: &Store,
+    asked: Option<&str>,
+    source_env: &environments::Environment,
+) -> Result<environments::Environment> {
+    let env = match asked {
+        Some(name) => environments::get(store, name)?,
+        None if source_env.is_local() => source_env.clone(),
+        None => environments::list(store)?
+            .into_iter()
+            .find(environments::Environment::is_local)
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "the source is on remote environment {}; staging runs on the engine's host: \
+                     add it with `pgvirt env add local --user postgres` and `pgvirt env refresh local`",
+                    source_env.name
+                ))
+            })?,
+    };
+    if !env.is_local() {
+        return Err(Error::usage(format!(
+            "--env {}: staging runs on the engine's host, where its storage is; {} is remote \
+             (name a local environment, or leave --env out)",
+            env.name, env.name
+        )));
+    }
+    Ok(env)
+}
+
 /// Where to reach a source that streams, when the parameters do not say:
-/// this host (the source config is on a local environment), on the source
-/// config's port.
-fn fill_source_defaults(params: &mut Value, config: &SourceConfig) {
+/// the host of the source config's environment (this host for a local
+/// one), on the source config's port.
+fn fill_source_defaults(
+    params: &mut Value,
+    config: &SourceConfig,
+    source_env: &environments::Environment,
+) {
     if !crate::abi::IngestionMethod::of(params).streams() || !params.is_object() {
         return;
     }
@@ -123,7 +160,11 @@ fn fill_source_defaults(params: &mut Value, config: &SourceConfig) {
         .as_object_mut()
         .map(|p| p.entry("source").or_insert_with(|| json!({})));
     if let Some(Value::Object(source)) = source {
-        source.entry("host").or_insert_with(|| json!("127.0.0.1"));
+        let host = source_env
+            .ssh
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_owned(), |t| t.host.clone());
+        source.entry("host").or_insert_with(|| json!(host));
         if !source.contains_key("port") {
             if let Some(port) = config.document.get("port") {
                 source.insert("port".into(), port.clone());

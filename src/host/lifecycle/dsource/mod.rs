@@ -113,7 +113,7 @@ pub(super) fn input_for(
     config: &SourceConfig,
     env: &Environment,
 ) -> Result<Value> {
-    let repository = discovery::repositories(store, Some(&config.environment))?
+    let mut repository = discovery::repositories(store, Some(&config.environment))?
         .into_iter()
         .find(|r| r.id == config.repository_id)
         .ok_or_else(|| {
@@ -122,6 +122,26 @@ pub(super) fn input_for(
                 config.repository_id, config.id
             ))
         })?;
+    if env.name != config.environment {
+        // Staging on another host than the source: its own installation of
+        // the source's major version.
+        let major = repository.document.get("major_version").cloned();
+        repository = discovery::repositories(store, Some(&env.name))?
+            .into_iter()
+            .find(|r| {
+                r.state == discovery::Presence::Present
+                    && r.document.get("major_version") == major.as_ref()
+            })
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "staging environment {} has no PostgreSQL {} installation known (the source's major version); \
+                     install it there and run `pgvirt env refresh {}`",
+                    env.name,
+                    major.map(|m| m.to_string()).unwrap_or_else(|| "?".into()),
+                    env.name
+                ))
+            })?;
+    }
     let mut input = json!({
         "environment": env.to_input(),
         "repository": repository.document,

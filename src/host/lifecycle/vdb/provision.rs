@@ -232,13 +232,24 @@ fn create(
         Some(e) => e.to_owned(),
         None => match &origin {
             Some(o) => o.environment.clone(),
-            None => match environments::list(store)?.as_slice() {
+            None => match environments::list(store)?
+                .into_iter()
+                .filter(environments::Environment::is_local)
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
                 [one] => one.name.clone(),
                 _ => return Err(Error::usage("name the environment with --env")),
             },
         },
     };
     let env = environments::get(store, &env_name)?;
+    if !env.is_local() {
+        return Err(Error::usage(format!(
+            "--env {env_name}: VDBs run on the engine's host, where their storage is; \
+             {env_name} is remote (serving storage to other hosts is not built: docs/remote-targets.md)"
+        )));
+    }
     let pool = Pool::open(store)?;
     let mount_path = match req.parameters.get("mount_path").and_then(Value::as_str) {
         Some(p) => PathBuf::from(p),
