@@ -20,20 +20,25 @@ use crate::host::storage::Pool;
 use crate::host::store::Store;
 
 /// A clone replays the WAL from the snapshot's redo point to its point;
-/// below this much, that takes well under a second and a prepared image
-/// (a clone, a recovery and a snapshot more per sync, two full copies on a
-/// copy pool) is not worth its cost.
+/// below this much, that takes well under a second. On a copy pool a
+/// prepared image costs two full copies more per sync: there it is made
+/// only above this. (On a thin pool it is always made: cheap, and a clone
+/// that starts without recovery also writes no new WAL segments, which a
+/// small quota would not hold.)
 const PREPARE_ABOVE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Whether `snapshot` is worth preparing: what its clones would replay.
 /// Only a snapshot its clones recover (from its backup label) is: one not
 /// provisionable, or of a cluster shut down cleanly (staging push, single
 /// database), has nothing to recover.
-pub(super) fn worth_it(snapshot: &Snapshot) -> bool {
+pub(super) fn worth_it(snapshot: &Snapshot, pool: &Pool) -> bool {
     let recovers = snapshot.metadata["provisionable"] == serde_json::json!(true)
         && snapshot.metadata.get("backup_label").is_some();
     if !recovers {
         return false;
+    }
+    if pool.backend() != crate::host::storage::Backend::Copy {
+        return true;
     }
     let lsn = |k: &str| {
         snapshot.metadata[k]

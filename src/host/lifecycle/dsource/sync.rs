@@ -105,7 +105,7 @@ pub(super) fn sync_inner(
         timeflow::add_snapshot(store, timeflow.id, taken.id, &meta)
     })?;
     job.step(store, Step::Committed)?;
-    let prepared = if prepare::worth_it(&snapshot) {
+    let prepared = if prepare::worth_it(&snapshot, pool) {
         prepare::prepare(store, connector, pool, d, config, env, &snapshot, job)
     } else {
         Ok(())
