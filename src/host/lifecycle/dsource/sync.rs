@@ -102,9 +102,10 @@ pub(super) fn sync_inner(
             Some(tf) if !resync => tf,
             _ => timeflow::create(store, ContainerKind::Dsource, d.id, None, &d.dataset)?,
         };
-        timeflow::add_snapshot(store, timeflow.id, taken.id, &meta)
+        let snapshot = timeflow::add_snapshot(store, timeflow.id, taken.id, &meta)?;
+        job.step(store, Step::Committed)?;
+        Ok(snapshot)
     })?;
-    job.step(store, Step::Committed)?;
     let prepared = if prepare::worth_it(&snapshot, pool) {
         prepare::prepare(store, connector, pool, d, config, env, &snapshot, job)
     } else {

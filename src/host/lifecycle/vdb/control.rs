@@ -155,8 +155,11 @@ pub fn snapshot(store: &Store, connector: &Connector, name: &str) -> Result<Snap
                 let _ = pool.destroy_snapshot(store, taken.id);
             })?;
             let tf = timeflow::current(store, ContainerKind::Vdb, vdb.id)?;
-            let snapshot = timeflow::add_snapshot(store, tf.id, taken.id, &meta)?;
-            job.step(store, Step::Committed)?;
+            let snapshot = store.atomically(|| {
+                let snapshot = timeflow::add_snapshot(store, tf.id, taken.id, &meta)?;
+                job.step(store, Step::Committed)?;
+                Ok(snapshot)
+            })?;
             run_hook(&env, &vdb, "post_snapshot")?;
             let removed = timeflow::apply_retention(store, &pool, ContainerKind::Vdb, vdb.id)?;
             if !removed.is_empty() {

@@ -351,9 +351,9 @@ fn create(
                 origin.as_ref().map(|o| o.snapshot.id),
                 &dataset,
             )?;
-            set_config(store, vdb.id, &config, VdbState::Running)
+            set_config(store, vdb.id, &config, VdbState::Running)?;
+            job.step(store, Step::Committed)
         })?;
-        job.step(store, Step::Committed)?;
         let vdb = get(store, req.name)?;
         if origin.is_some() {
             run_hook(&env, &vdb, "configure_clone")?;

@@ -155,9 +155,10 @@ fn reclone(
                     ],
                 )
                 .map_err(|e| store.err(e))?;
-            Ok(())
+            // In the same transaction: a kill can't fall between the switch
+            // and the step that tells repair it happened.
+            job.step(store, Step::Committed)
         })?;
-        job.step(store, Step::Committed)?;
         Ok(())
     })();
     if let Err(e) = switched {

@@ -39,7 +39,9 @@ pub fn repair(store: &Store, connector: &Connector, job: &Job) -> Result<String>
         }
         JobKind::Refresh | JobKind::Rewind => {
             let new = job.noted("new_dataset").unwrap_or_default();
-            if job.step < Step::Committed {
+            // The switch and its step are one transaction; the VDB on the
+            // new dataset also says the switch happened.
+            if job.step < Step::Committed && vdb.dataset != new {
                 rollback(store, connector, &pool, &vdb, new)?;
                 Ok(format!(
                     "VDB {name}: an interrupted {} was undone; it is back as it was",
