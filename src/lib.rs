@@ -15,6 +15,10 @@
 //!   repair), the `store`, and `secrets` sealed at rest.
 //! - [`api`]: the HTTP API (`pgvirt serve`), a second face over [`host`]
 //!   beside the command line, with jobs, tokens and an OpenAPI document.
+//! - [`tower`]: the control tower (`pgvirt tower serve`): one API and a
+//!   web UI over several engines, through their HTTP APIs — its own store
+//!   and tokens, engine health and inventory, routed operations and jobs,
+//!   connector distribution.
 //! - [`cli`]: the `pgvirt` command line, one file per command group, a thin
 //!   layer over [`host`] (the demo lives there too).
 //!
@@ -27,3 +31,4 @@ pub mod api;
 pub mod cli;
 mod connector;
 pub mod host;
+pub mod tower;

@@ -13,7 +13,7 @@
 //! thread; a job runs on a thread of its own.
 
 mod auth;
-mod body;
+pub(crate) mod body;
 mod connectors;
 mod dsources;
 mod environments;
@@ -227,6 +227,11 @@ fn describe_responses(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// The body limit of connector library uploads (for the tower too).
+pub(crate) fn connectors_library_limit() -> axum::extract::DefaultBodyLimit {
+    connectors::library_limit()
+}
+
 /// How `serve` runs.
 pub struct Options {
     pub listen: SocketAddr,
@@ -302,7 +307,7 @@ fn repair_at_start(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown() {
+pub(crate) async fn shutdown() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

@@ -20,6 +20,7 @@ mod snapshot;
 mod source;
 mod timeflow;
 mod token;
+mod tower;
 mod vdb;
 
 use std::path::PathBuf;
@@ -31,6 +32,9 @@ use crate::host::lifecycle::repair;
 use crate::host::store::{Store, STORE_ENV};
 use crate::host::Error;
 use output::{Format, Out};
+
+/// The tower's store, when `--store` is not given.
+pub const TOWER_STORE_ENV: &str = "PGVIRT_TOWER_STORE";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -100,6 +104,9 @@ enum Command {
     /// Bearer tokens for the API: create (shown once), list, revoke.
     #[command(subcommand)]
     Token(token::Cmd),
+    /// The control tower: one place (API and web UI) over several engines.
+    #[command(subcommand)]
+    Tower(tower::Cmd),
     /// The whole story on this machine, start to finish, each step timed:
     /// a source with sample data, link, snapshot, two VDBs, write,
     /// refresh, rewind, tear down. Uses its own store and pool.
@@ -223,7 +230,8 @@ pub fn main() -> i32 {
         logger.format_timestamp(None);
     }
     logger.init();
-    match run(cli, replication_password) {
+    let store_flag = matches.value_source("store") == Some(clap::parser::ValueSource::CommandLine);
+    match run(cli, replication_password, store_flag) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -252,7 +260,7 @@ fn take_env(name: &str) -> Option<String> {
     value
 }
 
-fn run(cli: Cli, replication_password: Option<String>) -> anyhow::Result<()> {
+fn run(cli: Cli, replication_password: Option<String>, store_flag: bool) -> anyhow::Result<()> {
     let store_path = match &cli.store {
         Some(p) => p.clone(),
         None => Store::default_path()?,
@@ -279,6 +287,16 @@ fn run(cli: Cli, replication_password: Option<String>) -> anyhow::Result<()> {
         Command::Export(cmd) => export::exec(cmd, &cx),
         Command::Serve(args) => serve::exec(args, &cx),
         Command::Token(cmd) => token::exec(cmd, &cx),
+        Command::Tower(cmd) => {
+            // Its own store: `--store` (never the engine's PGVIRT_STORE),
+            // PGVIRT_TOWER_STORE, or tower.db beside the engine's default.
+            let path = match (&cli.store, std::env::var_os(TOWER_STORE_ENV)) {
+                (Some(p), _) if store_flag => p.clone(),
+                (_, Some(p)) if !p.is_empty() => PathBuf::from(p),
+                _ => Store::default_path()?.with_file_name("tower.db"),
+            };
+            tower::exec(cmd, path, &cx)
+        }
         Command::Demo(args) => demo::exec(args),
         Command::Completions { shell } => {
             let mut text = Vec::new();
