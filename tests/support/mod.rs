@@ -13,6 +13,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+#[path = "browser.rs"]
+pub mod browser;
 #[path = "http.rs"]
 pub mod http;
 #[path = "loopfs.rs"]

@@ -1,0 +1,476 @@
+//! The control tower over two real engines (`pgvirt serve`, each with its
+//! own store, pool and source), driven through its API and its web UI in a
+//! real headless Chromium: log in, both engines up, provision a VDB from a
+//! dSource's timeline, watch its job, copy its connection string and
+//! connect with it, delete it. Then one engine stopped: shown down, its
+//! objects as last seen, operations on them refused with a clear error
+//! while the other engine works; and a lower connector version refused
+//! with no engine changed. Screenshots of the main pages go to
+//! `docs/screenshots/`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::browser::Browser;
+use crate::support::http::{make_token, request, Api, Reply, Server};
+use crate::support::{as_pg_user, repo_root, Stack, PG_BIN};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgvirt");
+
+fn tower(store: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--store")
+        .arg(store)
+        .arg("tower")
+        .args(args)
+        .env_remove("PGVIRT_STORE")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("pgvirt runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn secret_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, secret).expect("token file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
+
+fn error_body(reply: &Reply, status: u16) -> Value {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    let body = reply.json();
+    for key in ["what", "why", "action"] {
+        assert!(body[key].is_string(), "no {key} in {body}");
+    }
+    body
+}
+
+/// Polls until `check` holds on the tower's inventory.
+fn wait_inventory(api: &Api, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let inv = api.get("/api/inventory").json();
+        if check(&inv) {
+            return inv;
+        }
+        assert!(Instant::now() < deadline, "{what} never came: {inv}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Follows a job through the tower until it ends.
+fn wait_job(api: &Api, accepted: &Reply) -> Value {
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    let job = accepted.json();
+    let engine = job["engine"]
+        .as_str()
+        .expect("the job names its engine")
+        .to_owned();
+    let location = format!("/api/jobs/{engine}/{}", job["id"]);
+    assert!(
+        accepted
+            .headers
+            .to_ascii_lowercase()
+            .contains(&format!("location: {location}")),
+        "{}",
+        accepted.headers
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let now = api.get(&location).json();
+        if now["state"] != "running" {
+            assert_eq!(now["engine"], json!(engine), "{now}");
+            return now;
+        }
+        assert!(Instant::now() < deadline, "job never ended: {now}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn engine_of<'a>(inv: &'a Value, name: &str) -> &'a Value {
+    inv["engines"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == json!(name)))
+        .unwrap_or_else(|| panic!("no engine {name} in {inv}"))
+}
+
+fn has(inv: &Value, kind: &str, engine: &str, name: &str) -> bool {
+    inv[kind].as_array().is_some_and(|a| {
+        a.iter()
+            .any(|o| o["engine"] == json!(engine) && o["name"] == json!(name))
+    })
+}
+
+#[test]
+fn a_tower_over_two_engines_in_a_real_browser() {
+    let shots = repo_root().join("docs/screenshots");
+    let alpha = Stack::new();
+    alpha.link("sales");
+    let beta = Stack::new();
+    beta.link("billing");
+    let engine_a = Server::start(alpha.pgvirt.command(&[]));
+    let mut engine_b = Server::start(beta.pgvirt.command(&[]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ta = make_token(Path::new(BIN), &alpha.pgvirt.store(), "tower", false);
+    let tb = make_token(Path::new(BIN), &beta.pgvirt.store(), "tower", false);
+    let (fa, fb) = (
+        secret_file(dir.path(), "alpha.token", &ta),
+        secret_file(dir.path(), "beta.token", &tb),
+    );
+    let store = dir.path().join("tower.db");
+
+    // Registered by URL and token, each checked on add.
+    let bad = secret_file(dir.path(), "bad.token", "pgv_not-a-token");
+    let out = tower(
+        &store,
+        &[
+            "engine",
+            "add",
+            "alpha",
+            "--url",
+            &engine_a.url(""),
+            "--token-file",
+        ],
+    )
+    .arg(&bad)
+    .output()
+    .expect("runs");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("401"), "{said}");
+    ok(tower(
+        &store,
+        &[
+            "engine",
+            "add",
+            "alpha",
+            "--url",
+            &engine_a.url(""),
+            "--token-file",
+        ],
+    )
+    .arg(&fa));
+    ok(tower(
+        &store,
+        &[
+            "engine",
+            "add",
+            "beta",
+            "--url",
+            &engine_b.url(""),
+            "--token-file",
+        ],
+    )
+    .arg(&fb));
+    let listed = ok(&mut tower(&store, &["engine", "list", "--output", "json"]));
+    let listed: Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    assert!(
+        !listed.to_string().contains(&ta[4..]),
+        "an engine token is shown: {listed}"
+    );
+    let meta = std::fs::metadata(&store).expect("store");
+    assert_eq!(
+        meta.permissions().mode() & 0o077,
+        0,
+        "the tower store is readable by others"
+    );
+    let ui_token = ok(&mut tower(&store, &["token", "create", "ui"]));
+    let serve = tower(&store, &["serve", "--listen", "127.0.0.1:0", "--poll", "1"]);
+    let tower_server = Server::start_with(serve);
+    let api = Api {
+        port: tower_server.port,
+        token: Some(ui_token.clone()),
+    };
+    let stranger = Api {
+        port: tower_server.port,
+        token: Some("pgt_unknown".into()),
+    };
+    error_body(&stranger.get("/api/inventory"), 401);
+
+    // Both engines' objects, each with its engine.
+    let inv = wait_inventory(&api, "both dSources with snapshots", |inv| {
+        has(inv, "dsources", "alpha", "sales")
+            && has(inv, "dsources", "beta", "billing")
+            && inv["snapshots"].as_array().is_some_and(|a| a.len() >= 2)
+    });
+    assert_eq!(engine_of(&inv, "alpha")["health"], "up", "{inv}");
+    assert!(
+        inv["timeflows"]["alpha"]["sales"]["timeflows"].is_array(),
+        "{inv}"
+    );
+    assert!(has(&inv, "environments", "beta", "local"), "{inv}");
+
+    // The seed's limit, with the engine's own error: a source config in
+    // use by a dSource cannot be deleted.
+    let path = format!("/source-configs/{}", alpha.source_id);
+    let direct = Api {
+        port: engine_a.port,
+        token: Some(ta.clone()),
+    }
+    .call("DELETE", &path, None);
+    let through = api.call("DELETE", &format!("/api/engines/alpha/proxy{path}"), None);
+    assert!(direct.status >= 400, "{}", direct.body);
+    assert_eq!(
+        (through.status, through.json()),
+        (direct.status, direct.json())
+    );
+
+    connectors(&api, &store, &alpha, &[(&engine_a, &ta), (&engine_b, &tb)]);
+
+    // ---- the browser story
+    let browser = Browser::start();
+    browser.goto(&tower_server.url("/"));
+    browser.wait_for("#token", Duration::from_secs(10));
+    browser.screenshot(&shots.join("login.png"));
+    browser.type_in("#token", "pgt_wrong");
+    browser.click("#login");
+    browser.wait_for("#login-error", Duration::from_secs(10));
+    browser.exec("document.querySelector('#token').value = '';", json!([]));
+    browser.type_in("#token", &ui_token);
+    browser.click("#login");
+    browser.wait_for("#engine-alpha[data-health=up]", Duration::from_secs(10));
+    browser.wait_for("#engine-beta[data-health=up]", Duration::from_secs(10));
+    browser.screenshot(&shots.join("engines.png"));
+
+    browser.goto(&tower_server.url("/#/dsources"));
+    let dot = "#dsource-alpha-sales circle.snapshot";
+    browser.wait_for(dot, Duration::from_secs(10));
+    browser.wait_for(
+        "#dsource-beta-billing circle.snapshot",
+        Duration::from_secs(10),
+    );
+    browser.click(dot);
+    browser.type_in("#vdb-name", "ui-vdb");
+    browser.screenshot(&shots.join("provision.png"));
+    browser.click("#provision-submit");
+    browser.wait_for("#job", Duration::from_secs(10));
+    browser.wait_until(
+        "document.querySelector('#job').dataset.state !== undefined",
+        Duration::from_secs(10),
+    );
+    // Live: the job panel follows the job to its end, then the VDB's page.
+    browser.wait_until(
+        "document.querySelector('#job').dataset.state === 'succeeded'",
+        Duration::from_secs(300),
+    );
+    browser.wait_for("#connection", Duration::from_secs(20));
+    assert!(
+        browser.text("#job-state").contains("100%"),
+        "{}",
+        browser.text("#job")
+    );
+    browser.screenshot(&shots.join("vdb.png"));
+
+    // Copy the connection string (the page's own button), read the
+    // clipboard back, connect with it.
+    browser.grant("clipboard-read");
+    browser.grant("clipboard-write");
+    browser.click("#copy");
+    browser.wait_until(
+        "document.querySelector('#copied').textContent === 'copied'",
+        Duration::from_secs(5),
+    );
+    let copied = browser.exec_async(
+        "const done = arguments[arguments.length - 1]; navigator.clipboard.readText().then(done, e => done('ERROR ' + e));",
+    );
+    let copied = copied.as_str().expect("clipboard text").to_owned();
+    assert_eq!(copied, browser.text("#connection"));
+    assert!(copied.starts_with("postgresql://"), "{copied}");
+    let answer = as_pg_user(Path::new(PG_BIN).join("psql"))
+        .args(["-X", "-A", "-t", "-d", &copied, "-c", "SELECT 40 + 2"])
+        .output()
+        .expect("psql runs");
+    assert_eq!(
+        String::from_utf8_lossy(&answer.stdout).trim(),
+        "42",
+        "{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+
+    // The timeline shows the VDB branching off its snapshot.
+    wait_inventory(&api, "the new VDB", |inv| {
+        has(inv, "vdbs", "alpha", "ui-vdb")
+    });
+    browser.goto(&tower_server.url("/#/dsources"));
+    browser.wait_for(
+        "#dsource-alpha-sales text.vdb-label[data-vdb=ui-vdb]",
+        Duration::from_secs(10),
+    );
+    browser.screenshot(&shots.join("timeline.png"));
+    browser.click("#dsource-alpha-sales text.vdb-label[data-vdb=ui-vdb]");
+    browser.wait_for("#action-delete", Duration::from_secs(10));
+    browser.click("#action-delete");
+    browser.click("#action-delete-confirm");
+    browser.wait_until("location.hash === '#/vdbs'", Duration::from_secs(120));
+    // Gone, as its engine says (its error passed on as it is).
+    error_body(&api.get("/api/vdbs/ui-vdb?engine=alpha"), 404);
+
+    browser.goto(&tower_server.url("/#/connectors"));
+    browser.wait_for("#installed", Duration::from_secs(10));
+    browser.screenshot(&shots.join("connectors.png"));
+
+    // ---- one engine stopped
+    engine_b.kill();
+    let inv = wait_inventory(&api, "beta down", |inv| {
+        engine_of(inv, "beta")["health"] == "down"
+    });
+    assert!(
+        engine_of(&inv, "beta")["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{inv}"
+    );
+    let billing = inv["dsources"]
+        .as_array()
+        .expect("dsources")
+        .iter()
+        .find(|d| d["name"] == "billing")
+        .expect("billing still listed")
+        .clone();
+    assert_eq!(
+        (billing["engine"].clone(), billing["stale"].clone()),
+        (json!("beta"), json!(true)),
+        "{billing}"
+    );
+    let refused = error_body(&api.call("POST", "/api/dsources/billing/sync", None), 503);
+    assert!(
+        refused["why"]
+            .as_str()
+            .expect("why")
+            .contains("engine beta is down"),
+        "{refused}"
+    );
+    browser.goto(&tower_server.url("/#/engines"));
+    browser.wait_for("#engine-beta[data-health=down]", Duration::from_secs(10));
+    browser.wait_for("#engine-alpha[data-health=up]", Duration::from_secs(10));
+    browser.screenshot(&shots.join("engine-down.png"));
+    // The other engine keeps working: a provision and a delete, by API.
+    let done = wait_job(
+        &api,
+        &api.call(
+            "POST",
+            "/api/vdbs",
+            Some(&json!({"name": "api-vdb", "from": "sales"})),
+        ),
+    );
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(alpha.vdb_sql("api-vdb", "SELECT 1"), "1");
+    // A refused operation passes the engine's status and body on.
+    let busy = api.call(
+        "POST",
+        "/api/vdbs",
+        Some(&json!({"name": "api-vdb", "from": "sales"})),
+    );
+    assert!(busy.status == 409 || busy.status == 400, "{}", busy.body);
+    let done = wait_job(&api, &api.call("DELETE", "/api/vdbs/api-vdb", None));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    drop(browser);
+}
+
+/// Upload once, install on both engines (the same version: unchanged);
+/// a lower version than the tower has is refused naming both, and no
+/// engine changes.
+fn connectors(api: &Api, store: &Path, alpha: &Stack, engines: &[(&Server, &String)]) {
+    let dist = alpha.pgvirt.dir().join("dist");
+    alpha.pgvirt.ok(&[
+        "connector",
+        "pack",
+        repo_root().to_str().expect("utf-8"),
+        "--out",
+        dist.to_str().expect("utf-8"),
+    ]);
+    let bundle: Value = serde_json::from_str(
+        &std::fs::read_to_string(dist.join("connector.json")).expect("bundle"),
+    )
+    .expect("json");
+    let sha = bundle["library"]["sha256"]
+        .as_str()
+        .expect("sha")
+        .to_owned();
+    error_body(&api.call("POST", "/api/connectors", Some(&bundle)), 422);
+    let lib = std::fs::read(dist.join("libpgvirt.so")).expect("library");
+    let put = request(
+        api.port,
+        "PUT",
+        &format!("/api/connectors/libraries/{sha}"),
+        api.token.as_deref(),
+        Some(&lib),
+    )
+    .expect("put");
+    assert_eq!(put.status, 201, "{}", put.body);
+    let up = api.call("POST", "/api/connectors?install=all", Some(&bundle));
+    assert_eq!(up.status, 200, "{}", up.body);
+    let report = up.json();
+    let installs = report["installs"].as_array().expect("per engine");
+    assert_eq!(installs.len(), 2, "{report}");
+    for i in installs {
+        assert_eq!(i["status"], 200, "{report}");
+        assert_eq!(i["installed"]["unchanged"], true, "{report}");
+    }
+    let mut bad = bundle.clone();
+    bad["manifest"]["version"] = json!(7);
+    let e = error_body(&api.call("POST", "/api/connectors", Some(&bad)), 400);
+    assert!(
+        !e["problems"].as_array().expect("problems").is_empty(),
+        "{e}"
+    );
+
+    // Stand in for a newer release uploaded before (9.0.0).
+    let before: Vec<String> = engines
+        .iter()
+        .map(|(s, t)| {
+            Api {
+                port: s.port,
+                token: Some((*t).clone()),
+            }
+            .get("/connectors")
+            .body
+        })
+        .collect();
+    let conn = rusqlite::Connection::open(store).expect("tower store");
+    conn.execute(
+        "UPDATE tower_connectors SET version = '9.0.0+1', bundle = json_set(bundle, '$.manifest.version', '9.0.0')",
+        [],
+    )
+    .expect("update");
+    drop(conn);
+    let e = error_body(
+        &api.call("POST", "/api/connectors?install=all", Some(&bundle)),
+        409,
+    );
+    let why = e["why"].as_str().expect("why");
+    assert!(why.contains("0.1.0") && why.contains("9.0.0"), "{e}");
+    let after: Vec<String> = engines
+        .iter()
+        .map(|(s, t)| {
+            Api {
+                port: s.port,
+                token: Some((*t).clone()),
+            }
+            .get("/connectors")
+            .body
+        })
+        .collect();
+    assert_eq!(before, after, "an engine changed");
+    let listed = api.get("/api/connectors").json();
+    assert_eq!(listed["kept"].as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(
+        listed["installed"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+}
