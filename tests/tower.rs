@@ -182,6 +182,20 @@ fn a_tower_over_two_engines_in_a_real_browser() {
         !listed.to_string().contains(&ta[4..]),
         "an engine token is shown: {listed}"
     );
+    // The engines' tokens are sealed at rest: in no file of the tower's.
+    for file in std::fs::read_dir(dir.path()).expect("dir").flatten() {
+        let path = file.path();
+        if path.is_file() && !path.to_string_lossy().ends_with(".token") {
+            let bytes = std::fs::read(&path).expect("read");
+            for t in [&ta, &tb] {
+                assert!(
+                    !bytes.windows(t.len()).any(|w| w == t.as_bytes()),
+                    "a token is in {}",
+                    path.display()
+                );
+            }
+        }
+    }
     let meta = std::fs::metadata(&store).expect("store");
     assert_eq!(
         meta.permissions().mode() & 0o077,
@@ -229,7 +243,25 @@ fn a_tower_over_two_engines_in_a_real_browser() {
         (direct.status, direct.json())
     );
 
-    connectors(&api, &store, &alpha, &[(&engine_a, &ta), (&engine_b, &tb)]);
+    let bundle = upload_and_install(&api, &alpha);
+
+    // A second snapshot of sales, by a job routed to its engine: the
+    // timeline has two points and the range between them.
+    alpha.source.psql(
+        "postgres",
+        "CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 100) g",
+    );
+    let synced = wait_job(&api, &api.call("POST", "/api/dsources/sales/sync", None));
+    assert_eq!(
+        (synced["state"].clone(), synced["engine"].clone()),
+        (json!("succeeded"), json!("alpha")),
+        "{synced}"
+    );
+    wait_inventory(&api, "the second snapshot", |inv| {
+        inv["snapshots"]
+            .as_array()
+            .is_some_and(|a| a.iter().filter(|s| s["engine"] == "alpha").count() == 2)
+    });
 
     // ---- the browser story
     let browser = Browser::start();
@@ -322,6 +354,7 @@ fn a_tower_over_two_engines_in_a_real_browser() {
     browser.goto(&tower_server.url("/#/connectors"));
     browser.wait_for("#installed", Duration::from_secs(10));
     browser.screenshot(&shots.join("connectors.png"));
+    refuse_downgrade(&api, &store, &bundle, &[(&engine_a, &ta), (&engine_b, &tb)]);
 
     // ---- one engine stopped
     engine_b.kill();
@@ -381,10 +414,8 @@ fn a_tower_over_two_engines_in_a_real_browser() {
     drop(browser);
 }
 
-/// Upload once, install on both engines (the same version: unchanged);
-/// a lower version than the tower has is refused naming both, and no
-/// engine changes.
-fn connectors(api: &Api, store: &Path, alpha: &Stack, engines: &[(&Server, &String)]) {
+/// Upload once, install on both engines (the same version: unchanged).
+fn upload_and_install(api: &Api, alpha: &Stack) -> Value {
     let dist = alpha.pgvirt.dir().join("dist");
     alpha.pgvirt.ok(&[
         "connector",
@@ -421,6 +452,12 @@ fn connectors(api: &Api, store: &Path, alpha: &Stack, engines: &[(&Server, &Stri
         assert_eq!(i["status"], 200, "{report}");
         assert_eq!(i["installed"]["unchanged"], true, "{report}");
     }
+    bundle
+}
+
+/// A lower version than the tower has is refused naming both, and no
+/// engine changes.
+fn refuse_downgrade(api: &Api, store: &Path, bundle: &Value, engines: &[(&Server, &String)]) {
     let mut bad = bundle.clone();
     bad["manifest"]["version"] = json!(7);
     let e = error_body(&api.call("POST", "/api/connectors", Some(&bad)), 400);
@@ -449,7 +486,7 @@ fn connectors(api: &Api, store: &Path, alpha: &Stack, engines: &[(&Server, &Stri
     .expect("update");
     drop(conn);
     let e = error_body(
-        &api.call("POST", "/api/connectors?install=all", Some(&bundle)),
+        &api.call("POST", "/api/connectors?install=all", Some(bundle)),
         409,
     );
     let why = e["why"].as_str().expect("why");

@@ -1,6 +1,7 @@
 //! The tower's own store (SQLite, a 0600 file): its tokens (hashes only),
-//! the engines it knows (URL and token), the inventory last seen on each,
-//! and every connector version uploaded to it.
+//! the engines it knows (URL, and token sealed with the tower's key, a
+//! 0600 file beside the store: `tower.key` for `tower.db`), the inventory
+//! last seen on each, and every connector version uploaded to it.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::host::error::{Error, Result};
+use crate::host::secrets::Keyring;
 
 /// What every tower token starts with.
 pub const PREFIX: &str = "pgt_";
@@ -18,6 +20,8 @@ pub const PREFIX: &str = "pgt_";
 pub struct TowerStore {
     conn: Connection,
     path: PathBuf,
+    /// Seals the engines' tokens at rest (`tower.key` beside the store, 0600).
+    keyring: Keyring,
 }
 
 /// An engine as registered, with its health.
@@ -90,9 +94,15 @@ impl TowerStore {
             .open(path)
             .map_err(|e| Error::io("cannot open the tower store", path, e))?;
         let conn = Connection::open(path).map_err(|e| Self::error(path, e))?;
+        let key = path.with_file_name(format!(
+            "{}.key",
+            path.file_stem()
+                .map_or("tower".into(), |s| s.to_string_lossy())
+        ));
         let store = Self {
             conn,
             path: path.to_owned(),
+            keyring: Keyring::open(&key)?,
         };
         store.migrate()?;
         Ok(store)
@@ -140,7 +150,7 @@ impl TowerStore {
                  CREATE TABLE IF NOT EXISTS tower_tokens (
                     name TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
                  CREATE TABLE IF NOT EXISTS tower_engines (
-                    name TEXT PRIMARY KEY, url TEXT NOT NULL, token TEXT NOT NULL,
+                    name TEXT PRIMARY KEY, url TEXT NOT NULL, token BLOB NOT NULL,
                     added_at INTEGER NOT NULL, version TEXT, health TEXT NOT NULL DEFAULT 'unknown',
                     last_seen INTEGER, checked_at INTEGER, error TEXT);
                  CREATE TABLE IF NOT EXISTS tower_inventory (
@@ -199,6 +209,9 @@ impl TowerStore {
 
     pub fn add_engine(&self, name: &str, url: &str, token: &str, version: &str) -> Result<()> {
         let t = now();
+        let token = self
+            .keyring
+            .seal(&format!("engine {name}"), token.as_bytes())?;
         let done = self.conn.execute(
             "INSERT INTO tower_engines (name, url, token, added_at, version, health, last_seen, checked_at)
              VALUES (?1, ?2, ?3, ?4, ?5, 'up', ?4, ?4)",
@@ -237,8 +250,18 @@ impl TowerStore {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt.query_map([], engine_row).map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
+        let rows: Vec<(Engine, Vec<u8>)> = rows
+            .collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|(mut e, sealed)| {
+                let plain = self
+                    .keyring
+                    .unseal(&format!("engine {}", e.name), &sealed)?;
+                e.token = String::from_utf8_lossy(&plain).into_owned();
+                Ok(e)
+            })
+            .collect()
     }
 
     pub fn engine(&self, name: &str) -> Result<Engine> {
@@ -350,17 +373,18 @@ impl TowerStore {
     }
 }
 
-fn engine_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Engine> {
+fn engine_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Engine, Vec<u8>)> {
     let health: String = r.get(3)?;
-    Ok(Engine {
+    let engine = Engine {
         name: r.get(0)?,
         url: r.get(1)?,
-        token: r.get(2)?,
+        token: String::new(),
         health: health.parse().unwrap_or(Health::Unknown),
         version: r.get(4)?,
         added_at: r.get(5)?,
         last_seen: r.get(6)?,
         checked_at: r.get(7)?,
         error: r.get(8)?,
-    })
+    };
+    Ok((engine, r.get(2)?))
 }

@@ -65,6 +65,7 @@ async function followJob(engine, job, done) {
     try { job = (await api("GET", `/jobs/${enc(engine)}/${id}`)).body; } catch (e) { $("#job-state").textContent = e.message; return; }
   }
   if (job.error) { $("#job-error").hidden = false; $("#job-error").textContent = `${job.error.why}`; }
+  else setTimeout(() => { if (following === `${engine}/${id}`) { box.hidden = true; following = null; } }, 8000);
   if (done) done(job);
 }
 
@@ -181,7 +182,9 @@ async function vdbPage(page, engine, name) {
       });
     } catch (e) { error.hidden = false; error.textContent = e.message; }
   } }, label);
-  const rewindTo = h("select", { id: "rewind-to" }, snaps.map(s => h("option", { value: s.id }, `snapshot ${s.id} · ${when(s.created_at)}`)));
+  const rewindTo = h("select", { id: "rewind-to", disabled: !snaps.length }, snaps.length
+    ? snaps.map(s => h("option", { value: s.id }, `snapshot ${s.id} · ${when(s.created_at)}`))
+    : h("option", {}, "no snapshots of this VDB yet"));
   const confirm = act("Really delete", "action-delete-confirm", "DELETE", "", null, "danger");
   confirm.hidden = true;
   const del = h("button", { id: "action-delete", class: "danger", disabled: !!stale, onclick: () => { del.hidden = true; confirm.hidden = false; } }, "Delete");
@@ -191,7 +194,7 @@ async function vdbPage(page, engine, name) {
     h("div", { class: "actions" },
       act("Start", "action-start", "POST", "/start"), act("Stop", "action-stop", "POST", "/stop"),
       act("Refresh", "action-refresh", "POST", "/refresh"), act("Snapshot", "action-snapshot", "POST", "/snapshot"),
-      rewindTo, act("Rewind", "action-rewind", "POST", "/rewind", () => ({ snapshot: Number(rewindTo.value) })),
+      rewindTo, Object.assign(act("Rewind", "action-rewind", "POST", "/rewind", () => ({ snapshot: Number(rewindTo.value) })), { disabled: !!stale || !snaps.length }),
       del, confirm),
     error),
     h("div", { class: "card" }, h("h2", {}, "Details"), h("dl", { id: "vdb-details" },
