@@ -257,6 +257,18 @@ fn a_tower_over_two_engines_in_a_real_browser() {
         (json!("succeeded"), json!("alpha")),
         "{synced}"
     );
+    // The job's events, followed through the tower (the engine's stream).
+    let events = Command::new("curl")
+        .args(["-sN", "--max-time", "5", "-H"])
+        .arg(format!("Authorization: Bearer {ui_token}"))
+        .arg(tower_server.url(&format!("/api/jobs/alpha/{}/events", synced["id"])))
+        .output()
+        .expect("curl runs");
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        events.contains("event: job") && events.contains("\"state\":\"succeeded\""),
+        "{events}"
+    );
     wait_inventory(&api, "the second snapshot", |inv| {
         inv["snapshots"]
             .as_array()
@@ -391,6 +403,15 @@ fn a_tower_over_two_engines_in_a_real_browser() {
     browser.wait_for("#engine-beta[data-health=down]", Duration::from_secs(10));
     browser.wait_for("#engine-alpha[data-health=up]", Duration::from_secs(10));
     browser.screenshot(&shots.join("engine-down.png"));
+    browser.goto(&tower_server.url("/#/dsources"));
+    browser.wait_for(
+        "#dsource-beta-billing .badge.stale",
+        Duration::from_secs(10),
+    );
+    browser.wait_for(
+        "#dsource-beta-billing circle.snapshot",
+        Duration::from_secs(10),
+    );
     // The other engine keeps working: a provision and a delete, by API.
     let done = wait_job(
         &api,

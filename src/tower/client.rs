@@ -131,10 +131,15 @@ pub async fn call(
         .map_err(|_| Unreachable(format!("no answer from {base} within {TIMEOUT:?}")))?
 }
 
-/// GET a JSON document; an error status is an error too (with its body).
+/// How long a read of the inventory (a poll) may take.
+const POLL: Duration = Duration::from_secs(5);
+
+/// GET a JSON document (within a poll's time); an error status is an
+/// error too (with its body).
 pub async fn get_json(base: &str, token: &str, path: &str) -> Result<serde_json::Value, String> {
-    let reply = call(base, token, Method::GET, path, None)
+    let reply = tokio::time::timeout(POLL, call(base, token, Method::GET, path, None))
         .await
+        .map_err(|_| format!("GET {path}: no answer from {base} within {POLL:?}"))?
         .map_err(|e| e.0)?;
     if !reply.status.is_success() {
         return Err(format!(

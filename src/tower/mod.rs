@@ -172,7 +172,16 @@ pub struct Options {
 
 /// Serves the tower until SIGINT or SIGTERM, polling its engines.
 pub fn serve(options: Options) -> anyhow::Result<()> {
-    TowerStore::open(&options.store_path)?;
+    let store = TowerStore::open(&options.store_path)?;
+    // What an upload cut short by a kill left: its temporary directory.
+    if let Ok(entries) = std::fs::read_dir(store.data_dir()) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".tmp") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    drop(store);
     let state = TowerState::new(options.store_path);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

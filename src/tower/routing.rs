@@ -321,3 +321,22 @@ pub async fn job_events(
         Err(why) => Err(down(&state, &name, &what, why).await),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_is_taken_out_of_the_query_and_the_rest_kept() {
+        assert_eq!(split_query(None), (String::new(), None));
+        assert_eq!(
+            split_query(Some("engine=a&with_children=true".into())),
+            ("?with_children=true".into(), Some("a".into()))
+        );
+        assert_eq!(
+            split_query(Some("with_vdbs=true".into())),
+            ("?with_vdbs=true".into(), None)
+        );
+        assert_eq!(encode("a b/c"), "a%20b%2Fc");
+    }
+}
