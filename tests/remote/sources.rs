@@ -347,3 +347,67 @@ fn a_remote_link_killed_cut_off_or_losing_sshd_leaves_nothing_on_either_side() {
     assert_eq!(e.p.json(&["dsource", "list"]), json!([]));
     assert_eq!(e.p.json(&["pool", "list"]), json!([]));
 }
+
+#[test]
+fn one_database_of_a_remote_host_is_dumped_from_the_address_of_its_environment() {
+    let east = RemoteHost::new(true);
+    let e = Engine::new();
+    let pg = east.pg.as_ref().expect("pg");
+    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE items AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 3000) g",
+    );
+    pg.psql("postgres", &format!("GRANT pg_read_all_data TO {REPL_USER}"));
+    let id = e.add_and_discover("east", &east);
+    // No host in the parameters: the source is reached where its
+    // environment is, with the password from the environment variable.
+    let dir = tempfile::tempdir().expect("tmp");
+    let params = dir.path().join("params.json");
+    std::fs::write(
+        &params,
+        json!({"single_database": {"database": "shop", "user": REPL_USER}}).to_string(),
+    )
+    .expect("params");
+    let port = free_port().to_string();
+    let linked = e.p.json(&[
+        "dsource",
+        "link",
+        "shopdb",
+        "--source",
+        &id,
+        "--method",
+        "single_database",
+        "--params",
+        params.to_str().expect("utf-8"),
+        "--staging-port",
+        &port,
+    ]);
+    assert_eq!(
+        linked["dsource"]["parameters"]["single_database"]["host"],
+        json!(east.addr),
+        "{linked}"
+    );
+    assert_eq!(
+        linked["dsource"]["parameters"]["single_database"]["port"],
+        json!(5432),
+        "{linked}"
+    );
+    e.p.ok(&["vdb", "provision", "shopdev", "--from", "shopdb"]);
+    let v = e.p.json(&["vdb", "show", "shopdev"]);
+    let socket = v["source_config"]["socket_directory"]
+        .as_str()
+        .expect("socket")
+        .to_owned();
+    let out = crate::support::run_ok(
+        as_pg_user(Path::new(PG_BIN).join("psql"))
+            .args(["-X", "-A", "-t", "-h", &socket, "-p"])
+            .arg(v["port"].to_string())
+            .args(["-U", "postgres", "-d", "shop", "-c", &checksum_sql("items")]),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        pg.psql("shop", &checksum_sql("items"))
+    );
+    e.p.ok(&["dsource", "delete", "shopdb", "--with-vdbs"]);
+}
