@@ -358,7 +358,10 @@ fn one_database_of_a_remote_host_is_dumped_from_the_address_of_its_environment()
         "shop",
         "CREATE TABLE items AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 3000) g",
     );
-    pg.psql("postgres", &format!("GRANT pg_read_all_data TO {REPL_USER}"));
+    pg.psql(
+        "postgres",
+        &format!("GRANT pg_read_all_data TO {REPL_USER}"),
+    );
     let id = e.add_and_discover("east", &east);
     // No host in the parameters: the source is reached where its
     // environment is, with the password from the environment variable.
