@@ -210,7 +210,7 @@ fn a_tower_over_two_engines_in_a_real_browser() {
     );
     let ui_token = ok(&mut tower(&store, &["token", "create", "ui"]));
     let serve = tower(&store, &["serve", "--listen", "127.0.0.1:0", "--poll", "1"]);
-    let tower_server = Server::start_with(serve);
+    let mut tower_server = Server::start_with(serve);
     let api = Api {
         port: tower_server.port,
         token: Some(ui_token.clone()),
@@ -418,15 +418,30 @@ fn a_tower_over_two_engines_in_a_real_browser() {
         "#dsource-beta-billing circle.snapshot",
         Duration::from_secs(10),
     );
+    drop(browser);
     // The other engine keeps working: a provision and a delete, by API.
-    let done = wait_job(
-        &api,
-        &api.call(
-            "POST",
-            "/api/vdbs",
-            Some(&json!({"name": "api-vdb", "from": "sales"})),
-        ),
+    // The tower killed (SIGKILL) while the provision runs, and started
+    // again: the job is the engine's, followed as before; what a cut-short
+    // upload left is cleaned at start.
+    let accepted = api.call(
+        "POST",
+        "/api/vdbs",
+        Some(&json!({"name": "api-vdb", "from": "sales"})),
     );
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    tower_server.kill();
+    let leftover = dir.path().join("tower.d/.tmpCUT");
+    std::fs::create_dir_all(&leftover).expect("leftover");
+    let tower_server = Server::start_with(tower(
+        &store,
+        &["serve", "--listen", "127.0.0.1:0", "--poll", "1"],
+    ));
+    assert!(!leftover.exists(), "an upload's leftover stayed");
+    let api = Api {
+        port: tower_server.port,
+        token: Some(ui_token.clone()),
+    };
+    let done = wait_job(&api, &accepted);
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(alpha.vdb_sql("api-vdb", "SELECT 1"), "1");
     // A refused operation passes the engine's status and body on.
@@ -438,7 +453,26 @@ fn a_tower_over_two_engines_in_a_real_browser() {
     assert!(busy.status == 409 || busy.status == 400, "{}", busy.body);
     let done = wait_job(&api, &api.call("DELETE", "/api/vdbs/api-vdb", None));
     assert_eq!(done["state"], "succeeded", "{done}");
-    drop(browser);
+    // An engine that no longer takes the tower's token: a 502 naming it
+    // (the caller's own token is fine), and shown down with why.
+    alpha.pgvirt.ok(&["token", "revoke", "tower"]);
+    let e = error_body(&api.get("/api/vdbs/anything?engine=alpha"), 502);
+    assert!(
+        e["why"]
+            .as_str()
+            .expect("why")
+            .contains("refused the tower's token"),
+        "{e}"
+    );
+    let inv = wait_inventory(&api, "alpha down", |inv| {
+        engine_of(inv, "alpha")["health"] == "down"
+    });
+    assert!(
+        engine_of(&inv, "alpha")["error"]
+            .as_str()
+            .is_some_and(|w| w.contains("401")),
+        "{inv}"
+    );
 }
 
 /// Upload once, install on both engines (the same version: unchanged).

@@ -3,7 +3,9 @@
 //! several engines); the request goes on as it came, and the engine's
 //! answer comes back as it is (status and JSON body), a job with its
 //! `engine` and a `Location` under `/api/jobs/{engine}/{id}`. An engine
-//! that does not answer is marked down: 503, naming it and why.
+//! that does not answer is marked down: 503, naming it and why; one that
+//! refuses the tower's token (401, 403) is a 502 (the caller's own token
+//! is fine).
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
@@ -101,6 +103,20 @@ pub async fn forward(
         Ok(r) => r,
         Err(why) => return Err(down(state, &engine.name, &what, why).await),
     };
+    if reply.status == StatusCode::UNAUTHORIZED || reply.status == StatusCode::FORBIDDEN {
+        // About the tower's token on the engine, not the caller's: a 502.
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            &what,
+            format!(
+                "engine {} refused the tower's token ({}): {}",
+                engine.name,
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            ),
+            "give the tower a valid token of that engine: remove the engine and add it again with a new --token-file",
+        ));
+    }
     if changes && reply.status.is_success() {
         // The inventory follows at once (and again as the job goes on).
         let (state, engine) = (state.clone(), engine.clone());
