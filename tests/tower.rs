@@ -295,6 +295,19 @@ fn a_tower_over_two_engines_in_a_real_browser() {
     browser.wait_for("#engine-alpha[data-health=up]", Duration::from_secs(10));
     browser.wait_for("#engine-beta[data-health=up]", Duration::from_secs(10));
     browser.screenshot(&shots.join("engines.png"));
+    // The seed's limit in the UI: the engine's own words.
+    browser.goto(&tower_server.url("/#/environments"));
+    browser.click(&format!(
+        "#config-alpha-{} button.delete-config",
+        alpha.source_id
+    ));
+    browser.wait_for("#config-error", Duration::from_secs(10));
+    let why = direct.json()["why"].as_str().expect("why").to_owned();
+    assert!(
+        browser.text("#config-error").contains(&why),
+        "{}",
+        browser.text("#config-error")
+    );
 
     browser.goto(&tower_server.url("/#/dsources"));
     let dot = "#dsource-alpha-sales circle.snapshot";

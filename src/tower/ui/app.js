@@ -204,6 +204,26 @@ async function vdbPage(page, engine, name) {
        ["Snapshots", snaps.length]].flatMap(([k, val]) => [h("dt", {}, k), h("dd", {}, val)]))));
 }
 
+async function environmentsPage(page) {
+  const inv = (await api("GET", "/inventory")).body;
+  const error = h("p", { class: "error", id: "config-error", hidden: true });
+  page.append(h("h1", {}, "Environments"), h("div", { class: "card" }, h("table", { id: "environments" },
+    h("tr", {}, ["Environment", "Engine", "Kind", "OS user", "Refreshed"].map(t => h("th", {}, t))),
+    inv.environments.map(e => h("tr", { class: e.stale ? "stale" : "" }, h("td", {}, h("strong", {}, e.name)),
+      h("td", {}, e.engine, e.stale ? h("div", {}, badge(`down · last seen ${when(e.seen_at)}`, "stale")) : null),
+      h("td", {}, e.kind), h("td", {}, e.os_user), h("td", {}, when(e.refreshed_at)))))),
+  h("h2", {}, "Source configs"), error, h("div", { class: "card" }, h("table", { id: "source-configs" },
+    h("tr", {}, ["Source config", "Engine", "Environment", "State", ""].map(t => h("th", {}, t))),
+    inv.source_configs.map(c => h("tr", { id: `config-${c.engine}-${c.id}`, class: c.stale ? "stale" : "" },
+      h("td", {}, h("strong", {}, c.name), h("div", { class: "muted" }, `id ${c.id}`)), h("td", {}, c.engine),
+      h("td", {}, c.environment), h("td", {}, badge(c.state || "", c.state)),
+      h("td", {}, h("button", { class: "quiet delete-config", disabled: !!c.stale, onclick: async () => {
+        error.hidden = true;
+        try { await api("DELETE", `/engines/${enc(c.engine)}/proxy/source-configs/${c.id}`); route(); }
+        catch (e) { error.hidden = false; error.textContent = e.message; }
+      } }, "Delete")))))));
+}
+
 async function jobsPage(page) {
   const jobs = (await api("GET", "/jobs")).body.sort((a, b) => b.started_at - a.started_at);
   page.append(h("h1", {}, "Jobs"), h("div", { class: "card" }, h("table", { id: "jobs" },
@@ -238,7 +258,7 @@ async function connectorsPage(page) {
 
 // ---- routing
 
-const PAGES = { engines: enginesPage, dsources: dsourcesPage, vdbs: vdbsPage, vdb: vdbPage, jobs: jobsPage, connectors: connectorsPage };
+const PAGES = { engines: enginesPage, environments: environmentsPage, dsources: dsourcesPage, vdbs: vdbsPage, vdb: vdbPage, jobs: jobsPage, connectors: connectorsPage };
 
 async function route() {
   const loggedIn = !!sessionStorage.getItem(KEY);
