@@ -128,9 +128,16 @@ fn a_tower_over_two_engines_in_a_real_browser() {
     alpha.link("sales");
     let beta = Stack::new();
     beta.link("billing");
-    let engine_a = Server::start(alpha.pgvirt.command(&[]));
-    let mut engine_b = Server::start(beta.pgvirt.command(&[]));
     let dir = tempfile::tempdir().expect("tempdir");
+    // alpha over HTTP, beta over HTTPS (a certificate of its own CA).
+    let (ca, cert, key) = certificate(dir.path());
+    let engine_a = Server::start(alpha.pgvirt.command(&[]));
+    let mut serve_b = beta
+        .pgvirt
+        .command(&["serve", "--listen", "127.0.0.1:0", "--tls-cert"]);
+    serve_b.arg(&cert).arg("--tls-key").arg(&key);
+    let mut engine_b = Server::start_with(serve_b);
+    let url_b = format!("https://127.0.0.1:{}", engine_b.port);
     let ta = make_token(Path::new(BIN), &alpha.pgvirt.store(), "tower", false);
     let tb = make_token(Path::new(BIN), &beta.pgvirt.store(), "tower", false);
     let (fa, fb) = (
@@ -169,18 +176,23 @@ fn a_tower_over_two_engines_in_a_real_browser() {
         ],
     )
     .arg(&fa));
+    // Its certificate is not one the system's CAs sign: refused without its CA.
+    let out = tower(
+        &store,
+        &["engine", "add", "beta", "--url", &url_b, "--token-file"],
+    )
+    .arg(&fb)
+    .output()
+    .expect("runs");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("TLS"), "{said}");
     ok(tower(
         &store,
-        &[
-            "engine",
-            "add",
-            "beta",
-            "--url",
-            &engine_b.url(""),
-            "--token-file",
-        ],
+        &["engine", "add", "beta", "--url", &url_b, "--token-file"],
     )
-    .arg(&fb));
+    .arg(&fb)
+    .arg("--ca-file")
+    .arg(&ca));
     let listed = ok(&mut tower(&store, &["engine", "list", "--output", "json"]));
     let listed: Value = serde_json::from_str(&listed).expect("json");
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
@@ -385,7 +397,13 @@ fn a_tower_over_two_engines_in_a_real_browser() {
     browser.goto(&tower_server.url("/#/connectors"));
     browser.wait_for("#installed", Duration::from_secs(10));
     browser.screenshot(&shots.join("connectors.png"));
-    refuse_downgrade(&api, &store, &bundle, &[(&engine_a, &ta), (&engine_b, &tb)]);
+    refuse_downgrade(
+        &api,
+        &store,
+        &bundle,
+        &[(engine_a.url(""), &ta), (url_b.clone(), &tb)],
+        &ca,
+    );
 
     // ---- one engine stopped
     engine_b.kill();
@@ -488,6 +506,80 @@ fn a_tower_over_two_engines_in_a_real_browser() {
     );
 }
 
+/// A CA of the test's own, and a certificate it signs for 127.0.0.1 with
+/// its key: (CA, certificate, key), PEM files.
+fn certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let [ca, ca_key, cert, key, csr, ext] = [
+        "ca.pem", "ca.key", "cert.pem", "key.pem", "cert.csr", "cert.ext",
+    ]
+    .map(|f| dir.join(f));
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext");
+    let steps: [Vec<&std::ffi::OsStr>; 3] = [
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=pgvirt test CA",
+            "-keyout",
+        ]
+        .iter()
+        .map(std::ffi::OsStr::new)
+        .chain([ca_key.as_os_str(), "-out".as_ref(), ca.as_os_str()])
+        .collect(),
+        [
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ]
+        .iter()
+        .map(std::ffi::OsStr::new)
+        .chain([key.as_os_str(), "-out".as_ref(), csr.as_os_str()])
+        .collect(),
+        ["x509", "-req", "-days", "1", "-CAcreateserial", "-in"]
+            .iter()
+            .map(std::ffi::OsStr::new)
+            .chain([
+                csr.as_os_str(),
+                "-CA".as_ref(),
+                ca.as_os_str(),
+                "-CAkey".as_ref(),
+                ca_key.as_os_str(),
+            ])
+            .chain([
+                "-extfile".as_ref(),
+                ext.as_os_str(),
+                "-out".as_ref(),
+                cert.as_os_str(),
+            ])
+            .collect(),
+    ];
+    for args in steps {
+        let made = Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    (ca, cert, key)
+}
+
 /// Upload once, install on both engines (the same version: unchanged).
 fn upload_and_install(api: &Api, alpha: &Stack) -> Value {
     let dist = alpha.pgvirt.dir().join("dist");
@@ -531,7 +623,34 @@ fn upload_and_install(api: &Api, alpha: &Stack) -> Value {
 
 /// A lower version than the tower has is refused naming both, and no
 /// engine changes.
-fn refuse_downgrade(api: &Api, store: &Path, bundle: &Value, engines: &[(&Server, &String)]) {
+fn refuse_downgrade(
+    api: &Api,
+    store: &Path,
+    bundle: &Value,
+    engines: &[(String, &String)],
+    ca: &Path,
+) {
+    let installed = || -> Vec<String> {
+        engines
+            .iter()
+            .map(|(url, token)| {
+                let out = Command::new("curl")
+                    .args(["-sSf", "--cacert"])
+                    .arg(ca)
+                    .arg("-H")
+                    .arg(format!("Authorization: Bearer {token}"))
+                    .arg(format!("{url}/connectors"))
+                    .output()
+                    .expect("curl runs");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+            .collect()
+    };
     let mut bad = bundle.clone();
     bad["manifest"]["version"] = json!(7);
     let e = error_body(&api.call("POST", "/api/connectors", Some(&bad)), 400);
@@ -541,17 +660,7 @@ fn refuse_downgrade(api: &Api, store: &Path, bundle: &Value, engines: &[(&Server
     );
 
     // Stand in for a newer release uploaded before (9.0.0).
-    let before: Vec<String> = engines
-        .iter()
-        .map(|(s, t)| {
-            Api {
-                port: s.port,
-                token: Some((*t).clone()),
-            }
-            .get("/connectors")
-            .body
-        })
-        .collect();
+    let before = installed();
     let conn = rusqlite::Connection::open(store).expect("tower store");
     conn.execute(
         "UPDATE tower_connectors SET version = '9.0.0+1', bundle = json_set(bundle, '$.manifest.version', '9.0.0')",
@@ -565,17 +674,7 @@ fn refuse_downgrade(api: &Api, store: &Path, bundle: &Value, engines: &[(&Server
     );
     let why = e["why"].as_str().expect("why");
     assert!(why.contains("0.1.0") && why.contains("9.0.0"), "{e}");
-    let after: Vec<String> = engines
-        .iter()
-        .map(|(s, t)| {
-            Api {
-                port: s.port,
-                token: Some((*t).clone()),
-            }
-            .get("/connectors")
-            .body
-        })
-        .collect();
+    let after = installed();
     assert_eq!(before, after, "an engine changed");
     let listed = api.get("/api/connectors").json();
     assert_eq!(listed["kept"].as_array().map(Vec::len), Some(1), "{listed}");

@@ -45,6 +45,9 @@ pub enum EngineCmd {
         /// A file holding the engine's token (`pgvirt token create` on the engine).
         #[arg(long, value_name = "FILE")]
         token_file: PathBuf,
+        /// For an https:// engine: the CA certificates (PEM) that sign its certificate (default: the system's).
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
     },
     /// The engines, with their health as last polled.
     List,
@@ -76,7 +79,15 @@ pub fn exec(cmd: Cmd, store_path: PathBuf, cx: &Context) -> anyhow::Result<()> {
             name,
             url,
             token_file,
+            ca_file,
         }) => {
+            let ca_pem = match &ca_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("--ca-file {}: cannot read it", f.display()))?,
+                ),
+                None => None,
+            };
             let token = std::fs::read_to_string(&token_file).with_context(|| {
                 format!("--token-file {}: cannot read it", token_file.display())
             })?;
@@ -90,7 +101,15 @@ pub fn exec(cmd: Cmd, store_path: PathBuf, cx: &Context) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             let added = runtime
-                .block_on(crate::tower::engines::add(&store_path, &name, &url, token))
+                .block_on(crate::tower::engines::add(
+                    &store_path,
+                    &name,
+                    crate::tower::client::Endpoint {
+                        url,
+                        token: token.to_owned(),
+                        ca_pem,
+                    },
+                ))
                 .with_context(|| format!("adding engine {name}"))?;
             out.message(
                 &format!(

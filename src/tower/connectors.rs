@@ -229,8 +229,7 @@ async fn install_on(
     for engine in engines {
         let lib_path = format!("/connectors/libraries/{}", kept.sha256);
         let put = client::call(
-            &engine.url,
-            &engine.token,
+            &engine.endpoint(),
             Method::PUT,
             &lib_path,
             Some((library.clone(), "application/octet-stream")),
@@ -240,8 +239,7 @@ async fn install_on(
             Ok(r) if !r.status.is_success() => Ok(r),
             Ok(_) => {
                 client::call(
-                    &engine.url,
-                    &engine.token,
+                    &engine.endpoint(),
                     Method::POST,
                     "/connectors",
                     Some((bundle.clone(), "application/json")),

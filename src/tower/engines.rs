@@ -31,15 +31,18 @@ pub const KINDS: [(&str, &str); 7] = [
 
 /// Asks an engine for its version (its OpenAPI document's) and connectors:
 /// what `engine add` checks.
-pub async fn check(url: &str, token: &str) -> Result<(String, Value), String> {
-    client::check_url(url)?;
-    let doc = client::get_json(url, token, "/openapi.json").await?;
+pub async fn check(to: &client::Endpoint) -> Result<(String, Value), String> {
+    client::check_url(&to.url)?;
+    if let Some(pem) = &to.ca_pem {
+        client::check_ca(pem).map_err(|e| format!("its CA file: {e}"))?;
+    }
+    let doc = client::get_json(to, "/openapi.json").await?;
     let version = doc
         .pointer("/info/version")
         .and_then(Value::as_str)
         .ok_or("its /openapi.json names no version: is it a pgvirt engine?")?
         .to_owned();
-    let connectors = client::get_json(url, token, "/connectors").await?;
+    let connectors = client::get_json(to, "/connectors").await?;
     Ok((version, connectors))
 }
 
@@ -47,18 +50,18 @@ pub async fn check(url: &str, token: &str) -> Result<(String, Value), String> {
 pub async fn add(
     store_path: &std::path::Path,
     name: &str,
-    url: &str,
-    token: &str,
+    mut to: client::Endpoint,
 ) -> crate::host::Result<Value> {
     crate::host::environments::check_name(name, "engine name")?;
-    let url = url.trim_end_matches('/').to_owned();
-    let (version, connectors) = check(&url, token).await.map_err(|why| {
+    to.url = to.url.trim_end_matches('/').to_owned();
+    let url = to.url.clone();
+    let (version, connectors) = check(&to).await.map_err(|why| {
         Error::Refused(format!(
             "engine {name} at {url} did not pass the check: {why}"
         ))
     })?;
     let store = TowerStore::open(store_path)?;
-    store.add_engine(name, &url, token, &version)?;
+    store.add_engine(name, &to, &version)?;
     store.put_inventory(name, "connectors", &connectors)?;
     Ok(json!({"name": name, "url": url, "version": version, "connectors": connectors}))
 }
@@ -68,12 +71,10 @@ pub async fn add(
 pub async fn poll(state: &TowerState, engine: &Engine) {
     let mut found = Vec::new();
     let outcome: Result<Option<String>, String> = async {
-        let doc = client::get_json(&engine.url, &engine.token, "/openapi.json").await?;
+        let to = engine.endpoint();
+        let doc = client::get_json(&to, "/openapi.json").await?;
         for (kind, path) in KINDS {
-            found.push((
-                kind.to_owned(),
-                client::get_json(&engine.url, &engine.token, path).await?,
-            ));
+            found.push((kind.to_owned(), client::get_json(&to, path).await?));
         }
         let mut timeflows = serde_json::Map::new();
         for (kind, list) in &found {
@@ -87,7 +88,7 @@ pub async fn poll(state: &TowerState, engine: &Engine) {
                 .filter_map(|o| o["name"].as_str())
             {
                 let path = format!("/timeflows/{}", encode(name));
-                if let Ok(t) = client::get_json(&engine.url, &engine.token, &path).await {
+                if let Ok(t) = client::get_json(&to, &path).await {
                     timeflows.insert(name.to_owned(), t);
                 }
             }
@@ -150,6 +151,10 @@ pub struct AddBody {
     pub url: String,
     /// The engine's bearer token (`pgvirt token create` on the engine).
     pub token: String,
+    /// For an `https://` engine: the CA certificates (PEM text) that sign
+    /// its certificate (default: the system's CAs).
+    #[serde(default)]
+    pub ca_pem: Option<String>,
 }
 
 /// `GET /api/engines`: every engine with its health.
@@ -164,7 +169,12 @@ pub async fn add_engine(
     crate::api::body::Body(body): crate::api::body::Body<AddBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let what = format!("adding engine {}", body.name);
-    let mut added = add(&state.store_path, &body.name, &body.url, &body.token)
+    let to = client::Endpoint {
+        url: body.url.clone(),
+        token: body.token.clone(),
+        ca_pem: body.ca_pem.clone(),
+    };
+    let mut added = add(&state.store_path, &body.name, to)
         .await
         .map_err(|e| ApiError::from_host(&what, e, ""))?;
     if let Ok(engine) = with_store(&state, &what, {

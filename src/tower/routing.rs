@@ -99,7 +99,7 @@ pub async fn forward(
         Some((body, content_type.unwrap_or("application/json")))
     };
     let changes = method != Method::GET && method != Method::HEAD;
-    let reply = match client::call(&engine.url, &engine.token, method, path_and_query, sent).await {
+    let reply = match client::call(&engine.endpoint(), method, path_and_query, sent).await {
         Ok(r) => r,
         Err(why) => return Err(down(state, &engine.name, &what, why).await),
     };
@@ -329,7 +329,7 @@ pub async fn job_events(
         with_store(&state, &what, move |s| s.engine(&name)).await?
     };
     let path = format!("/jobs/{id}/events");
-    match client::open(&engine.url, &engine.token, Method::GET, &path, None).await {
+    match client::open(&engine.endpoint(), Method::GET, &path, None).await {
         Ok(r) => {
             let (parts, body) = r.into_parts();
             Ok(Response::from_parts(parts, Body::new(body)))

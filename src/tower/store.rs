@@ -41,8 +41,23 @@ pub struct Engine {
     /// Why it is down.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Reached over TLS (its URL is `https://`).
+    pub tls: bool,
     #[serde(skip)]
     pub token: String,
+    /// The CA certificates (PEM) its certificate is checked against.
+    #[serde(skip)]
+    pub ca_pem: Option<String>,
+}
+
+impl Engine {
+    pub fn endpoint(&self) -> super::client::Endpoint {
+        super::client::Endpoint {
+            url: self.url.clone(),
+            token: self.token.clone(),
+            ca_pem: self.ca_pem.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::Display, strum::EnumString)]
@@ -152,7 +167,7 @@ impl TowerStore {
                  CREATE TABLE IF NOT EXISTS tower_engines (
                     name TEXT PRIMARY KEY, url TEXT NOT NULL, token BLOB NOT NULL,
                     added_at INTEGER NOT NULL, version TEXT, health TEXT NOT NULL DEFAULT 'unknown',
-                    last_seen INTEGER, checked_at INTEGER, error TEXT);
+                    last_seen INTEGER, checked_at INTEGER, error TEXT, ca_pem TEXT);
                  CREATE TABLE IF NOT EXISTS tower_inventory (
                     engine TEXT NOT NULL REFERENCES tower_engines (name) ON DELETE CASCADE,
                     kind TEXT NOT NULL, body TEXT NOT NULL, seen_at INTEGER NOT NULL,
@@ -207,15 +222,21 @@ impl TowerStore {
 
     // ---- engines
 
-    pub fn add_engine(&self, name: &str, url: &str, token: &str, version: &str) -> Result<()> {
+    pub fn add_engine(
+        &self,
+        name: &str,
+        to: &super::client::Endpoint,
+        version: &str,
+    ) -> Result<()> {
+        let (url, token) = (to.url.as_str(), to.token.as_str());
         let t = now();
         let token = self
             .keyring
             .seal(&format!("engine {name}"), token.as_bytes())?;
         let done = self.conn.execute(
-            "INSERT INTO tower_engines (name, url, token, added_at, version, health, last_seen, checked_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'up', ?4, ?4)",
-            params![name, url, token, t, version],
+            "INSERT INTO tower_engines (name, url, token, added_at, version, health, last_seen, checked_at, ca_pem)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'up', ?4, ?4, ?6)",
+            params![name, url, token, t, version, to.ca_pem],
         );
         match done {
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -245,7 +266,7 @@ impl TowerStore {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT name, url, token, health, version, added_at, last_seen, checked_at, error
+                "SELECT name, url, token, health, version, added_at, last_seen, checked_at, error, ca_pem
                  FROM tower_engines ORDER BY name",
             )
             .map_err(|e| self.err(e))?;
@@ -375,10 +396,13 @@ impl TowerStore {
 
 fn engine_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Engine, Vec<u8>)> {
     let health: String = r.get(3)?;
+    let url: String = r.get(1)?;
     let engine = Engine {
         name: r.get(0)?,
-        url: r.get(1)?,
+        tls: url.starts_with("https://"),
+        url,
         token: String::new(),
+        ca_pem: r.get(9)?,
         health: health.parse().unwrap_or(Health::Unknown),
         version: r.get(4)?,
         added_at: r.get(5)?,
