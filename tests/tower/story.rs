@@ -250,6 +250,33 @@ fn a_tower_over_two_engines_in_a_real_browser() {
     );
     browser.screenshot(&shots.join("vdb.png"));
 
+    // Its buttons: stop, start, snapshot, rewind to that snapshot; each a
+    // job of its engine, followed live to its end.
+    for button in [
+        "#action-stop",
+        "#action-start",
+        "#action-snapshot",
+        "#action-rewind",
+    ] {
+        let before = browser.exec(
+            "return document.querySelector('#job').dataset.job;",
+            json!([]),
+        );
+        browser.click(button);
+        browser.wait_until(
+            &format!(
+                "document.querySelector('#job').dataset.job !== {before} && document.querySelector('#job').dataset.state === 'succeeded'"
+            ),
+            Duration::from_secs(120),
+        );
+        if button == "#action-snapshot" {
+            browser.wait_until(
+                "document.querySelector('#rewind-to option[value]')",
+                Duration::from_secs(20),
+            );
+        }
+    }
+    browser.wait_for("#connection", Duration::from_secs(20));
     // Copy the connection string (the page's own button), read the
     // clipboard back, connect with it.
     browser.grant("clipboard-read");

@@ -161,7 +161,10 @@ async function vdbPage(page, engine, name) {
     if (!v) throw e;
   }
   if (stale) page.append(problem(stale));
-  const snaps = (await api("GET", "/snapshots")).body.filter(s => s.engine === engine && s.of === "vdb" && s.name === name);
+  // Its snapshots live from its engine (as last seen when it is down).
+  const snaps = stale
+    ? (await api("GET", "/snapshots")).body.filter(s => s.engine === engine && s.of === "vdb" && s.name === name)
+    : (await api("GET", `/engines/${enc(engine)}/proxy/snapshots?vdb=${enc(name)}`)).body;
   const connection = v.connection || `postgresql://postgres@/postgres?host=${(v.source_config || {}).socket_directory}&port=${v.port}`;
   const copied = h("span", { id: "copied", class: "muted" });
   const copy = async () => {
