@@ -330,6 +330,14 @@ pub async fn job_events(
     };
     let path = format!("/jobs/{id}/events");
     match client::open(&engine.endpoint(), Method::GET, &path, None).await {
+        Ok(r) if r.status() == StatusCode::UNAUTHORIZED || r.status() == StatusCode::FORBIDDEN => {
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                &what,
+                format!("engine {name} refused the tower's token ({})", r.status()),
+                "give the tower a valid token of that engine: remove the engine and add it again with a new --token-file",
+            ))
+        }
         Ok(r) => {
             let (parts, body) = r.into_parts();
             Ok(Response::from_parts(parts, Body::new(body)))

@@ -132,6 +132,21 @@ fn a_tower_over_two_engines_in_a_real_browser() {
         token: Some("pgt_unknown".into()),
     };
     error_body(&stranger.get("/api/inventory"), 401);
+    // By API too: checked on add (a wrong token refused, naming why), and removed.
+    let body = json!({"name": "again", "url": engine_a.url(""), "token": "pgv_wrong"});
+    let e = error_body(&api.call("POST", "/api/engines", Some(&body)), 422);
+    assert!(e["why"].as_str().expect("why").contains("401"), "{e}");
+    assert!(
+        !e.to_string().contains("pgv_wrong"),
+        "the token is echoed: {e}"
+    );
+    let body = json!({"name": "again", "url": engine_a.url(""), "token": ta});
+    let added = api.call("POST", "/api/engines", Some(&body));
+    assert_eq!(added.status, 201, "{}", added.body);
+    assert_eq!(added.json()["health"], "up", "{}", added.body);
+    error_body(&api.call("POST", "/api/engines", Some(&body)), 409);
+    assert_eq!(api.call("DELETE", "/api/engines/again", None).status, 200);
+    error_body(&api.call("DELETE", "/api/engines/again", None), 404);
 
     // Both engines' objects, each with its engine.
     let inv = wait_inventory(&api, "both dSources with snapshots", |inv| {
