@@ -339,13 +339,9 @@ fn a_tower_over_two_engines_in_a_real_browser() {
     browser.goto(&tower_server.url("/#/connectors"));
     browser.wait_for("#installed", Duration::from_secs(10));
     browser.screenshot(&shots.join("connectors.png"));
-    refuse_downgrade(
-        &api,
-        &store,
-        &bundle,
-        &[(engine_a.url(""), &ta), (url_b.clone(), &tb)],
-        &ca,
-    );
+    let engines = [(engine_a.url(""), &ta), (url_b.clone(), &tb)];
+    engine_refuses(&api, &bundle, &beta.pgvirt.store(), &engines, &ca);
+    refuse_downgrade(&api, &store, &bundle, &engines, &ca);
 
     // ---- one engine stopped
     engine_b.kill();
@@ -489,6 +485,68 @@ fn upload_and_install(api: &Api, alpha: &Stack) -> Value {
     bundle
 }
 
+/// What each engine has installed, asked directly (curl).
+fn installed(engines: &[(String, &String)], ca: &Path) -> Vec<String> {
+    engines
+        .iter()
+        .map(|(url, token)| {
+            let out = Command::new("curl")
+                .args(["-sSf", "--cacert"])
+                .arg(ca)
+                .arg("-H")
+                .arg(format!("Authorization: Bearer {token}"))
+                .arg(format!("{url}/connectors"))
+                .output()
+                .expect("curl runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect()
+}
+
+/// An engine that refuses an install (it has a newer version) keeps its
+/// version, and the tower's report says why; the other engine installs.
+fn engine_refuses(
+    api: &Api,
+    bundle: &Value,
+    beta_store: &Path,
+    engines: &[(String, &String)],
+    ca: &Path,
+) {
+    // Stand in for a newer release installed on beta alone (9.0.0).
+    let conn = rusqlite::Connection::open(beta_store).expect("beta's store");
+    conn.execute(
+        "UPDATE connectors SET version = '9.0.0', manifest = json_set(manifest, '$.version', '9.0.0')",
+        [],
+    )
+    .expect("update");
+    drop(conn);
+    let version = api.get("/api/connectors").json()["kept"][0]["version"]
+        .as_str()
+        .expect("kept version")
+        .to_owned();
+    let id = bundle["manifest"]["id"].as_str().expect("id");
+    let reply = api.call(
+        "POST",
+        &format!("/api/connectors/{id}/{version}/install"),
+        Some(&json!({"engines": ["alpha", "beta"]})),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let report = reply.json();
+    assert_eq!(report[0]["engine"], "alpha", "{report}");
+    assert_eq!(report[0]["status"], 200, "{report}");
+    assert_eq!(report[1]["engine"], "beta", "{report}");
+    assert_eq!(report[1]["status"], 409, "{report}");
+    let why = report[1]["error"]["why"].as_str().expect("why");
+    assert!(why.contains("9.0.0") && why.contains("0.1.0"), "{report}");
+    let now = installed(engines, ca);
+    assert!(now[1].contains("\"9.0.0\""), "beta changed: {}", now[1]);
+}
+
 /// A lower version than the tower has is refused naming both, and no
 /// engine changes.
 fn refuse_downgrade(
@@ -498,27 +556,7 @@ fn refuse_downgrade(
     engines: &[(String, &String)],
     ca: &Path,
 ) {
-    let installed = || -> Vec<String> {
-        engines
-            .iter()
-            .map(|(url, token)| {
-                let out = Command::new("curl")
-                    .args(["-sSf", "--cacert"])
-                    .arg(ca)
-                    .arg("-H")
-                    .arg(format!("Authorization: Bearer {token}"))
-                    .arg(format!("{url}/connectors"))
-                    .output()
-                    .expect("curl runs");
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            })
-            .collect()
-    };
+    let installed = || installed(engines, ca);
     let mut bad = bundle.clone();
     bad["manifest"]["version"] = json!(7);
     let e = error_body(&api.call("POST", "/api/connectors", Some(&bad)), 400);
