@@ -54,15 +54,21 @@ async function followJob(engine, job, done) {
   box.hidden = false;
   $("#job-title").textContent = `${job.kind} ${job.target} · job ${id} on ${engine}`;
   $("#job-error").hidden = true;
+  let misses = 0;
   for (;;) {
     box.dataset.state = job.state;
     box.dataset.job = id;
     $("#job-bar").style.width = `${job.progress}%`;
     $("#job-state").textContent = `${job.state} · ${job.step} · ${job.progress}%`;
     if (job.state !== "running") break;
-    await new Promise(r => setTimeout(r, 400));
+    await new Promise(r => setTimeout(r, misses ? 1000 : 400));
     if (following !== `${engine}/${id}`) return;
-    try { job = (await api("GET", `/jobs/${enc(engine)}/${id}`)).body; } catch (e) { $("#job-state").textContent = e.message; return; }
+    try { job = (await api("GET", `/jobs/${enc(engine)}/${id}`)).body; misses = 0; }
+    catch (e) {
+      // A moment without an answer (the engine busy, or restarting): ask again.
+      $("#job-state").textContent = `${job.state} · ${job.step} · not answered: ${e.message}`;
+      if (++misses > 60) return;
+    }
   }
   if (job.error) { $("#job-error").hidden = false; $("#job-error").textContent = `${job.error.why}`; }
   else setTimeout(() => { if (following === `${engine}/${id}`) { box.hidden = true; following = null; } }, 8000);
@@ -91,7 +97,15 @@ async function dsourcesPage(page) {
   if (!inv.dsources.length) page.append(h("p", { class: "muted" }, "No dSources on any engine."));
   for (const d of inv.dsources) {
     const snaps = inv.snapshots.filter(s => s.engine === d.engine && s.of === "dsource" && s.name === d.name);
-    const vdbs = inv.vdbs.filter(v => v.engine === d.engine && v.parent === d.name && v.parent_kind === "dsource");
+    // Each VDB branches off the newest snapshot of this dSource it was
+    // cloned from (provisioned or refreshed; a rewind keeps it there).
+    const own = new Set(snaps.map(s => s.id));
+    const vdbs = inv.vdbs.filter(v => v.engine === d.engine && v.parent === d.name && v.parent_kind === "dsource")
+      .map(v => {
+        const flows = (((inv.timeflows[d.engine] || {})[v.name] || {}).timeflows || [])
+          .map(f => f.parent_snapshot).filter(p => own.has(p));
+        return { ...v, origin_snapshot: flows.length ? Math.max(...flows) : v.origin_snapshot };
+      });
     const flows = (inv.timeflows[d.engine] || {})[d.name];
     const form = h("div", { class: "provision-slot" });
     const svg = drawTimeline({
