@@ -129,7 +129,6 @@ pub fn router(state: AppState) -> axum::Router {
             connectors::list_connectors,
             connectors::upload_connector
         ))
-        .routes(routes!(connectors::upload_library))
         .routes(routes!(
             environments::list_environments,
             environments::add_environment
@@ -186,7 +185,7 @@ pub fn router(state: AppState) -> axum::Router {
                 "see /openapi.json for the routes",
             )
         })
-        .layer(connectors::library_limit())
+        .layer(connectors::upload_limit())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

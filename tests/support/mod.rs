@@ -21,6 +21,8 @@ pub use loopfs::LoopFs;
 #[path = "zfs.rs"]
 mod zfs;
 pub use zfs::ZfsPool;
+#[path = "fixture.rs"]
+pub mod fixture;
 #[path = "netns.rs"]
 pub mod netns;
 

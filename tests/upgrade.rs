@@ -1,0 +1,164 @@
+//! Connector upgrades with data migrations, with the real 0.2.0 build of
+//! the connector (`support::fixture`): its migration renames
+//! `source.connect_timeout_seconds` of the linked-source parameters to
+//! `source.timeout_seconds` (at most 300 where 0.1.0 took 600). Stored
+//! dSources come out migrated with their secrets still sealed, still sync,
+//! a VDB still provisions; a reinstall of 0.1.0 is refused naming both
+//! versions; a kill before the commit, and a migrated document the new
+//! schema refuses, leave 0.1.0 and every document as they were.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::support::fixture::connector_0_2_0;
+use crate::support::{free_port, repo_root, spawn_paused, Stack};
+
+const PASSWORD: &str = "upgrade-secret-pw-7Q";
+
+/// Links the stack's source as `name` with this `source` section and the
+/// replication password.
+fn link(s: &Stack, name: &str, source: Value) {
+    let params = s.pgvirt.dir().join(format!("{name}.json"));
+    std::fs::write(&params, json!({ "source": source }).to_string()).expect("write params");
+    let port = free_port().to_string();
+    let out = s
+        .pgvirt
+        .command(&[
+            "dsource",
+            "link",
+            name,
+            "--source",
+            &s.source_id,
+            "--staging-port",
+            &port,
+            "--params",
+            params.to_str().expect("utf-8"),
+        ])
+        .env("PGVIRT_REPLICATION_PASSWORD", PASSWORD)
+        .output()
+        .expect("pgvirt runs");
+    assert!(
+        out.status.success(),
+        "link failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The stored parameters and sealed secrets of a dSource, as they sit in
+/// the store.
+fn stored(store: &Path, name: &str) -> (String, Option<Vec<u8>>) {
+    let store = pgvirt::host::store::Store::open(store).expect("store");
+    store
+        .conn()
+        .query_row(
+            "SELECT parameters, sealed FROM dsources WHERE name = ?1",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("row")
+}
+
+/// The parameters with their secrets, opened with the engine's key.
+fn unsealed(store: &Path, name: &str) -> Value {
+    let (text, sealed) = stored(store, name);
+    let store = pgvirt::host::store::Store::open(store).expect("store");
+    let mut doc: Value = serde_json::from_str(&text).expect("json");
+    store
+        .unseal(&format!("dSource {name}"), &mut doc, sealed.as_deref())
+        .expect("unseal");
+    doc
+}
+
+fn installed_version(s: &Stack) -> Value {
+    s.pgvirt.json(&["connector", "list"])[0]["version"].clone()
+}
+
+#[test]
+fn an_upgrade_migrates_stored_dsources_which_still_sync_and_provision_and_no_downgrade() {
+    let s = Stack::new();
+    link(&s, "up-src", json!({"connect_timeout_seconds": 20}));
+    let packed = connector_0_2_0();
+    let packed = packed.to_str().expect("utf-8");
+    let before = stored(&s.pgvirt.store(), "up-src");
+
+    // Killed after the migrated documents are written, before the commit:
+    // the next command sees 0.1.0 and the documents as they were.
+    let mut child = spawn_paused(
+        s.pgvirt.command(&["connector", "install", packed]),
+        "upgrade.migrated",
+    );
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    assert_eq!(installed_version(&s), "0.1.0");
+    assert_eq!(stored(&s.pgvirt.store(), "up-src"), before);
+
+    let out = s.pgvirt.json(&["connector", "install", packed]);
+    assert_eq!(out["previous_version"], "0.1.0+1", "{out}");
+    assert_eq!(
+        out["migrated"],
+        json!([{"definition": "linked_source", "migrations": ["1", "2"], "documents": 1}]),
+        "{out}"
+    );
+    assert_eq!(installed_version(&s), "0.2.0");
+
+    // Renamed, in id order (the default of migration 2 did not overwrite
+    // the value migration 1 moved), and the secret still sealed.
+    let shown = s.pgvirt.json(&["dsource", "show", "up-src"]);
+    let source = &shown["parameters"]["source"];
+    assert_eq!(source["timeout_seconds"], 20, "{shown}");
+    assert!(source.get("connect_timeout_seconds").is_none(), "{shown}");
+    assert_eq!(source["replication_password"], "********", "{shown}");
+    assert_eq!(
+        unsealed(&s.pgvirt.store(), "up-src")["source"]["replication_password"],
+        PASSWORD
+    );
+    for file in ["pgvirt.db", "pgvirt.db-wal"] {
+        let bytes = std::fs::read(s.pgvirt.dir().join(file)).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(PASSWORD.len())
+                .any(|w| w == PASSWORD.as_bytes()),
+            "the password sits in {file} in plain text"
+        );
+    }
+
+    // The migrated dSource syncs with 0.2.0, and a VDB provisions from it.
+    s.pgvirt.ok(&["dsource", "sync", "up-src"]);
+    s.pgvirt
+        .ok(&["vdb", "provision", "up-vdb", "--from", "up-src"]);
+    assert_eq!(s.vdb_sql("up-vdb", "SELECT 41 + 1"), "42");
+
+    // 0.1.0 again: refused, naming both versions; nothing changes.
+    let e = s
+        .pgvirt
+        .fails(&["connector", "install", repo_root().to_str().expect("utf-8")]);
+    assert!(e.contains("0.1.0") && e.contains("0.2.0"), "{e}");
+    assert!(e.contains("downgrade"), "{e}");
+    assert_eq!(installed_version(&s), "0.2.0");
+    // 0.2.0 again: a no-op.
+    let again = s.pgvirt.json(&["connector", "install", packed]);
+    assert_eq!(again["unchanged"], true, "{again}");
+    s.pgvirt.ok(&["vdb", "delete", "up-vdb"]);
+}
+
+#[test]
+fn a_migrated_document_the_new_schema_refuses_changes_nothing() {
+    let s = Stack::new();
+    // 500 s is a valid timeout for 0.1.0; 0.2.0 takes at most 300.
+    link(&s, "slow-src", json!({"connect_timeout_seconds": 500}));
+    let before = stored(&s.pgvirt.store(), "slow-src");
+    let e = s.pgvirt.fails(&[
+        "connector",
+        "install",
+        connector_0_2_0().to_str().expect("utf-8"),
+    ]);
+    assert!(e.contains("/source/timeout_seconds"), "{e}");
+    assert!(e.contains("dSource slow-src"), "{e}");
+    assert!(e.contains("nothing was changed"), "{e}");
+    assert!(!e.contains(PASSWORD), "{e}");
+    assert_eq!(installed_version(&s), "0.1.0");
+    assert_eq!(stored(&s.pgvirt.store(), "slow-src"), before);
+    // 0.1.0 is what runs: the dSource syncs as before.
+    s.pgvirt.ok(&["dsource", "sync", "slow-src"]);
+}
