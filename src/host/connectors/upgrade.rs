@@ -277,3 +277,47 @@ fn parse(text: &str, what: &str) -> Result<Value> {
     serde_json::from_str(text)
         .map_err(|e| Error::usage(format!("the stored document of {what} is not JSON: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(upgrade: Value) -> Manifest {
+        serde_json::from_value(json!({
+            "id": "x", "name": "n", "version": "1.0.0", "build_number": "1", "abi_version": 1,
+            "host_types": ["UNIX"], "plugin_type": "STAGED", "library": "l.so",
+            "manual_discovery": true, "operations": {}, "schemas": {}, "upgrade": upgrade
+        }))
+        .expect("manifest")
+    }
+
+    fn ids(list: &[&str]) -> Value {
+        Value::Array(
+            list.iter()
+                .map(|id| json!({"id": id, "steps": []}))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn only_migrations_above_the_installed_releases_run_in_id_order() {
+        let old = manifest(json!({"linked_source": ids(&["1"]), "snapshot": ids(&["3"])}));
+        let new = manifest(json!({
+            "linked_source": ids(&["2", "1", "1.10", "1.9"]),
+            "snapshot": ids(&["3"]),
+            "source_config": ids(&["1"])
+        }));
+        let plan = Plan::between(&old, &new);
+        assert_eq!(
+            plan.migrations,
+            vec![
+                ("source_config".to_owned(), vec!["1".to_owned()]),
+                (
+                    "linked_source".to_owned(),
+                    vec!["1.9".to_owned(), "1.10".to_owned(), "2".to_owned()]
+                ),
+            ]
+        );
+        assert!(Plan::between(&new, &new).is_empty());
+    }
+}
