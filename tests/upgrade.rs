@@ -105,7 +105,7 @@ fn an_upgrade_migrates_stored_dsources_which_still_sync_and_provision_and_no_dow
     // Renamed, in id order (the default of migration 2 did not overwrite
     // the value migration 1 moved), and the secret still sealed.
     let shown = s.pgvirt.json(&["dsource", "show", "up-src"]);
-    let source = &shown["parameters"]["source"];
+    let source = &shown["dsource"]["parameters"]["source"];
     assert_eq!(source["timeout_seconds"], 20, "{shown}");
     assert!(source.get("connect_timeout_seconds").is_none(), "{shown}");
     assert_eq!(source["replication_password"], "********", "{shown}");
