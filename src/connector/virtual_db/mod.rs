@@ -14,8 +14,8 @@
 
 use serde_json::{json, Value};
 
-use super::cluster::{Cluster, ClusterConfig};
-use super::conf::{conf_quote, conf_value};
+use super::cluster::{user_overlay, Cluster, ClusterConfig};
+use super::conf::conf_quote;
 use super::platform::{field, request, str_field, Platform};
 use crate::abi::{ErrorKind, OperationError, Status};
 
@@ -169,24 +169,7 @@ impl Vdb {
             Some("recovery.signal")
         };
         settings.extend(recovery);
-        let mut comment_out: Vec<String> = [
-            "data_directory",
-            "external_pid_file",
-            "include_dir",
-            "hba_file",
-            "ident_file",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        if let Some(config) = self.params.get("config") {
-            if let Some(set) = config.get("set").and_then(Value::as_object) {
-                settings.extend(set.iter().map(|(k, v)| (k.clone(), conf_value(v))));
-            }
-            if let Some(list) = config.get("comment_out").and_then(Value::as_array) {
-                comment_out.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
-            }
-        }
+        let comment_out = user_overlay(&mut settings, self.params.get("config"));
         self.cluster.write_config(
             platform,
             &ClusterConfig {
@@ -410,7 +393,40 @@ pub fn pre_snapshot(platform: &Platform, input: &Value) -> Result<Value, Operati
             &[("FILES", vdb.files())],
         ),
     )?;
+    if input.get("trim_wal") == Some(&json!(true)) {
+        trim_wal(platform, &vdb.cluster)?;
+    }
     Ok(json!({"was_running": running}))
+}
+
+/// Leaves in the pg_wal of a cluster shut down cleanly only the segment of
+/// its shutdown checkpoint (and timeline history): the segments recovery
+/// copied in and those recycled for later use (up to `max_wal_size`) would
+/// otherwise be carried, and copied or cloned, by every clone of a
+/// prepared image. A cluster not shut down cleanly is left alone.
+fn trim_wal(platform: &Platform, cluster: &Cluster) -> Result<(), OperationError> {
+    platform.run_ok(
+        "removing the WAL a prepared image no longer needs",
+        &request(
+            r#"set -eu
+control=$(LC_ALL=C "$BIN/pg_controldata" -D "$DATA")
+printf '%s\n' "$control" | grep -q '^Database cluster state: *shut down$' || exit 0
+keep=$(printf '%s\n' "$control" | sed -n "s/^Latest checkpoint's REDO WAL file: *//p")
+[ ${#keep} -eq 24 ] || exit 0
+cd -- "$DATA/pg_wal"
+for f in ????????????????????????; do
+  case $f in *[!0-9A-F]*) continue;; esac
+  [ "$f" = "$keep" ] && continue
+  rm -f -- "$f" "archive_status/$f.ready" "archive_status/$f.done"
+done
+sync -f . 2>/dev/null || true"#,
+            &[
+                ("BIN", cluster.bin_dir.clone()),
+                ("DATA", cluster.data_dir.clone()),
+            ],
+        ),
+    )?;
+    Ok(())
 }
 
 /// `virtual.post_snapshot`: describe the snapshot, and start the VDB again
