@@ -4,8 +4,9 @@
 //! `source.timeout_seconds` (at most 300 where 0.1.0 took 600). Stored
 //! dSources come out migrated with their secrets still sealed, still sync,
 //! a VDB still provisions; a reinstall of 0.1.0 is refused naming both
-//! versions; a kill before the commit, and a migrated document the new
-//! schema refuses, leave 0.1.0 and every document as they were.
+//! versions; a kill before the commit, a running job, and a migrated
+//! document the new schema refuses leave 0.1.0 and every document as they
+//! were.
 
 use std::path::Path;
 
@@ -148,6 +149,22 @@ fn a_migrated_document_the_new_schema_refuses_changes_nothing() {
     // 500 s is a valid timeout for 0.1.0; 0.2.0 takes at most 300.
     link(&s, "slow-src", json!({"connect_timeout_seconds": 500}));
     let before = stored(&s.pgvirt.store(), "slow-src");
+    // While a sync runs (paused with its snapshot taken): refused, naming
+    // the job; the sync cut short is repaired by the next command.
+    let mut sync = spawn_paused(
+        s.pgvirt.command(&["dsource", "sync", "slow-src"]),
+        "snapshot",
+    );
+    let e = s.pgvirt.fails(&[
+        "connector",
+        "install",
+        connector_0_2_0().to_str().expect("utf-8"),
+    ]);
+    assert!(e.contains("while job") && e.contains("slow-src"), "{e}");
+    sync.kill().expect("SIGKILL");
+    sync.wait().expect("reaped");
+    assert_eq!(installed_version(&s), "0.1.0");
+
     let e = s.pgvirt.fails(&[
         "connector",
         "install",

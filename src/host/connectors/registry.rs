@@ -178,7 +178,7 @@ pub fn install_package(store: &Store, package: &Package) -> Result<InstallOutcom
                 manifest.label()
             ))
         })?;
-        fault_pause(upgrade::FAULT_STEP);
+        crate::host::storage::fault_pause(upgrade::FAULT_STEP);
         Ok(migrated)
     })?;
     let installed =
@@ -189,14 +189,6 @@ pub fn install_package(store: &Store, package: &Package) -> Result<InstallOutcom
         unchanged: false,
         migrated,
     })
-}
-
-/// Pauses 60 s when `PGVIRT_FAULT_PAUSE` names `step` (crash-safety tests).
-fn fault_pause(step: &str) {
-    if std::env::var(crate::host::storage::FAULT_PAUSE_ENV).is_ok_and(|v| v == step) {
-        eprintln!("{}={step}: pausing", crate::host::storage::FAULT_PAUSE_ENV);
-        std::thread::sleep(std::time::Duration::from_secs(60));
-    }
 }
 
 /// Whether the package's library is the one installed, and still intact.
