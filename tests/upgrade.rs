@@ -93,6 +93,24 @@ fn an_upgrade_migrates_stored_dsources_which_still_sync_and_provision_and_no_dow
     child.wait().expect("reaped");
     assert_eq!(installed_version(&s), "0.1.0");
     assert_eq!(stored(&s.pgvirt.store(), "up-src"), before);
+    // That command also removed what the killed install had written: the
+    // library it was unpacking and the 0.2.0 release it was placing.
+    let id = s.pgvirt.json(&["connector", "list"])[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let connectors = s.pgvirt.dir().join("connectors");
+    let left = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(left(&connectors.join(&id)), vec!["0.1.0+1".to_owned()]);
+    assert!(left(&connectors.join(".incoming")).is_empty());
 
     let out = s.pgvirt.json(&["connector", "install", packed]);
     assert_eq!(out["previous_version"], "0.1.0+1", "{out}");
@@ -176,6 +194,15 @@ fn a_migrated_document_the_new_schema_refuses_changes_nothing() {
     assert!(!e.contains(PASSWORD), "{e}");
     assert_eq!(installed_version(&s), "0.1.0");
     assert_eq!(stored(&s.pgvirt.store(), "slow-src"), before);
+    // The refused release's files went with it.
+    let releases: Vec<_> = std::fs::read_dir(s.pgvirt.dir().join("connectors"))
+        .expect("connectors")
+        .flatten()
+        .filter(|e| e.file_name() != ".incoming")
+        .flat_map(|id| std::fs::read_dir(id.path()).expect("releases").flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(releases, vec!["0.1.0+1".to_owned()]);
     // 0.1.0 is what runs: the dSource syncs as before.
     s.pgvirt.ok(&["dsource", "sync", "slow-src"]);
 }

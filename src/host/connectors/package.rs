@@ -65,12 +65,17 @@ impl Package {
     /// Reads a package from a directory or a `connector.json`.
     /// `library` overrides where the library is looked for.
     pub fn read(origin: &Path, library: Option<&Path>) -> Result<Self> {
+        Self::read_in(origin, library, &std::env::temp_dir())
+    }
+
+    /// [`Package::read`], writing an embedded library out under `scratch`.
+    pub fn read_in(origin: &Path, library: Option<&Path>, scratch: &Path) -> Result<Self> {
         let meta = std::fs::metadata(origin)
             .map_err(|e| Error::io("cannot read connector package", origin, e))?;
         let mut package = if meta.is_dir() {
             Self::read_dir(origin)?
         } else {
-            Self::read_bundle(origin)?
+            Self::read_bundle(origin, scratch)?
         };
         if let Some(lib) = library {
             package.library = Some(lib.to_owned());
@@ -158,22 +163,23 @@ impl Package {
         })
     }
 
-    fn read_bundle(file: &Path) -> Result<Self> {
+    fn read_bundle(file: &Path, scratch: &Path) -> Result<Self> {
         let bundle = files::read_json(file)?;
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let beside = file.parent().unwrap_or(Path::new("."));
-        let mut package = Self::from_bundle(bundle, &name, beside)?;
+        let mut package = Self::from_bundle(bundle, &name, beside, scratch)?;
         package.origin = file.to_owned();
         Ok(package)
     }
 
     /// A package from the JSON of a `connector.json` (`name` names it in
-    /// problems). An embedded library is written out under `dir` (a file
-    /// only the engine reads), else it is looked for in `dir`.
-    pub fn from_bundle(bundle: Value, name: &str, dir: &Path) -> Result<Self> {
+    /// problems). An embedded library is written out to a directory of this
+    /// process under `scratch` (see [`scratch`](super::scratch)), removed
+    /// with the package; a library not embedded is looked for in `beside`.
+    pub fn from_bundle(bundle: Value, name: &str, beside: &Path, scratch: &Path) -> Result<Self> {
         let mut read_problems = Vec::new();
         if bundle.get("format").and_then(Value::as_str) != Some(BUNDLE_FORMAT) {
             read_problems.push(Problem {
@@ -189,7 +195,7 @@ impl Package {
             }
         }
         let lib_name = bundle.pointer("/library/file").and_then(Value::as_str);
-        let mut scratch = None;
+        let mut kept = None;
         let library = match (lib_name, bundle.pointer("/library/base64")) {
             (Some(n), _) if n.contains('/') || n.is_empty() => {
                 read_problems.push(Problem {
@@ -204,14 +210,14 @@ impl Package {
                     .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok());
                 match bytes {
                     Some(bytes) => {
+                        files::create_private_dir(scratch)?;
                         let tmp = tempfile::Builder::new()
-                            .prefix(".pgvirt-connector-")
-                            .tempdir_in(dir)
-                            .or_else(|_| tempfile::tempdir())
-                            .map_err(|e| Error::io("cannot make a directory in", dir, e))?;
+                            .prefix(&super::scratch::prefix())
+                            .tempdir_in(scratch)
+                            .map_err(|e| Error::io("cannot make a directory in", scratch, e))?;
                         let path = tmp.path().join(n);
                         files::write_atomic(&path, &bytes, 0o700)?;
-                        scratch = Some(tmp);
+                        kept = Some(tmp);
                         Some(path)
                     }
                     None => {
@@ -223,7 +229,7 @@ impl Package {
                     }
                 }
             }
-            (Some(n), None) => Some(dir.join(n)),
+            (Some(n), None) => Some(beside.join(n)),
             (None, _) => {
                 read_problems.push(Problem {
                     at: format!("{name}#/library/file"),
@@ -243,7 +249,7 @@ impl Package {
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             read_problems,
-            _scratch: scratch,
+            _scratch: kept,
         })
     }
 

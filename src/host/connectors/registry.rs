@@ -23,6 +23,7 @@ use serde_json::Value;
 use crate::host::connectors::loader::Connector;
 use crate::host::connectors::manifest::Manifest;
 use crate::host::connectors::package::{LibraryPlacement, Package};
+use crate::host::connectors::scratch;
 use crate::host::connectors::upgrade::{self, Migrated, Plan};
 use crate::host::error::{Error, Result};
 use crate::host::files;
@@ -61,11 +62,10 @@ pub fn install(store: &Store, origin: &Path) -> Result<InstallOutcome> {
 /// Installs an uploaded `connector.json` (its JSON): what `POST
 /// /connectors` does, through the same code as [`install`].
 pub fn install_bundle(store: &Store, bundle: Value) -> Result<InstallOutcome> {
-    let dir = store.data_dir();
-    files::create_private_dir(&dir)?;
+    let dir = scratch::incoming(store);
     install_package(
         store,
-        &Package::from_bundle(bundle, "connector.json", &dir)?,
+        &Package::from_bundle(bundle, "connector.json", &dir, &dir)?,
     )
 }
 
@@ -104,6 +104,32 @@ pub fn install_package(store: &Store, package: &Package) -> Result<InstallOutcom
         .join(&manifest.id)
         .join(format!("{}+{}", manifest.version, manifest.build_number));
     files::create_private_dir(&dir)?;
+    scratch::mark(&dir).map_err(|e| Error::io("cannot write in", &dir, e))?;
+    let outcome = place_and_commit(store, package, &bundle, &manifest, &dir, previous, &plan);
+    // Committed or not, the release is no longer being installed; one the
+    // store does not refer to goes.
+    let referenced = list(store)
+        .map(|all| all.iter().any(|c| c.library_path.starts_with(&dir)))
+        .unwrap_or(true);
+    if outcome.is_err() && !referenced {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        scratch::unmark(&dir);
+    }
+    outcome
+}
+
+/// Copies the library into the release's directory `dir`, then, in one
+/// transaction, runs the migrations of `plan` and switches to the release.
+fn place_and_commit(
+    store: &Store,
+    package: &Package,
+    bundle: &Value,
+    manifest: &Manifest,
+    dir: &Path,
+    previous: Option<Installed>,
+    plan: &Plan,
+) -> Result<InstallOutcome> {
     let source_lib = package
         .library
         .as_deref()
@@ -116,7 +142,7 @@ pub fn install_package(store: &Store, package: &Package) -> Result<InstallOutcom
     std::fs::rename(&tmp, &lib_path).map_err(|e| Error::io("cannot install", &lib_path, e))?;
     let sha = files::sha256_file(&lib_path)?;
     let bundle_text =
-        serde_json::to_string_pretty(&bundle).map_err(|e| Error::usage(e.to_string()))?;
+        serde_json::to_string_pretty(bundle).map_err(|e| Error::usage(e.to_string()))?;
     let bundle_path = dir.join("connector.json");
     files::write_atomic(&bundle_path, bundle_text.as_bytes(), 0o644)?;
     // The migrations run in the library just installed, as later commands
@@ -171,7 +197,7 @@ pub fn install_package(store: &Store, package: &Package) -> Result<InstallOutcom
                 job.target_name
             )));
         }
-        let migrated = upgrade::run(store, connector, &plan).map_err(|e| {
+        let migrated = upgrade::run(store, connector, plan).map_err(|e| {
             Error::Refused(format!(
                 "cannot upgrade {from} to {}: {e}\nnothing was changed; {from} stays installed. \
                  Fix the stored document (or the connector's migration) and install again",
