@@ -13,6 +13,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::support::fixture::connector_0_2_0;
+use crate::support::http::{make_token, Api, Server};
 use crate::support::{free_port, repo_root, spawn_paused, Stack};
 
 const PASSWORD: &str = "upgrade-secret-pw-7Q";
@@ -183,6 +184,27 @@ fn a_migrated_document_the_new_schema_refuses_changes_nothing() {
     sync.wait().expect("reaped");
     assert_eq!(installed_version(&s), "0.1.0");
 
+    // The API says the same, as a 422 with a JSON error.
+    {
+        let server = Server::start(s.pgvirt.command(&[]));
+        let api = Api {
+            port: server.port,
+            token: Some(make_token(
+                Path::new(env!("CARGO_BIN_EXE_pgvirt")),
+                &s.pgvirt.store(),
+                "ci",
+                false,
+            )),
+        };
+        let bundle: Value =
+            serde_json::from_str(&std::fs::read_to_string(connector_0_2_0()).expect("bundle"))
+                .expect("json");
+        let reply = api.call("POST", "/connectors", Some(&bundle));
+        assert_eq!(reply.status, 422, "{}", reply.body);
+        let why = reply.json()["why"].as_str().expect("why").to_owned();
+        assert!(why.contains("/source/timeout_seconds"), "{why}");
+        assert!(!reply.body.contains(PASSWORD), "{}", reply.body);
+    }
     let e = s.pgvirt.fails(&[
         "connector",
         "install",
