@@ -18,4 +18,5 @@ mod quota;
 mod remote;
 mod storage;
 mod tower;
+mod upgrade;
 mod vdb;

@@ -3,7 +3,8 @@
 //!
 //! Routes by resource, one file each: [`connectors`], [`environments`]
 //! (with repositories and source configs), [`dsources`], [`vdbs`],
-//! [`snapshots`] (with timeflows), [`pool`], [`jobs`]. Long operations
+//! [`snapshots`] (with timeflows and retention), [`exports`], [`pool`],
+//! [`jobs`]. Long operations
 //! return `202` with a job ([`jobs`]). Every request needs a bearer token
 //! ([`auth`]); errors are JSON with what, why and what to do ([`error`]).
 //! The OpenAPI 3.1 document at `/openapi.json` is made from the same route
@@ -18,6 +19,7 @@ mod connectors;
 mod dsources;
 mod environments;
 pub mod error;
+mod exports;
 mod jobs;
 mod pool;
 mod snapshots;
@@ -49,6 +51,10 @@ pub struct AppState {
     /// At most [`CONNECTIONS`] requests use the store at once (the rest
     /// wait their turn): that many connections, opened once and kept.
     pub permits: Arc<tokio::sync::Semaphore>,
+    /// The connection tokens are checked on, in place (one indexed read,
+    /// microseconds; the store is in WAL mode, so no writer blocks it):
+    /// a request takes one trip to a blocking thread, not two.
+    pub auth: Arc<std::sync::Mutex<Option<Store>>>,
 }
 
 /// How many store connections requests use at most.
@@ -129,7 +135,6 @@ pub fn router(state: AppState) -> axum::Router {
             connectors::list_connectors,
             connectors::upload_connector
         ))
-        .routes(routes!(connectors::upload_library))
         .routes(routes!(
             environments::list_environments,
             environments::add_environment
@@ -158,6 +163,16 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(vdbs::rewind_vdb))
         .routes(routes!(vdbs::snapshot_vdb))
         .routes(routes!(vdbs::set_vdb_quota))
+        .routes(routes!(vdbs::create_empty_vdb))
+        .routes(routes!(snapshots::set_dsource_retention))
+        .routes(routes!(snapshots::set_vdb_retention))
+        .routes(routes!(exports::list_exports, exports::add_export))
+        .routes(routes!(exports::get_export, exports::remove_export))
+        .routes(routes!(exports::export_ddl))
+        .routes(routes!(exports::export_status))
+        .routes(routes!(exports::install_export))
+        .routes(routes!(exports::run_export))
+        .routes(routes!(exports::reset_export))
         .routes(routes!(snapshots::list_snapshots))
         .routes(routes!(snapshots::show_timeflows))
         .routes(routes!(pool::pool_info))
@@ -186,7 +201,7 @@ pub fn router(state: AppState) -> axum::Router {
                 "see /openapi.json for the routes",
             )
         })
-        .layer(connectors::library_limit())
+        .layer(connectors::upload_limit())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -227,9 +242,9 @@ fn describe_responses(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-/// The body limit of connector library uploads (for the tower too).
-pub(crate) fn connectors_library_limit() -> axum::extract::DefaultBodyLimit {
-    connectors::library_limit()
+/// The body limit of connector uploads (for the tower too).
+pub(crate) fn connectors_upload_limit() -> axum::extract::DefaultBodyLimit {
+    connectors::upload_limit()
 }
 
 /// How `serve` runs.
@@ -249,6 +264,7 @@ pub fn serve(options: Options) -> anyhow::Result<()> {
         tasks: Default::default(),
         idle: Default::default(),
         permits: Arc::new(tokio::sync::Semaphore::new(CONNECTIONS)),
+        auth: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,111 +1,44 @@
-//! Connector distribution: the same upload an engine takes (the library
-//! by its sha256, then `connector.json`), validated as the engine
-//! validates it. The tower keeps every version, refuses a downgrade
-//! (naming both versions, before any engine is touched), and installs on
-//! the chosen engines (or all), reporting per engine what happened: an
-//! engine that refuses keeps its version and its reason is shown.
-
-use std::io::Write as _;
+//! Connector distribution: the same upload an engine takes (the
+//! self-contained `connector.json` that `pgvirt connector pack` makes, its
+//! library in base64), validated as the engine validates it. The tower
+//! keeps every version (the library once per sha256, beside its store),
+//! refuses a downgrade (naming both versions, before any engine is
+//! touched), and installs on the chosen engines (or all), reporting per
+//! engine what happened: an engine that refuses keeps its version and its
+//! reason is shown.
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::Json;
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use super::store::{now, KeptConnector, TowerStore};
 use super::{client, with_store, TowerState};
 use crate::api::error::ApiError;
 use crate::host::connectors::manifest::Manifest;
-use crate::host::connectors::package::Package;
-use crate::host::error::{Error, Problem, Result};
+use crate::host::connectors::package::{LibraryPlacement, Package};
+use crate::host::error::{Error, Result};
 use crate::host::files;
 
 fn libraries(store: &TowerStore) -> std::path::PathBuf {
     store.data_dir().join("libraries")
 }
 
-fn is_sha256(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+/// Where an upload's library is written out while it is validated.
+pub fn incoming(store: &TowerStore) -> std::path::PathBuf {
+    store.data_dir().join("incoming")
 }
 
-/// `PUT /api/connectors/libraries/{sha256}`: a connector library, kept
-/// under its sha256.
-pub async fn upload_library(
-    State(state): State<TowerState>,
-    Path(sha): Path<String>,
-    bytes: Bytes,
-) -> std::result::Result<(StatusCode, Json<Value>), ApiError> {
-    let what = format!("uploading library {sha}");
-    let kept = with_store(&state, &what, move |store| {
-        if !is_sha256(&sha) {
-            return Err(Error::usage(format!(
-                "{sha:?} is not a sha256 (64 hex digits)"
-            )));
-        }
-        let actual: String = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        if actual != sha {
-            return Err(Error::usage(format!(
-                "the uploaded bytes have sha256 {actual}, not {sha}"
-            )));
-        }
-        let dir = libraries(store);
-        files::create_private_dir(&dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-            .map_err(|e| Error::io("cannot write in", &dir, e))?;
-        tmp.write_all(&bytes)
-            .map_err(|e| Error::io("cannot write in", &dir, e))?;
-        let path = dir.join(&sha);
-        tmp.persist(&path)
-            .map_err(|e| Error::io("cannot write", &path, e.error))?;
-        Ok(json!({"sha256": sha, "bytes": bytes.len()}))
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(kept)))
-}
-
-/// Validates a `connector.json` (with its uploaded library) as an engine
-/// does; returns it kept, or the reason it is refused.
-fn validate_and_keep(store: &TowerStore, bundle: &Value) -> Result<(KeptConnector, bool)> {
-    let (file, sha) = match (
-        bundle.pointer("/library/file").and_then(Value::as_str),
-        bundle.pointer("/library/sha256").and_then(Value::as_str),
-    ) {
-        (Some(f), Some(s)) if !f.contains('/') && is_sha256(s) => (f.to_owned(), s.to_owned()),
-        _ => {
-            return Err(Error::invalid(
-                "connector.json",
-                vec![Problem {
-                    at: "connector.json#/library".into(),
-                    message: "must name the library's file and its sha256 (as `pgvirt connector pack` writes)".into(),
-                }],
-            ))
-        }
-    };
-    let uploaded = libraries(store).join(&sha);
-    if !uploaded.exists() {
-        return Err(Error::Refused(format!(
-            "the library {file} (sha256 {sha}) was not uploaded; PUT it to /api/connectors/libraries/{sha} first"
-        )));
-    }
-    let dir = tempfile::tempdir_in(store.data_dir())
-        .map_err(|e| Error::io("cannot make a directory in", &store.data_dir(), e))?;
-    let lib = dir.path().join(&file);
-    std::fs::hard_link(&uploaded, &lib)
-        .or_else(|_| std::fs::copy(&uploaded, &lib).map(|_| ()))
-        .map_err(|e| Error::io("cannot place the uploaded library at", &lib, e))?;
-    let path = dir.path().join("connector.json");
-    let text = serde_json::to_vec(bundle).map_err(|e| Error::usage(e.to_string()))?;
-    files::write_atomic(&path, &text, 0o600)?;
-    let package = Package::read(&path, None)?;
-    package.bundle()?; // every check `connector install` makes
+/// Validates a `connector.json` as an engine does; keeps it (unless that
+/// version is kept already), or says why it is refused.
+fn validate_and_keep(store: &TowerStore, bundle: Value) -> Result<(KeptConnector, bool)> {
+    let scratch = incoming(store);
+    let package = Package::from_bundle(bundle.clone(), "connector.json", &scratch, &scratch)?;
+    // Every check `connector install` makes; the bundle without its bytes.
+    let mut kept_bundle = package.bundle(LibraryPlacement::Beside)?;
     let manifest: Manifest = serde_json::from_value(package.manifest_value.clone())
         .map_err(|e| Error::usage(format!("manifest: {e}")))?;
     let key = manifest.version_key()?;
@@ -123,15 +56,27 @@ fn validate_and_keep(store: &TowerStore, bundle: &Value) -> Result<(KeptConnecto
         }
         same |= old_key == key;
     }
+    let sha = kept_bundle["library"]["sha256"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let kept = KeptConnector {
         id: manifest.id.clone(),
         name: manifest.name.clone(),
         version,
-        sha256: sha,
+        sha256: sha.clone(),
         uploaded_at: now(),
-        bundle: bundle.clone(),
+        bundle: kept_bundle.take(),
     };
     if !same {
+        let lib = package
+            .library
+            .as_deref()
+            .ok_or_else(|| Error::usage("connector library not found"))?;
+        let dir = libraries(store);
+        files::create_private_dir(&dir)?;
+        let bytes = std::fs::read(lib).map_err(|e| Error::io("cannot read", lib, e))?;
+        files::write_atomic(&dir.join(&sha), &bytes, 0o600)?;
         store.keep_connector(&kept)?;
     }
     Ok((kept, same))
@@ -151,7 +96,7 @@ pub async fn upload(
     crate::api::body::Body(bundle): crate::api::body::Body<Value>,
 ) -> std::result::Result<Json<Value>, ApiError> {
     let what = "uploading a connector to the tower";
-    let (kept, same) = with_store(&state, what, move |s| validate_and_keep(s, &bundle)).await?;
+    let (kept, same) = with_store(&state, what, move |s| validate_and_keep(s, bundle)).await?;
     let installs = match q.install.as_deref() {
         None => Value::Null,
         Some("all") => json!(install_on(&state, &kept, None).await?),
@@ -221,33 +166,23 @@ async fn install_on(
         };
         let path = libraries(s).join(&sha);
         let bytes = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
-        Ok((engines, Bytes::from(bytes)))
+        Ok((engines, bytes))
     })
     .await?;
-    let bundle = Bytes::from(kept.bundle.to_string());
+    // The upload an engine takes: connector.json with its library inside.
+    let mut bundle = kept.bundle.clone();
+    bundle["library"]["base64"] =
+        Value::String(base64::engine::general_purpose::STANDARD.encode(library));
+    let bundle = Bytes::from(bundle.to_string());
     let mut report = Vec::new();
     for engine in engines {
-        let lib_path = format!("/connectors/libraries/{}", kept.sha256);
-        let put = client::call(
+        let outcome = client::call(
             &engine.endpoint(),
-            Method::PUT,
-            &lib_path,
-            Some((library.clone(), "application/octet-stream")),
+            Method::POST,
+            "/connectors",
+            Some((bundle.clone(), "application/json")),
         )
         .await;
-        let outcome = match put {
-            Ok(r) if !r.status.is_success() => Ok(r),
-            Ok(_) => {
-                client::call(
-                    &engine.endpoint(),
-                    Method::POST,
-                    "/connectors",
-                    Some((bundle.clone(), "application/json")),
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
         report.push(match outcome {
             Ok(r) if r.status.is_success() => json!({"engine": engine.name, "status": r.status.as_u16(), "installed": r.json()}),
             Ok(r) => json!({"engine": engine.name, "status": r.status.as_u16(), "error": r.json().unwrap_or_else(|| json!(String::from_utf8_lossy(&r.body)))}),

@@ -32,7 +32,7 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post, put};
+use axum::routing::{any, get, post};
 
 use crate::api::error::ApiError;
 use store::TowerStore;
@@ -138,10 +138,6 @@ pub fn router(state: TowerState) -> axum::Router {
             get(connectors::list).post(connectors::upload),
         )
         .route(
-            "/connectors/libraries/{sha256}",
-            put(connectors::upload_library),
-        )
-        .route(
             "/connectors/{id}/{version}/install",
             post(connectors::install),
         )
@@ -153,7 +149,7 @@ pub fn router(state: TowerState) -> axum::Router {
                 "see the README's tower section for the routes",
             )
         })
-        .layer(crate::api::connectors_library_limit())
+        .layer(crate::api::connectors_upload_limit())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -173,13 +169,12 @@ pub struct Options {
 /// Serves the tower until SIGINT or SIGTERM, polling its engines.
 pub fn serve(options: Options) -> anyhow::Result<()> {
     let store = TowerStore::open(&options.store_path)?;
-    // What an upload cut short by a kill left: its temporary directory.
-    if let Ok(entries) = std::fs::read_dir(store.data_dir()) {
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(".tmp") {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
+    // What an upload cut short by a kill left: its library written out
+    // for validation (this tower's alone: one serves a store).
+    let incoming = connectors::incoming(&store);
+    if incoming.exists() {
+        std::fs::remove_dir_all(&incoming)
+            .map_err(|e| anyhow::anyhow!("cannot clean {}: {e}", incoming.display()))?;
     }
     drop(store);
     let state = TowerState::new(options.store_path);

@@ -12,7 +12,7 @@ use super::{
     certificate, engine_of, error_body, has, ok, secret_file, tower, wait_inventory, wait_job, BIN,
 };
 use crate::support::browser::Browser;
-use crate::support::http::{make_token, request, Api, Server};
+use crate::support::http::{make_token, Api, Server};
 use crate::support::{as_pg_user, repo_root, Stack, PG_BIN};
 
 #[test]
@@ -399,7 +399,7 @@ fn a_tower_over_two_engines_in_a_real_browser() {
     );
     assert_eq!(accepted.status, 202, "{}", accepted.body);
     tower_server.kill();
-    let leftover = dir.path().join("tower.d/.tmpCUT");
+    let leftover = dir.path().join("tower.d/incoming/cut-short");
     std::fs::create_dir_all(&leftover).expect("leftover");
     let tower_server = Server::start_with(tower(
         &store,
@@ -458,21 +458,14 @@ fn upload_and_install(api: &Api, alpha: &Stack) -> Value {
         &std::fs::read_to_string(dist.join("connector.json")).expect("bundle"),
     )
     .expect("json");
-    let sha = bundle["library"]["sha256"]
-        .as_str()
-        .expect("sha")
-        .to_owned();
-    error_body(&api.call("POST", "/api/connectors", Some(&bundle)), 422);
-    let lib = std::fs::read(dist.join("libpgvirt.so")).expect("library");
-    let put = request(
-        api.port,
-        "PUT",
-        &format!("/api/connectors/libraries/{sha}"),
-        api.token.as_deref(),
-        Some(&lib),
-    )
-    .expect("put");
-    assert_eq!(put.status, 201, "{}", put.body);
+    // Without its library inside: refused, naming the field.
+    let mut bare = bundle.clone();
+    bare["library"]
+        .as_object_mut()
+        .expect("library")
+        .remove("base64");
+    let e = error_body(&api.call("POST", "/api/connectors", Some(&bare)), 400);
+    assert!(e["why"].as_str().expect("why").contains("library"), "{e}");
     let up = api.call("POST", "/api/connectors?install=all", Some(&bundle));
     assert_eq!(up.status, 200, "{}", up.body);
     let report = up.json();
