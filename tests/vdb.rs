@@ -258,6 +258,40 @@ fn a_provision_killed_midway_is_cleaned_by_the_next_command() {
 }
 
 #[test]
+fn a_refresh_killed_right_after_its_switch_is_recorded_is_finished_not_undone() {
+    // The switch (the VDB on its new dataset) and the job's step that says
+    // so were two commits: a kill between them made the next command undo
+    // a switch already recorded, destroying the dataset the VDB stood on.
+    let s = Stack::new();
+    s.source.psql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10);",
+    );
+    s.link("src");
+    let before = s.pgvirt.json(&["vdb", "provision", "v", "--from", "src"]);
+    let old = before["dataset"].as_str().expect("dataset").to_owned();
+    s.source
+        .psql("postgres", "INSERT INTO t SELECT generate_series(11, 20);");
+    s.pgvirt.ok(&["dsource", "sync", "src"]);
+    let mut child =
+        crate::support::spawn_paused(s.pgvirt.command(&["vdb", "refresh", "v"]), "switch");
+    child.kill().expect("kill");
+    child.wait().expect("reaped");
+    // The next command finishes it: the VDB runs on its new dataset, with
+    // the newer snapshot's rows, and the old dataset is gone.
+    let after = s.pgvirt.json(&["vdb", "show", "v"]);
+    assert_ne!(after["dataset"], json!(old), "{after}");
+    assert_eq!(after["state"], json!("running"), "{after}");
+    assert_eq!(s.vdb_sql("v", "SELECT count(*) FROM t"), "20");
+    let datasets = s.pgvirt.json(&["pool", "list"]).to_string();
+    assert!(!datasets.contains(&format!("\"{old}\"")), "{datasets}");
+    s.pgvirt.ok(&["pool", "check"]);
+    // And the VDB refreshes again as usual.
+    s.pgvirt.ok(&["vdb", "refresh", "v"]);
+    assert_eq!(s.vdb_sql("v", "SELECT count(*) FROM t"), "20");
+}
+
+#[test]
 fn an_empty_vdb_is_a_new_cluster() {
     let s = Stack::new();
     let v = s.pgvirt.json(&["vdb", "create-empty", "blank"]);

@@ -97,6 +97,16 @@ impl IngestionMethod {
         matches!(self, Self::BasebackupStreaming | Self::BackupStreaming)
     }
 
+    /// Where the linked-source document says how to reach the source over
+    /// the network (`host`, `port`), for methods that connect to it.
+    pub fn source_pointer(self) -> Option<&'static str> {
+        match self {
+            Self::BasebackupStreaming | Self::BackupStreaming => Some("/source"),
+            Self::SingleDatabase => Some("/single_database"),
+            Self::BackupLogShipping | Self::StagingPush | Self::Pgbackrest => None,
+        }
+    }
+
     /// Where the linked-source document keeps the source password the user
     /// hands over in an environment variable, for methods that have one.
     pub fn password_pointer(self) -> Option<&'static str> {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::conf::conf_value;
 use super::platform::{str_field, Platform};
 use crate::abi::{CommandRequest, ErrorKind, OperationError};
 
@@ -366,6 +367,36 @@ pub struct ClusterConfig {
     pub signal: Option<&'static str>,
 }
 
+/// Settings a cluster's own files may not decide: pgvirt places the
+/// cluster's files itself.
+const ALWAYS_COMMENTED_OUT: [&str; 5] = [
+    "data_directory",
+    "external_pid_file",
+    "include_dir",
+    "hba_file",
+    "ident_file",
+];
+
+/// Adds the user's configuration overlay (`{"set": {...}, "comment_out":
+/// [...]}`, as in the `config` and `staging_config` parameters) to
+/// `settings`, and returns what to comment out: the user's list after the
+/// settings pgvirt always owns.
+pub fn user_overlay(settings: &mut Vec<(String, String)>, overlay: Option<&Value>) -> Vec<String> {
+    let mut comment_out: Vec<String> = ALWAYS_COMMENTED_OUT
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    if let Some(overlay) = overlay {
+        if let Some(set) = overlay.get("set").and_then(Value::as_object) {
+            settings.extend(set.iter().map(|(k, v)| (k.clone(), conf_value(v))));
+        }
+        if let Some(list) = overlay.get("comment_out").and_then(Value::as_array) {
+            comment_out.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
+        }
+    }
+    comment_out
+}
+
 impl Cluster {
     /// Writes `config` into the data directory. Recovery and replication
     /// settings the cluster's own files carry are commented out, so only
@@ -418,5 +449,29 @@ exit 0
             &request,
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_user_overlay_adds_settings_and_comments_out_after_what_pgvirt_owns() {
+        let mut settings = vec![("port".to_owned(), "5433".to_owned())];
+        let overlay = json!({"set": {"work_mem": "7MB", "jit": false}, "comment_out": ["shared_preload_libraries"]});
+        let out = user_overlay(&mut settings, Some(&overlay));
+        assert_eq!(out[..5], ALWAYS_COMMENTED_OUT.map(str::to_owned));
+        assert_eq!(out[5..], ["shared_preload_libraries".to_owned()]);
+        assert_eq!(settings[0], ("port".to_owned(), "5433".to_owned()));
+        assert!(
+            settings.contains(&("work_mem".to_owned(), "'7MB'".to_owned())),
+            "{settings:?}"
+        );
+        assert_eq!(settings.len(), 3);
+        let mut none = Vec::new();
+        assert_eq!(user_overlay(&mut none, None).len(), 5);
+        assert!(none.is_empty());
     }
 }

@@ -226,26 +226,58 @@ fn a_lost_connection_is_an_error_within_the_time_outs() {
         .expect_err("unreachable");
     assert!(err.to_string().contains("SSH connection"), "{err}");
 
-    // sshd killed during a command: an error, not a hang.
+    // sshd killed during a command: an error, not a hang; and the command
+    // does not run on there without its session.
     drop(host);
     let mut host = RemoteHost::new(false);
     let mut add = host.env_add_args("north");
     add.extend(["--fingerprint".into(), host.host_fingerprint()]);
     p.ok(&args(&add));
     let env = environment(&p, "north");
+    let env2 = env.clone();
     let running = std::thread::spawn(move || {
-        env.run(&CommandRequest {
-            command: "sleep 60".into(),
+        env2.run(&CommandRequest {
+            command: "sleep 61.7".into(),
             ..Default::default()
         })
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for_remote(&["sleep", "61.7"], true);
     host.kill_sshd();
     let err = running
         .join()
         .expect("thread")
         .expect_err("sshd gone is an error");
     assert!(err.to_string().contains("SSH connection"), "{err}");
+    wait_for_remote(&["sleep", "61.7"], false);
+
+    // A command past its bound ends there too, not only here.
+    host.start_sshd();
+    let out = env
+        .run(&CommandRequest {
+            command: "sleep 62.3".into(),
+            timeout_seconds: Some(2),
+            ..Default::default()
+        })
+        .expect("an answer");
+    assert_eq!(out.exit_code, -1, "{out:?}");
+    assert!(out.stderr.contains("timeout"), "{out:?}");
+    wait_for_remote(&["sleep", "62.3"], false);
+}
+
+/// Waits (up to 10 s) until a process with this argv runs, or until none
+/// does.
+fn wait_for_remote(argv: &[&str], running: bool) {
+    for _ in 0..100 {
+        let seen = processes().iter().any(|(_, a, _)| a == argv);
+        if seen == running {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{argv:?} is still {}",
+        if running { "not running" } else { "running" }
+    );
 }
 
 #[test]

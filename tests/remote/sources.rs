@@ -347,3 +347,167 @@ fn a_remote_link_killed_cut_off_or_losing_sshd_leaves_nothing_on_either_side() {
     assert_eq!(e.p.json(&["dsource", "list"]), json!([]));
     assert_eq!(e.p.json(&["pool", "list"]), json!([]));
 }
+
+#[test]
+fn one_database_of_a_remote_host_is_dumped_from_the_address_of_its_environment() {
+    let east = RemoteHost::new(true);
+    let e = Engine::new();
+    let pg = east.pg.as_ref().expect("pg");
+    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE items AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 3000) g",
+    );
+    pg.psql(
+        "postgres",
+        &format!("GRANT pg_read_all_data TO {REPL_USER}"),
+    );
+    let id = e.add_and_discover("east", &east);
+    // No host in the parameters: the source is reached where its
+    // environment is, with the password from the environment variable.
+    let dir = tempfile::tempdir().expect("tmp");
+    let params = dir.path().join("params.json");
+    std::fs::write(
+        &params,
+        json!({"single_database": {"database": "shop", "user": REPL_USER}}).to_string(),
+    )
+    .expect("params");
+    let port = free_port().to_string();
+    let linked = e.p.json(&[
+        "dsource",
+        "link",
+        "shopdb",
+        "--source",
+        &id,
+        "--method",
+        "single_database",
+        "--params",
+        params.to_str().expect("utf-8"),
+        "--staging-port",
+        &port,
+    ]);
+    assert_eq!(
+        linked["dsource"]["parameters"]["single_database"]["host"],
+        json!(east.addr),
+        "{linked}"
+    );
+    assert_eq!(
+        linked["dsource"]["parameters"]["single_database"]["port"],
+        json!(5432),
+        "{linked}"
+    );
+    e.p.ok(&["vdb", "provision", "shopdev", "--from", "shopdb"]);
+    let v = e.p.json(&["vdb", "show", "shopdev"]);
+    let socket = v["source_config"]["socket_directory"]
+        .as_str()
+        .expect("socket")
+        .to_owned();
+    let out = crate::support::run_ok(
+        as_pg_user(Path::new(PG_BIN).join("psql"))
+            .args(["-X", "-A", "-t", "-h", &socket, "-p"])
+            .arg(v["port"].to_string())
+            .args(["-U", "postgres", "-d", "shop", "-c", &checksum_sql("items")]),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        pg.psql("shop", &checksum_sql("items"))
+    );
+    e.p.ok(&["dsource", "delete", "shopdb", "--with-vdbs"]);
+}
+
+#[test]
+fn a_remote_source_is_restored_from_its_pgbackrest_repository() {
+    assert!(
+        Path::new("/usr/bin/pgbackrest").is_file(),
+        "pgbackrest is not installed; run `bash .ci/deps`"
+    );
+    let east = RemoteHost::new(true);
+    let e = Engine::new();
+    let pg = east.pg.as_ref().expect("pg");
+    // The source host archives into a repository the engine's host reads
+    // (one filesystem here; elsewhere a shared mount or an object store).
+    let repo = crate::support::PgDir::new("pgvirt-pgbr-");
+    let conf = repo.path().join("pgbackrest.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[global]\nrepo1-path={root}/repo\nlog-path={root}/log\nlock-path={root}/lock\n\
+             log-level-file=off\nlog-level-console=warn\nstart-fast=y\n\n\
+             [east]\npg1-path={data}\npg1-port=5432\npg1-socket-path={socket}\n",
+            root = repo.path().display(),
+            data = pg.data_dir().display(),
+            socket = pg.socket_dir().display(),
+        ),
+    )
+    .expect("conf");
+    crate::support::run_ok(
+        std::process::Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&conf),
+    );
+    pg.reconfigure(
+        &east.ns,
+        &format!(
+            "archive_mode = on\narchive_command = 'pgbackrest --config={} --stanza=east archive-push %p'\n",
+            conf.display()
+        ),
+    );
+    let pgbackrest = |args: &[&str]| {
+        crate::support::run_ok(
+            as_pg_user("pgbackrest")
+                .arg(format!("--config={}", conf.display()))
+                .arg("--stanza=east")
+                .args(args),
+        );
+    };
+    pgbackrest(&["stanza-create"]);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 2000) g",
+    );
+    pgbackrest(&["--type=full", "backup"]);
+    pg.psql(
+        "postgres",
+        "INSERT INTO t SELECT g, 'after' FROM generate_series(2001, 2500) g",
+    );
+    pg.psql("postgres", "SELECT pg_switch_wal()");
+    let id = e.add_and_discover("east", &east);
+    let dir = tempfile::tempdir().expect("tmp");
+    let params = dir.path().join("params.json");
+    std::fs::write(
+        &params,
+        json!({"pgbackrest": {"stanza": "east", "config_path": conf}}).to_string(),
+    )
+    .expect("params");
+    let port = free_port().to_string();
+    e.p.ok(&[
+        "dsource",
+        "link",
+        "br",
+        "--source",
+        &id,
+        "--method",
+        "pgbackrest",
+        "--params",
+        params.to_str().expect("utf-8"),
+        "--staging-port",
+        &port,
+    ]);
+    // Staging replays what the source archives after the backup: a VDB of
+    // a later snapshot holds exactly the source's rows.
+    let want = pg.psql("postgres", &checksum_sql("t"));
+    let mut got = String::new();
+    for attempt in 0..30 {
+        let vdb = format!("brdev{attempt}");
+        e.p.ok(&["dsource", "sync", "br"]);
+        e.p.ok(&["vdb", "provision", &vdb, "--from", "br"]);
+        got = e.vdb_sql(&vdb, &checksum_sql("t"));
+        e.p.ok(&["vdb", "delete", &vdb]);
+        if got == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(got, want, "staging never caught up with the archive");
+    e.p.ok(&["dsource", "delete", "br"]);
+}

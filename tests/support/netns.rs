@@ -347,6 +347,25 @@ impl NsCluster {
         self.home.path().join("data")
     }
 
+    pub fn socket_dir(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// Appends `conf` to its postgresql.conf and restarts it (in `ns`).
+    pub fn reconfigure(&self, ns: &str, conf: &str) {
+        append(&self.data_dir().join("postgresql.conf"), conf);
+        run_ok(
+            Command::new("ip")
+                .args(["netns", "exec", ns, "runuser", "-u", PG_USER, "--"])
+                .arg(Path::new(PG_BIN).join("pg_ctl"))
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(["-w", "-t", "60", "-l"])
+                .arg(self.home.path().join("log"))
+                .arg("restart"),
+        );
+    }
+
     /// Runs SQL through psql on the cluster's socket; returns trimmed output.
     pub fn psql(&self, database: &str, sql: &str) -> String {
         let out = run_ok(

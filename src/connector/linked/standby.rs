@@ -2,12 +2,10 @@
 //! standby, the replication connection or the archive it restores from, the
 //! user's settings, a private pg_hba.conf), and the wait for it to stream.
 
-use serde_json::Value;
-
 use super::{default_slot_name, wal, Staging};
 use crate::abi::{ErrorKind, OperationError};
-use crate::connector::cluster::ClusterConfig;
-use crate::connector::conf::{conf_quote, conf_value, conninfo_quote};
+use crate::connector::cluster::{user_overlay, ClusterConfig};
+use crate::connector::conf::{conf_quote, conninfo_quote};
 use crate::connector::platform::{request, Platform};
 use crate::connector::source::Source;
 
@@ -75,26 +73,7 @@ pub fn write_config(
     if let Some(command) = staging.ingestion().restore_command(staging)? {
         settings.push(("restore_command".into(), command));
     }
-    let mut comment_out: Vec<String> = [
-        "data_directory",
-        "external_pid_file",
-        "include_dir",
-        "hba_file",
-        "ident_file",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    if let Some(config) = staging.params.get("staging_config") {
-        if let Some(set) = config.get("set").and_then(Value::as_object) {
-            for (name, value) in set {
-                settings.push((name.clone(), conf_value(value)));
-            }
-        }
-        if let Some(list) = config.get("comment_out").and_then(Value::as_array) {
-            comment_out.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
-        }
-    }
+    let comment_out = user_overlay(&mut settings, staging.params.get("staging_config"));
     staging.cluster.write_config(
         platform,
         &ClusterConfig {

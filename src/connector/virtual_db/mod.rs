@@ -16,8 +16,8 @@
 
 use serde_json::{json, Value};
 
-use super::cluster::{Cluster, ClusterConfig};
-use super::conf::{conf_quote, conf_value};
+use super::cluster::{user_overlay, Cluster, ClusterConfig};
+use super::conf::conf_quote;
 use super::platform::{field, request, str_field, Platform};
 use crate::abi::{ErrorKind, OperationError, Status};
 
@@ -172,24 +172,7 @@ impl Vdb {
             Some("recovery.signal")
         };
         settings.extend(recovery);
-        let mut comment_out: Vec<String> = [
-            "data_directory",
-            "external_pid_file",
-            "include_dir",
-            "hba_file",
-            "ident_file",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        if let Some(config) = self.params.get("config") {
-            if let Some(set) = config.get("set").and_then(Value::as_object) {
-                settings.extend(set.iter().map(|(k, v)| (k.clone(), conf_value(v))));
-            }
-            if let Some(list) = config.get("comment_out").and_then(Value::as_array) {
-                comment_out.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
-            }
-        }
+        let comment_out = user_overlay(&mut settings, self.params.get("config"));
         self.cluster.write_config(
             platform,
             &ClusterConfig {

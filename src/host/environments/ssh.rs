@@ -32,6 +32,26 @@ const CONTROL_PERSIST_SECONDS: u64 = 60;
 /// runs it in a clean environment; the rest of stdin is the request's.
 const BOOTSTRAP: &str = r#"exec env -i HOME="$HOME" USER="$USER" LOGNAME="$USER" PATH="/usr/local/bin:/usr/bin:/bin" LANG=C.UTF-8 bash -c 'IFS= read -r n || exit 255; p=$(head -c "$n"; printf x); p=${p%x}; unset n; eval "$p"'"#;
 
+/// Starts, in the payload, a watchdog that kills the script's process
+/// group (not what left it, as `pg_ctl` servers do) once `BOUND` seconds
+/// passed or the SSH session it runs under is gone (its `sshd` ancestor
+/// exited: the connection was lost or cut). Its output goes nowhere, so it
+/// never holds the session open; the script's exit ends it.
+const REMOTE_WATCHDOG: &str = r#"__pgvirt_a=$$
+while :; do
+  case $(cat "/proc/$__pgvirt_a/comm" 2>/dev/null) in sshd|sshd-session) break;; esac
+  __pgvirt_a=$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$__pgvirt_a/status" 2>/dev/null)
+  { [ -n "$__pgvirt_a" ] && [ "$__pgvirt_a" -gt 1 ]; } || { __pgvirt_a=; break; }
+done
+(
+  end=$((SECONDS + BOUND))
+  while [ "$SECONDS" -lt "$end" ] && { [ -z "$__pgvirt_a" ] || [ -d "/proc/$__pgvirt_a" ]; }; do sleep 1; done
+  kill -KILL 0
+) </dev/null >/dev/null 2>&1 &
+__pgvirt_w=$!
+unset __pgvirt_a
+"#;
+
 /// Time-outs of an environment's connection.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Timeouts {
@@ -160,9 +180,16 @@ impl SshTarget {
         } else {
             payload.push_str("cd\n");
         }
-        // The marker says the script ran to an exit of its own.
+        let bound = request
+            .timeout_seconds
+            .map(Duration::from_secs)
+            .unwrap_or(super::command::DEFAULT_TIMEOUT);
+        // Bounded there too: the watchdog ends the script when its bound
+        // passes or its SSH session is gone. The marker says the script
+        // ran to an exit of its own.
+        payload.push_str(&REMOTE_WATCHDOG.replace("BOUND", &bound.as_secs().to_string()));
         payload.push_str(&format!(
-            "trap 'printf \"\\n%s%s\\n\" {MARK} \"$?\" >&2' EXIT\n"
+            "trap 'rc=$?; kill \"$__pgvirt_w\" 2>/dev/null || :; printf \"\\n%s%s\\n\" {MARK} \"$rc\" >&2' EXIT\n"
         ));
         payload.push_str(&request.command);
         payload.push('\n');
@@ -200,10 +227,6 @@ impl SshTarget {
             .map(|w| super::command::write_stdin(w, input));
         let stdout = child.stdout.take().map(super::command::reader);
         let stderr = child.stderr.take().map(super::command::reader);
-        let bound = request
-            .timeout_seconds
-            .map(Duration::from_secs)
-            .unwrap_or(super::command::DEFAULT_TIMEOUT);
         let status = {
             use wait_timeout::ChildExt;
             match child

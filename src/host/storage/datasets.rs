@@ -393,7 +393,9 @@ fn check_dataset_name(name: &str) -> Result<()> {
     }
 }
 
-fn fault_pause(step: &str) {
+/// Pauses for 60 s when [`FAULT_PAUSE_ENV`] names `step` (saying so on
+/// stderr), for the crash-safety tests to kill the process there.
+pub fn fault_pause(step: &str) {
     if std::env::var(FAULT_PAUSE_ENV).is_ok_and(|v| v == step) {
         eprintln!("{FAULT_PAUSE_ENV}={step}: pausing");
         std::thread::sleep(std::time::Duration::from_secs(60));

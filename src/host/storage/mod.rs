@@ -36,10 +36,12 @@ use crate::host::error::{Error, Result};
 use crate::host::files;
 use crate::host::store::Store;
 use datasets::dataset_row;
+pub use datasets::fault_pause;
 
 /// Set to `clone` (or `snapshot`, `create`) to make that step pause for 60 s
-/// after writing and before it is recorded as done: the crash-safety tests
-/// kill the process there.
+/// after writing and before it is recorded as done, or to `switch` to pause
+/// a refresh or rewind right after its switch is recorded: the
+/// crash-safety tests kill the process there.
 pub const FAULT_PAUSE_ENV: &str = "PGVIRT_FAULT_PAUSE";
 
 const MARKER: &str = ".pgvirt-pool";

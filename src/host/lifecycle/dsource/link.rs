@@ -145,21 +145,28 @@ fn staging_environment(
     Ok(env)
 }
 
-/// Where to reach a source that streams, when the parameters do not say:
-/// the host of the source config's environment (this host for a local
-/// one), on the source config's port.
+/// Where to reach a source the method connects to, when the parameters do
+/// not say: the host of the source config's environment (this host for a
+/// local one), on the source config's port.
 fn fill_source_defaults(
     params: &mut Value,
     config: &SourceConfig,
     source_env: &environments::Environment,
 ) {
-    if !crate::abi::IngestionMethod::of(params).streams() || !params.is_object() {
+    let Some(pointer) = crate::abi::IngestionMethod::of(params).source_pointer() else {
+        return;
+    };
+    if !params.is_object() {
         return;
     }
-    let source = params
-        .as_object_mut()
-        .map(|p| p.entry("source").or_insert_with(|| json!({})));
-    if let Some(Value::Object(source)) = source {
+    // The streaming methods' `source` may be left out; single_database's
+    // object is required (the schema says so if it is missing).
+    if pointer == "/source" {
+        if let Some(p) = params.as_object_mut() {
+            p.entry("source").or_insert_with(|| json!({}));
+        }
+    }
+    if let Some(Value::Object(source)) = params.pointer_mut(pointer) {
         let host = source_env
             .ssh
             .as_ref()

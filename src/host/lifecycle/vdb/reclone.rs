@@ -159,6 +159,7 @@ fn reclone(
             // and the step that tells repair it happened.
             job.step(store, Step::Committed)
         })?;
+        crate::host::storage::fault_pause("switch");
         Ok(())
     })();
     if let Err(e) = switched {
