@@ -103,6 +103,7 @@ impl IngestionMethod {
         match self {
             Self::BasebackupStreaming | Self::BackupStreaming => Some("/source"),
             Self::SingleDatabase => Some("/single_database"),
+            Self::LogicalReplication => Some("/logical_replication"),
             Self::BackupLogShipping | Self::StagingPush | Self::Pgbackrest => None,
         }
     }
