@@ -414,12 +414,14 @@ fn logical_faults_are_repaired_or_named() {
     let writer = Writer::start(src);
     let first = linked(&link(&s, "lf", &p, "unused"));
     let mount = super::mount_of(&first);
-    for _ in 0..2 {
-        std::thread::sleep(std::time::Duration::from_millis(400));
+    let mut after_kills = Value::Null;
+    for pause in [150u64, 420, 260, 610, 330] {
+        std::thread::sleep(std::time::Duration::from_millis(pause));
         kill_staging(&mount);
+        // The next sync starts staging again (crash recovery), resumes
+        // from the origin and snapshots what it applied.
+        after_kills = sync(&s, "lf", &[]).expect("sync after a kill");
     }
-    std::thread::sleep(std::time::Duration::from_millis(400));
-    let after_kills = sync(&s, "lf", &[]).expect("sync after the kills");
     let log: Vec<(i64, u64)> = writer.log.lock().expect("log").clone();
     std::thread::sleep(std::time::Duration::from_millis(300));
     writer.stop();
@@ -494,4 +496,92 @@ fn logical_faults_are_repaired_or_named() {
 
     s.pgvirt.ok(&["dsource", "delete", "lf", "--with-vdbs"]);
     assert_eq!(ours_on_source(&s), "|");
+}
+
+#[test]
+fn logical_with_a_password_and_a_named_publication_keeps_secrets_out_and_disable_cleans_the_source()
+{
+    let s = Stack::new();
+    shop_source(&s);
+    set_wal_level_logical(&s);
+    let src = s.source.port;
+    sql(
+        src,
+        "shop",
+        "CREATE PUBLICATION userpub FOR TABLE public.items, sales.orders",
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = params(
+        dir.path(),
+        json!({"logical_replication": {"database": "shop", "user": "repl", "publication": "userpub", "sync_workers": 1}}),
+    );
+    let first = linked(&link(&s, "lp", &p, PASSWORD));
+    let meta = &first["snapshot"]["metadata"];
+    assert_eq!(
+        meta["logical"]["publication_created"],
+        json!(false),
+        "{meta}"
+    );
+    assert_eq!(ours_on_source(&s), "pgvirt_lp|userpub");
+    let mount = super::mount_of(&first);
+
+    // The subscription names a passfile (0600, outside the mount); the
+    // password is nowhere in the mount, so in no snapshot or clone.
+    let port = first["dsource"]["parameters"]["staging_port"].to_string();
+    let conninfo = super::pg(
+        "psql",
+        &[
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            mount.join("pgvirt").to_str().expect("utf-8"),
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "shop",
+            "-c",
+            "SELECT subconninfo FROM pg_subscription",
+        ],
+    );
+    assert!(conninfo.contains("passfile="), "{conninfo}");
+    assert!(!conninfo.contains(PASSWORD), "{conninfo}");
+    let found = crate::support::run_ok(
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg("grep -rl -- \"$2\" \"$1\" 2>/dev/null | head -n 1; stat -c %a ~postgres/.pgvirt/*/dsource-lp/pgpass")
+            .arg("-")
+            .arg(&mount)
+            .arg(PASSWORD),
+    );
+    assert_eq!(String::from_utf8_lossy(&found.stdout).trim(), "600");
+    let shown = s.pgvirt.json(&["dsource", "show", "lp"]);
+    assert!(!shown.to_string().contains(PASSWORD));
+
+    // Rows flow; a VDB holds them.
+    sql(
+        src,
+        "shop",
+        "INSERT INTO public.items VALUES (777, 'seven')",
+    );
+    sync(&s, "lp", &[]).expect("sync");
+    s.pgvirt.ok(&["vdb", "provision", "p1", "--from", "lp"]);
+    assert_eq!(
+        vdb_shop(&s, "p1", "SELECT name FROM public.items WHERE id = 777"),
+        "seven"
+    );
+
+    // Disable drops the subscription and the slot, not the user's
+    // publication; after enable, a resync subscribes again.
+    s.pgvirt.ok(&["dsource", "disable", "lp"]);
+    assert_eq!(ours_on_source(&s), "|userpub");
+    s.pgvirt.ok(&["dsource", "enable", "lp"]);
+    let err = sync(&s, "lp", &[]).expect_err("no subscription");
+    assert!(err.contains("needs a resync"), "{err}");
+    sync(&s, "lp", &["--resync"]).expect("resync");
+    assert_eq!(ours_on_source(&s), "pgvirt_lp|userpub");
+    s.pgvirt.ok(&["dsource", "delete", "lp", "--with-vdbs"]);
+    assert_eq!(ours_on_source(&s), "|userpub");
 }
