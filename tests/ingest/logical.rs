@@ -582,6 +582,13 @@ fn logical_with_a_password_and_a_named_publication_keeps_secrets_out_and_disable
     assert!(err.contains("needs a resync"), "{err}");
     sync(&s, "lp", &["--resync"]).expect("resync");
     assert_eq!(ours_on_source(&s), "pgvirt_lp|userpub");
+
+    // Staging gone (killed, its files removed): a delete still drops the
+    // slot, from the source.
+    kill_staging(&mount);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::remove_dir_all(mount.join("data")).expect("rm data");
+    std::fs::remove_dir_all(mount.join("pgvirt")).expect("rm pgvirt");
     s.pgvirt.ok(&["dsource", "delete", "lp", "--with-vdbs"]);
     assert_eq!(ours_on_source(&s), "|userpub");
 }
