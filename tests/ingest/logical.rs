@@ -573,6 +573,25 @@ fn logical_with_a_password_and_a_named_publication_keeps_secrets_out_and_disable
         "seven"
     );
 
+    // The password changed on the source: a clear error, without it.
+    sql(
+        src,
+        "postgres",
+        "ALTER ROLE repl PASSWORD 'changed-Secret-1'",
+    );
+    let err = sync(&s, "lp", &[]).expect_err("the old password is refused");
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(
+        !err.contains(PASSWORD) && !err.contains("changed-Secret-1"),
+        "{err}"
+    );
+    sql(
+        src,
+        "postgres",
+        &format!("ALTER ROLE repl PASSWORD '{PASSWORD}'"),
+    );
+    sync(&s, "lp", &[]).expect("sync with the password back");
+
     // Disable drops the subscription and the slot, not the user's
     // publication; after enable, a resync subscribes again.
     s.pgvirt.ok(&["dsource", "disable", "lp"]);
