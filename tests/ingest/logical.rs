@@ -444,6 +444,21 @@ fn logical_faults_are_repaired_or_named() {
         format!("{n} {n}")
     );
 
+    // pgvirt killed during a sync (the apply paused, staging stopped for
+    // the storage snapshot): the next command starts staging and resumes
+    // the apply.
+    let mut child =
+        crate::support::spawn_paused(s.pgvirt.command(&["dsource", "sync", "lf"]), "snapshot");
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    s.pgvirt.run(&["dsource", "list"]);
+    let shown = s.pgvirt.json(&["dsource", "show", "lf"]);
+    assert_eq!(
+        shown["replication"]["logical"]["enabled"],
+        json!(true),
+        "{shown}"
+    );
+
     // The source restarted; the next sync holds every row.
     s.source.stop();
     s.source.restart();
