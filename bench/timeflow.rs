@@ -27,13 +27,15 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The `elapsed` of the last `redo done` line in a VDB's log: the seconds
-/// it spent replaying WAL (0 when it did not recover).
+/// The `elapsed` of the `redo done` line of the VDB's own start (after the
+/// last `starting PostgreSQL`: a prepared image's log comes with it): the
+/// seconds it spent replaying WAL (0 when it did not recover).
 fn replay_seconds(log: &str) -> f64 {
-    std::fs::read_to_string(log)
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    log.rsplit("starting PostgreSQL")
+        .next()
         .unwrap_or_default()
         .lines()
-        .rev()
         .filter(|l| l.contains("redo done at"))
         .filter_map(|l| l.split("elapsed: ").nth(1))
         .find_map(|e| e.trim_end_matches(" s").trim().parse::<f64>().ok())

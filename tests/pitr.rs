@@ -373,6 +373,14 @@ fn a_snapshot_far_from_its_redo_point_is_prepared_once_and_its_vdbs_replay_nothi
         !own.contains("redo starts at") && own.contains("database system was shut down"),
         "the VDB replayed WAL at start:\n{own}"
     );
+    // The image carries only the segment of its shutdown checkpoint, not
+    // those its recovery copied in or recycled for later use.
+    let segments = std::fs::read_dir(std::path::Path::new(data).join("pg_wal"))
+        .expect("pg_wal")
+        .flatten()
+        .filter(|e| e.file_name().len() == 24)
+        .count();
+    assert!(segments <= 2, "{segments} WAL segments in the VDB");
     // A moment between the two snapshots still recovers from the snapshot
     // as taken, with the kept WAL.
     s.pgvirt.ok(&[

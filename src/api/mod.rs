@@ -3,7 +3,8 @@
 //!
 //! Routes by resource, one file each: [`connectors`], [`environments`]
 //! (with repositories and source configs), [`dsources`], [`vdbs`],
-//! [`snapshots`] (with timeflows), [`pool`], [`jobs`]. Long operations
+//! [`snapshots`] (with timeflows and retention), [`exports`], [`pool`],
+//! [`jobs`]. Long operations
 //! return `202` with a job ([`jobs`]). Every request needs a bearer token
 //! ([`auth`]); errors are JSON with what, why and what to do ([`error`]).
 //! The OpenAPI 3.1 document at `/openapi.json` is made from the same route
@@ -18,6 +19,7 @@ mod connectors;
 mod dsources;
 mod environments;
 pub mod error;
+mod exports;
 mod jobs;
 mod pool;
 mod snapshots;
@@ -158,6 +160,16 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(vdbs::rewind_vdb))
         .routes(routes!(vdbs::snapshot_vdb))
         .routes(routes!(vdbs::set_vdb_quota))
+        .routes(routes!(vdbs::create_empty_vdb))
+        .routes(routes!(snapshots::set_dsource_retention))
+        .routes(routes!(snapshots::set_vdb_retention))
+        .routes(routes!(exports::list_exports, exports::add_export))
+        .routes(routes!(exports::get_export, exports::remove_export))
+        .routes(routes!(exports::export_ddl))
+        .routes(routes!(exports::export_status))
+        .routes(routes!(exports::install_export))
+        .routes(routes!(exports::run_export))
+        .routes(routes!(exports::reset_export))
         .routes(routes!(snapshots::list_snapshots))
         .routes(routes!(snapshots::show_timeflows))
         .routes(routes!(pool::pool_info))

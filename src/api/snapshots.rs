@@ -1,5 +1,5 @@
-//! `/snapshots` (of dSources and VDBs) and `/timeflows/{name}` (the
-//! moments a dSource or VDB can be provisioned at).
+//! `/snapshots` (of dSources and VDBs), `/timeflows/{name}` (the moments a
+//! dSource or VDB can be provisioned at), and the retention of each.
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
@@ -7,8 +7,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::IntoParams;
 
+use super::body::Body;
 use super::error::{ApiError, ErrorBody};
 use super::{blocking, AppState};
+use crate::host::lifecycle::retention::{self, Applied, Retention};
 use crate::host::lifecycle::timeflow::{self, ContainerKind};
 use crate::host::lifecycle::{dsource, moments, vdb};
 
@@ -55,4 +57,42 @@ pub async fn show_timeflows(
     let what = format!("showing the timeflows of {name}");
     let m = blocking(&state, what, move |s| moments::of(s, &name)).await?;
     Ok(Json(json!(m)))
+}
+
+/// Sets what a dSource keeps (snapshots; WAL between them) and applies it.
+#[utoipa::path(put, path = "/dsources/{name}/retention", tag = "snapshots",
+    params(("name" = String, Path, description = "The dSource")), request_body = Retention,
+    responses((status = 200, body = Applied), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn set_dsource_retention(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Body(r): Body<Retention>,
+) -> Result<Json<Applied>, ApiError> {
+    retain(state, ContainerKind::Dsource, name, r).await
+}
+
+/// Sets how many snapshots a VDB keeps and applies it.
+#[utoipa::path(put, path = "/vdbs/{name}/retention", tag = "snapshots",
+    params(("name" = String, Path, description = "The VDB")), request_body = Retention,
+    responses((status = 200, body = Applied), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn set_vdb_retention(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Body(r): Body<Retention>,
+) -> Result<Json<Applied>, ApiError> {
+    retain(state, ContainerKind::Vdb, name, r).await
+}
+
+async fn retain(
+    state: AppState,
+    kind: ContainerKind,
+    name: String,
+    r: Retention,
+) -> Result<Json<Applied>, ApiError> {
+    let what = format!("setting the retention of {} {name}", kind.title());
+    let applied = blocking(&state, what, move |s| {
+        retention::set(s, kind, &name, &r, |f| format!("`{f}`"))
+    })
+    .await?;
+    Ok(Json(applied))
 }

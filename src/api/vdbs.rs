@@ -1,5 +1,6 @@
 //! `/vdbs`: provision (a job), start, stop, enable, disable, refresh,
-//! rewind, snapshot, delete (jobs), quota, status, list and show.
+//! rewind, snapshot, delete (jobs), quota, status, list and show;
+//! `/empty-vdbs`: an empty VDB (a job).
 
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -113,6 +114,43 @@ pub async fn provision_vdb(
                 parameters: body.parameters,
                 target,
                 quota: body.quota,
+            },
+        )
+    })
+    .await
+}
+
+/// An empty VDB to create: as `pgvirt vdb create-empty`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyBody {
+    /// Name of the new VDB.
+    pub name: String,
+    /// The virtual-source parameters (`port`, `environment`, `mount_path`...).
+    #[serde(default = "empty")]
+    #[schema(value_type = Object)]
+    pub parameters: Value,
+}
+
+/// Creates an empty VDB: a new cluster (a job).
+#[utoipa::path(post, path = "/empty-vdbs", tag = "vdbs", request_body = EmptyBody,
+    responses((status = 202, body = JobView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_empty_vdb(
+    State(state): State<AppState>,
+    Body(body): Body<EmptyBody>,
+) -> Result<Response, ApiError> {
+    let what = format!("creating the empty VDB {}", body.name);
+    launch(&state, what, "/parameters", move |store| {
+        let connector = registry::open(store, None)?;
+        vdb::create_empty(
+            store,
+            &connector,
+            vdb::ProvisionRequest {
+                name: &body.name,
+                from: "",
+                parameters: body.parameters,
+                target: None,
+                quota: None,
             },
         )
     })

@@ -4,9 +4,9 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::{flags, Context};
+use crate::host::lifecycle::retention::{self, Retention};
 use crate::host::lifecycle::timeflow::{self, ContainerKind};
 use crate::host::lifecycle::{dsource, vdb};
-use crate::host::storage::Pool;
 use crate::host::Error;
 
 #[derive(Subcommand, Debug)]
@@ -72,52 +72,45 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
             wal_days,
             wal_size,
         } => {
-            let Some((kind, id, name)) = container(&store, dsource, vdb)? else {
-                return Err(Error::usage("name a --dsource or a --vdb").into());
+            let (kind, name) = match (dsource, vdb) {
+                (Some(d), _) => (ContainerKind::Dsource, d),
+                (_, Some(v)) => (ContainerKind::Vdb, v),
+                _ => return Err(Error::usage("name a --dsource or a --vdb").into()),
             };
-            let wal = wal_days.is_some() || wal_size.is_some();
-            if keep.is_none() && days.is_none() && !wal {
-                return Err(Error::usage(
-                    "give --keep N, --days D, --wal-days D or --wal-size SIZE",
-                )
-                .into());
+            let r = Retention {
+                keep,
+                days,
+                wal_days,
+                wal_size,
+            };
+            let applied = retention::set(&store, kind, &name, &r, |f| {
+                format!("--{}", f.replace('_', "-"))
+            })?;
+            let mut said = Vec::new();
+            if let Some(pruned) = applied.pruned {
+                said.push(format!(
+                    "WAL kept {} / {}; pruned {pruned} files",
+                    wal_days.map_or("for any age".into(), |d| format!(
+                        "back to the oldest snapshot younger than {d} days"
+                    )),
+                    wal_size.map_or("of any size".into(), |b| format!("up to {b} bytes"))
+                ));
             }
-            if wal {
-                if kind != ContainerKind::Dsource {
-                    return Err(
-                        Error::usage("only dSources keep WAL (--wal-days, --wal-size)").into(),
-                    );
-                }
-                timeflow::set_wal_retention(&store, kind, id, wal_days, wal_size)?;
-                let connector = crate::host::connectors::registry::open(&store, None)?;
-                let pruned = dsource::prune_wal(&store, &connector, &dsource::get(&store, &name)?)?;
-                if keep.is_none() && days.is_none() {
-                    return cx.out.message(
-                        &format!(
-                            "dSource {name}: WAL kept {} / {}; pruned {pruned} files",
-                            wal_days.map_or("for any age".into(), |d| format!(
-                                "back to the oldest snapshot younger than {d} days"
-                            )),
-                            wal_size.map_or("of any size".into(), |b| format!("up to {b} bytes"))
-                        ),
-                        json!({"pruned": pruned}),
-                    );
-                }
-            }
-            timeflow::set_retention(&store, kind, id, keep, days)?;
-            let removed = timeflow::apply_retention(&store, &Pool::open(&store)?, kind, id)?;
-            cx.out.message(
-                &format!(
-                    "{} {name}: keeping {} / {}; removed snapshots {removed:?}",
-                    kind.title(),
+            if keep.is_some() || days.is_some() {
+                said.push(format!(
+                    "keeping {} / {}; removed snapshots {:?}",
                     keep.map_or("any number of snapshots".into(), |n| format!(
                         "the newest {n} snapshots"
                     )),
                     days.map_or("of any age".into(), |d| format!(
                         "those younger than {d} days"
                     )),
-                ),
-                json!({"removed": removed}),
+                    applied.removed
+                ));
+            }
+            cx.out.message(
+                &format!("{} {name}: {}", kind.title(), said.join("; ")),
+                json!(applied),
             )
         }
     }

@@ -402,7 +402,40 @@ pub fn pre_snapshot(platform: &Platform, input: &Value) -> Result<Value, Operati
             &[("FILES", vdb.files())],
         ),
     )?;
+    if input.get("trim_wal") == Some(&json!(true)) {
+        trim_wal(platform, &vdb.cluster)?;
+    }
     Ok(json!({"was_running": running}))
+}
+
+/// Leaves in the pg_wal of a cluster shut down cleanly only the segment of
+/// its shutdown checkpoint (and timeline history): the segments recovery
+/// copied in and those recycled for later use (up to `max_wal_size`) would
+/// otherwise be carried, and copied or cloned, by every clone of a
+/// prepared image. A cluster not shut down cleanly is left alone.
+fn trim_wal(platform: &Platform, cluster: &Cluster) -> Result<(), OperationError> {
+    platform.run_ok(
+        "removing the WAL a prepared image no longer needs",
+        &request(
+            r#"set -eu
+control=$(LC_ALL=C "$BIN/pg_controldata" -D "$DATA")
+printf '%s\n' "$control" | grep -q '^Database cluster state: *shut down$' || exit 0
+keep=$(printf '%s\n' "$control" | sed -n "s/^Latest checkpoint's REDO WAL file: *//p")
+[ ${#keep} -eq 24 ] || exit 0
+cd -- "$DATA/pg_wal"
+for f in ????????????????????????; do
+  case $f in *[!0-9A-F]*) continue;; esac
+  [ "$f" = "$keep" ] && continue
+  rm -f -- "$f" "archive_status/$f.ready" "archive_status/$f.done"
+done
+sync -f . 2>/dev/null || true"#,
+            &[
+                ("BIN", cluster.bin_dir.clone()),
+                ("DATA", cluster.data_dir.clone()),
+            ],
+        ),
+    )?;
+    Ok(())
 }
 
 /// `virtual.post_snapshot`: describe the snapshot, and start the VDB again

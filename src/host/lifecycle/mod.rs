@@ -7,6 +7,7 @@
 //! - [`vdb`]: provision, start, stop, refresh, rewind, snapshot, delete VDBs.
 //! - [`teardown`]: a dSource with every VDB made from it.
 //! - [`timeflow`]: timeflows and snapshots with connector metadata; retention.
+//! - [`retention`]: setting what a dSource or VDB keeps, and applying it.
 //! - [`jobs`]: what each workflow is doing; [`repair`]: what a cut-short one left.
 //! - [`ownership`]: who owns which dataset and snapshot; `pool check`.
 //! - [`names`]: one name space for dSources and VDBs.
@@ -16,7 +17,7 @@
 //! - [`hooks`]: user shell hooks around workflows.
 //! - [`export`]: table exports (trigger-tracked tables shipped to targets).
 //!
-//! Imports run one way: `teardown` → `vdb` → `dsource` → the rest.
+//! Imports run one way: `teardown`, `retention` → `vdb` → `dsource` → the rest.
 
 pub mod discovery;
 pub mod dsource;
@@ -29,6 +30,7 @@ pub mod ownership;
 pub mod pitr;
 pub mod placement;
 pub mod repair;
+pub mod retention;
 pub mod teardown;
 pub mod timeflow;
 pub mod vdb;

@@ -108,7 +108,9 @@ pub(super) fn prepare(
         let configured = connector.invoke("virtual.configure", &input, HostPlatform::new(env));
         placement::return_wal(pool, &name)?;
         configured?;
-        // Stops it cleanly and leaves no backup label for its clones.
+        // Stops it cleanly, leaves no backup label for its clones, and
+        // only the WAL segment of its shutdown checkpoint.
+        input["trim_wal"] = json!(true);
         connector.invoke("virtual.pre_snapshot", &input, HostPlatform::new(env))?;
         pool.unmount(store, &name)?;
         let image = pool.snapshot(store, &name, "prepared")?;
