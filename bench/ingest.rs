@@ -432,6 +432,7 @@ fn main() {
                 "lag s (median)",
                 "lag s (max)",
                 "sync s (median)",
+                "apply paused s (median)",
             ],
             &logical_rows,
         );

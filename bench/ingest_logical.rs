@@ -3,7 +3,7 @@
 //! and `pg_restore -j2` into a fresh cluster, alternating; then the apply lag
 //! while `pgbench -c 2` writes (sampled from `dsource show` every 0.5 s),
 //! and syncs (apply paused, staging stopped cleanly, snapshot, resumed)
-//! under that load.
+//! under that load, with how long each paused the apply.
 
 use std::path::Path;
 
@@ -62,7 +62,8 @@ pub fn under_load(p: &Pgvirt, source: &Source, kind: &str, seconds: u64) -> (Vec
         .stderr(std::process::Stdio::null());
     let mut load = load.spawn().expect("pgbench");
     let start = std::time::Instant::now();
-    let (mut lag_b, mut lag_s, mut syncs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut lag_b, mut lag_s) = (Vec::new(), Vec::new());
+    let (mut syncs, mut pauses) = (Vec::new(), Vec::new());
     std::thread::sleep(std::time::Duration::from_secs(2));
     while start.elapsed().as_secs() + 2 < seconds {
         let shown = p.json(&["dsource", "show", "lr"]);
@@ -72,7 +73,13 @@ pub fn under_load(p: &Pgvirt, source: &Source, kind: &str, seconds: u64) -> (Vec
             lag_s.push(s);
         }
         if lag_b.len() % 8 == 4 && syncs.len() < 3 {
-            syncs.push(timed(|| p.json(&["dsource", "sync", "lr"])).1.as_secs_f64());
+            let (snap, took) = timed(|| p.json(&["dsource", "sync", "lr"]));
+            syncs.push(took.as_secs_f64());
+            pauses.push(
+                snap["metadata"]["apply_paused_seconds"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
@@ -87,10 +94,12 @@ pub fn under_load(p: &Pgvirt, source: &Source, kind: &str, seconds: u64) -> (Vec
             format!("{:.3}", median(lag_s.clone())),
             format!("{:.3}", max(&lag_s)),
             format!("{:.3}", median(syncs.clone())),
+            format!("{:.3}", median(pauses.clone())),
         ],
         json!({
             "pool": kind, "samples": lag_b.len(),
             "lag_bytes": lag_b, "lag_seconds": lag_s, "sync_under_load_seconds": syncs,
+            "apply_paused_seconds": pauses,
         }),
     )
 }

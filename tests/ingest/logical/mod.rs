@@ -297,6 +297,10 @@ fn logical_link_syncs_and_vdbs_hold_the_source_as_of_their_origin_lsn() {
     );
     let fourth = sync(&s, "lr", &[]).expect("sync");
     assert!(fourth["snapshot"]["metadata"]["source_lsn"].is_string());
+    assert!(
+        fourth["snapshot"]["metadata"]["apply_paused_seconds"].as_f64() > Some(0.0),
+        "{fourth}"
+    );
     assert_eq!(
         sql(
             src,

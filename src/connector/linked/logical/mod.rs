@@ -347,6 +347,18 @@ rm -f -- "$PRIVATE/schema.sql" "$PRIVATE/schema.log""#,
                 self.catch_up(platform, staging, &target, Duration::from_secs(60))?;
             }
         }
+        // Most dirty pages are written while the apply still runs: the
+        // shutdown checkpoint in the pause is then short.
+        staging
+            .cluster
+            .psql(platform, "checkpointing staging", "CHECKPOINT;", &[])?;
+        platform.run_ok(
+            "noting when the apply paused",
+            &request(
+                r#"date +%s.%N > "$FILES/apply-paused-at""#,
+                &[("FILES", staging.files())],
+            ),
+        )?;
         self.set_enabled(platform, staging, false)?;
         let lsn = self.origin_lsn(platform, staging)?;
         let databases = staging.cluster.psql(
@@ -411,7 +423,19 @@ impl Ingestion for LogicalReplication {
         let l = Logical::of(staging)?;
         staging.cluster.start(platform)?;
         l.set_enabled(platform, staging, true)?;
-        staging.recorded_facts(platform)
+        let mut meta = staging.recorded_facts(platform)?;
+        // How long the apply was paused (the snapshot's cost to staging).
+        let paused = platform
+            .run(&request(
+                r#"a=$(cat -- "$FILES/apply-paused-at" 2>/dev/null) && b=$(date +%s.%N) && awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f\n", b - a }'; rm -f -- "$FILES/apply-paused-at""#,
+                &[("FILES", staging.files())],
+            ))
+            .ok()
+            .and_then(|o| o.stdout.trim().parse::<f64>().ok());
+        if let Some(p) = paused {
+            meta["apply_paused_seconds"] = json!((p * 1000.0).round() / 1000.0);
+        }
+        Ok(meta)
     }
 
     fn replays_wal(&self) -> bool {
