@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 
 use super::super::{mount_of, sql};
 use super::{
-    kill_staging, link, linked, lsn, ours_on_source, params, set_wal_level_logical, shop_source,
-    sync, vdb_shop, Writer,
+    kill_staging, link, linked, lsn, ours_on_source, params, provision, set_wal_level_logical,
+    shop_source, sync, vdb_shop, Writer,
 };
 use crate::support::{checksum_sql, free_port, Stack};
 
@@ -77,7 +77,7 @@ fn logical_faults_are_repaired_or_named() {
     let at = lsn(after_kills["snapshot"]["metadata"]["source_lsn"]
         .as_str()
         .expect("lsn"));
-    s.pgvirt.ok(&["vdb", "provision", "k1", "--from", "lf"]);
+    provision(&s, "k1", "lf");
     let n = log
         .iter()
         .find(|(_, l)| *l >= at)
@@ -107,7 +107,7 @@ fn logical_faults_are_repaired_or_named() {
     s.source.stop();
     s.source.restart();
     sync(&s, "lf", &[]).expect("sync after the source restarted");
-    s.pgvirt.ok(&["vdb", "provision", "k2", "--from", "lf"]);
+    provision(&s, "k2", "lf");
     assert_eq!(
         vdb_shop(&s, "k2", &checksum_sql("public.w")),
         sql(src, "shop", &checksum_sql("public.w"))
@@ -147,7 +147,7 @@ fn logical_faults_are_repaired_or_named() {
         "{err}"
     );
     sync(&s, "lf", &["--resync"]).expect("resync");
-    s.pgvirt.ok(&["vdb", "provision", "k3", "--from", "lf"]);
+    provision(&s, "k3", "lf");
     assert_eq!(
         vdb_shop(&s, "k3", "SELECT extra FROM public.items WHERE id = 9001"),
         "1"

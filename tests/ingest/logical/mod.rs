@@ -258,8 +258,7 @@ fn logical_link_syncs_and_vdbs_hold_the_source_as_of_their_origin_lsn() {
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| snap["snapshot"]["id"].to_string());
-        s.pgvirt
-            .ok(&["vdb", "provision", vdb, "--from", &format!("lr@{id}")]);
+        provision(&s, vdb, &format!("lr@{id}"));
     }
     let writer_log: Vec<(i64, u64)> = writer.log.lock().expect("log").clone();
     writer.stop();
@@ -333,6 +332,14 @@ fn n_rows(s: &Stack, vdb: &str) -> i64 {
     vdb_shop(s, vdb, "SELECT count(*) FROM w")
         .parse()
         .expect("count")
+}
+
+/// Provisions VDB `vdb` from `from` on a port of its own (tests running
+/// side by side would pick the same next port).
+fn provision(s: &Stack, vdb: &str, from: &str) {
+    let port = free_port().to_string();
+    s.pgvirt
+        .ok(&["vdb", "provision", vdb, "--from", from, "--port", &port]);
 }
 
 /// SQL in database shop of a VDB.
@@ -442,7 +449,7 @@ fn logical_with_a_password_and_a_named_publication_keeps_secrets_out_and_disable
         "INSERT INTO public.items VALUES (777, 'seven')",
     );
     sync(&s, "lp", &[]).expect("sync");
-    s.pgvirt.ok(&["vdb", "provision", "p1", "--from", "lp"]);
+    provision(&s, "p1", "lp");
     assert_eq!(
         vdb_shop(&s, "p1", "SELECT name FROM public.items WHERE id = 777"),
         "seven"
