@@ -103,6 +103,8 @@ fn shop_source(s: &Stack) {
          CREATE TABLE sales.orders (id int PRIMARY KEY, item int REFERENCES public.items, qty int);
          INSERT INTO sales.orders SELECT g, 1 + g % 300, g % 7 FROM generate_series(1, 500) g;
          CREATE TABLE public.w (id bigint PRIMARY KEY, v text);
+         CREATE TABLE public.tick (id serial PRIMARY KEY, t text);
+         INSERT INTO public.tick (t) SELECT 'tick ' || g FROM generate_series(1, 20) g;
          CREATE TABLE public.nokey (x int); INSERT INTO public.nokey VALUES (1);",
     );
 }
@@ -250,7 +252,7 @@ fn logical_link_syncs_and_vdbs_hold_the_source_as_of_their_origin_lsn() {
     );
     assert_eq!(
         logical["tables"].as_array().expect("tables").len(),
-        4,
+        5,
         "{shown}"
     );
     for (vdb, snap) in [("lr1", &first), ("lr2", &second), ("lr3", &third)] {
@@ -286,6 +288,8 @@ fn logical_link_syncs_and_vdbs_hold_the_source_as_of_their_origin_lsn() {
             "0"
         );
         vdb_shop(&s, vdb, "INSERT INTO public.items VALUES (100000, 'vdb')");
+        // Sequences come along: a VDB's next id is past the source's.
+        vdb_shop(&s, vdb, "INSERT INTO public.tick (t) VALUES ('vdb')");
     }
     assert!(n_rows(&s, "lr1") <= n_rows(&s, "lr2"));
     // The source's slot is unaffected by the VDBs: staging still applies.

@@ -278,6 +278,18 @@ impl Logical {
         Ok(())
     }
 
+    /// The source's sequences as they are now, as JSON
+    /// (`[{"s": "schema.name", "v": last_value}]`; those the user may not
+    /// read are left out). Logical replication does not carry them.
+    pub(super) fn sequences(&self) -> Result<String, OperationError> {
+        self.source.value(
+            "cannot read the sequences",
+            "SELECT coalesce(json_agg(json_build_object('s', format('%I.%I', schemaname, sequencename), 'v', last_value)), '[]')::text
+               FROM pg_sequences WHERE last_value IS NOT NULL",
+            &[],
+        )
+    }
+
     /// Whether the subscription's slot is on the source.
     pub(super) fn slot_exists(&self) -> Result<bool, OperationError> {
         Ok(self.source.value(

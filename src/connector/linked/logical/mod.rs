@@ -11,7 +11,10 @@
 //! - link: checks of the source first, then the above; the first snapshot
 //!   waits until every table is synchronised;
 //! - snapshot: the apply is paused between transactions (the subscription
-//!   disabled, its workers gone), the origin's progress read
+//!   disabled, its workers gone) once staging has caught up and its
+//!   sequences are set to the source's (logical replication does not carry
+//!   them; read after the rows, they never fall behind), the origin's
+//!   progress read
 //!   (`pg_replication_origin_progress`) as the snapshot's `source_lsn`, and
 //!   staging shut down cleanly ([`super::clean`]) for the storage snapshot;
 //!   then started and enabled again. A clone holds a disabled subscription,
@@ -345,6 +348,9 @@ rm -f -- "$PRIVATE/schema.sql" "$PRIVATE/schema.log""#,
                 self.set_enabled(platform, staging, true)?;
                 let (target, _) = self.source_position("")?;
                 self.catch_up(platform, staging, &target, Duration::from_secs(60))?;
+                // Read after the rows staging holds: never behind them.
+                let sequences = self.sequences()?;
+                self.set_sequences(platform, staging, &sequences)?;
             }
         }
         // Most dirty pages are written while the apply still runs: the

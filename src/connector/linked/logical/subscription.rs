@@ -259,6 +259,26 @@ impl Logical {
         Ok(Some(lsn.trim().to_owned()).filter(|l| !l.is_empty()))
     }
 
+    /// Sets staging's sequences to the source's values (taken after the
+    /// rows staging holds: a VDB's next values never collide with them).
+    pub(super) fn set_sequences(
+        &self,
+        platform: &Platform,
+        staging: &Staging,
+        sequences: &str,
+    ) -> Result<(), OperationError> {
+        self.psql(
+            platform,
+            staging,
+            "setting staging's sequences",
+            r#"\c :"db"
+SELECT count(setval((x->>'s')::regclass, (x->>'v')::bigint))
+  FROM json_array_elements(:'seqs'::json) x WHERE to_regclass(x->>'s') IS NOT NULL"#,
+            &[("seqs", sequences)],
+        )?;
+        Ok(())
+    }
+
     /// Whether staging has the subscription (attached to its slot).
     pub(super) fn subscribed(
         &self,
