@@ -53,7 +53,62 @@ fn logical_faults_are_repaired_or_named() {
         "left on the source after the repair"
     );
 
-    // Staging killed with SIGKILL twice while applying a write load: it
+    // pgvirt killed while its subscription's slot is being made (held
+    // back by a transaction open on the source); the copy then starts,
+    // its table synchronisation slots too: the next command stops staging
+    // and leaves no slot of any kind on the source.
+    let mut holder = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(src)
+        .user("postgres")
+        .dbname("shop")
+        .connect(postgres::NoTls)
+        .expect("connects");
+    let mut tx = holder.transaction().expect("begin");
+    tx.query("SELECT txid_current()", &[]).expect("an xid");
+    let port = free_port().to_string();
+    let mut child = s
+        .pgvirt
+        .command(&[
+            "dsource",
+            "link",
+            "cut",
+            "--source",
+            &s.source_id,
+            "--method",
+            "logical_replication",
+            "--params",
+            &p,
+            "--staging-port",
+            &port,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let start = std::time::Instant::now();
+    while !ours_on_source(&s).contains("pgvirt_cut") {
+        assert!(start.elapsed().as_secs() < 120, "no slot was made");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    tx.rollback().expect("end");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    s.pgvirt.run(&["dsource", "list"]);
+    assert_eq!(
+        ours_on_source(&s),
+        "|",
+        "left on the source after the repair"
+    );
+    assert!(s
+        .pgvirt
+        .json(&["dsource", "list"])
+        .to_string()
+        .find("\"cut\"")
+        .is_none());
+
+    // Staging killed with SIGKILL five times while applying a write load: it
     // resumes from its origin, nothing lost and nothing applied twice.
     let writer = Writer::start(src);
     let first = linked(&link(&s, "lf", &p, "unused"));
