@@ -7,6 +7,12 @@
 //! declared ones from `plugin.json`'s `operations`. Full schema validation is
 //! `pgvirt connector validate`; here we check what would make the embedded
 //! copy wrong: unreadable JSON, missing schema files, operation drift.
+//!
+//! `PGVIRT_MANIFEST_OVERLAY=<dir>` builds another release of the same code:
+//! `<dir>/plugin.json` replaces the manifest, and each schema file present
+//! under `<dir>` replaces the one of the same path (the tests' 0.2.0
+//! connector, `tests/fixtures/connector-0.2.0/`, is built that way into its
+//! own target directory). Its version may differ from Cargo.toml's.
 
 use std::env;
 use std::fmt::Write as _;
@@ -19,6 +25,7 @@ use serde_json::Value;
 mod manifest;
 
 const REGISTRY_FILE: &str = "src/connector/registry.rs";
+const OVERLAY_ENV: &str = "PGVIRT_MANIFEST_OVERLAY";
 
 fn main() {
     if let Err(message) = run() {
@@ -35,13 +42,28 @@ fn run() -> Result<(), String> {
     println!("cargo:rerun-if-changed=schema");
     println!("cargo:rerun-if-changed={REGISTRY_FILE}");
     println!("cargo:rerun-if-changed=src/abi/manifest.rs");
+    println!("cargo:rerun-if-env-changed={OVERLAY_ENV}");
+    let overlay = env::var_os(OVERLAY_ENV)
+        .filter(|v| !v.is_empty())
+        .map(|dir| root.join(dir));
+    if let Some(dir) = &overlay {
+        println!("cargo:rerun-if-changed={}", path_str(dir)?);
+    }
+    // A file of the overlay, if it has one, else the crate's own.
+    let pick = |rel: &str| -> PathBuf {
+        overlay
+            .as_ref()
+            .map(|dir| dir.join(rel))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| root.join(rel))
+    };
 
-    let manifest_path = root.join("plugin.json");
+    let manifest_path = pick("plugin.json");
     let manifest = read_json(&manifest_path)?;
 
     let package_version = env::var("CARGO_PKG_VERSION").map_err(|e| e.to_string())?;
     match manifest.get("version").and_then(Value::as_str) {
-        Some(v) if v == package_version => {}
+        Some(v) if v == package_version || overlay.is_some() => {}
         other => {
             return Err(format!(
                 "plugin.json: version is {other:?} but Cargo.toml's package version is {package_version:?}; keep them equal"
@@ -65,7 +87,7 @@ fn run() -> Result<(), String> {
         let file = file
             .as_str()
             .ok_or_else(|| format!("plugin.json: schemas.{key} must be a path string"))?;
-        let path = root.join(file);
+        let path = pick(file);
         read_json(&path).map_err(|e| format!("plugin.json: schemas.{key}: {e}"))?;
         writeln!(
             embedded,

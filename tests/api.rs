@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 use crate::support::http::{concurrent_reads, make_token, Api, Server};
 use crate::support::{free_port, repo_root, Cluster, Pgvirt, PoolDir, Stack};
 
+mod resources;
+
 fn serve(p: &Pgvirt) -> Server {
     Server::start(p.command(&[]))
 }
@@ -160,7 +162,6 @@ fn the_openapi_document_is_valid_openapi_3_1_and_matches_the_router() {
     let paths = doc["paths"].as_object().expect("paths");
     for (path, method) in [
         ("/connectors", "post"),
-        ("/connectors/libraries/{sha256}", "put"),
         ("/environments", "post"),
         ("/environments/{name}/refresh", "post"),
         ("/repositories", "get"),
@@ -367,7 +368,7 @@ fn a_busy_vdb_refuses_a_second_change_reads_go_on_and_a_killed_serve_is_repaired
 }
 
 #[test]
-fn a_connector_uploads_once_reinstalls_as_a_no_op_and_a_downgrade_is_refused() {
+fn a_connector_uploads_as_one_file_reinstalls_as_a_no_op_upgrades_and_refuses_a_downgrade() {
     let p = Pgvirt::new();
     let dist = p.dir().join("dist");
     p.ok(&[
@@ -377,40 +378,26 @@ fn a_connector_uploads_once_reinstalls_as_a_no_op_and_a_downgrade_is_refused() {
         "--out",
         dist.to_str().expect("utf-8"),
     ]);
+    // One file: nothing else was written beside it.
+    let written: Vec<_> = std::fs::read_dir(&dist).expect("dist").flatten().collect();
+    assert_eq!(written.len(), 1, "{written:?}");
     let t = token(&p, "ci", false);
     let server = serve(&p);
     let api = Api {
         port: server.port,
         token: Some(t.clone()),
     };
-    let bundle: Value = serde_json::from_str(
-        &std::fs::read_to_string(dist.join("connector.json")).expect("bundle"),
-    )
-    .expect("json");
-    // Without its library first: refused, saying where to put it.
-    let e = assert_error(&api.call("POST", "/connectors", Some(&bundle)), 422);
-    let sha = bundle["library"]["sha256"].as_str().expect("sha");
-    assert!(e["why"].as_str().expect("why").contains(sha), "{e}");
-    // Bytes that are not the library: 400.
-    let wrong = crate::support::http::request(
-        server.port,
-        "PUT",
-        &format!("/connectors/libraries/{sha}"),
-        Some(&t),
-        Some(b"not a library"),
-    )
-    .expect("request");
-    assert_error(&wrong, 400);
-    let lib = std::fs::read(dist.join("libpgvirt.so")).expect("library");
-    let put = crate::support::http::request(
-        server.port,
-        "PUT",
-        &format!("/connectors/libraries/{sha}"),
-        Some(&t),
-        Some(&lib),
-    )
-    .expect("request");
-    assert_eq!(put.status, 201, "{}", put.body);
+    let read = |path: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(path).expect("bundle")).expect("json")
+    };
+    let bundle = read(&dist.join("connector.json"));
+    // A library that is not the one whose sha256 the bundle records: 400,
+    // naming the field; nothing installed.
+    let mut tampered = bundle.clone();
+    tampered["library"]["base64"] = json!("bm90IGEgbGlicmFyeQ==");
+    let e = assert_error(&api.call("POST", "/connectors", Some(&tampered)), 400);
+    assert!(e.to_string().contains("/library/sha256"), "{e}");
+    assert_eq!(api.get("/connectors").json(), json!([]));
     let first = api.call("POST", "/connectors", Some(&bundle));
     assert_eq!(first.status, 200, "{}", first.body);
     assert_eq!(first.json()["previous_version"], Value::Null);
@@ -431,26 +418,17 @@ fn a_connector_uploads_once_reinstalls_as_a_no_op_and_a_downgrade_is_refused() {
         "{e}"
     );
 
-    // Stand in for a newer release having been installed (9.0.0).
-    let store = pgvirt::host::store::Store::open(&p.store()).expect("store");
-    let manifest: String = store
-        .conn()
-        .query_row("SELECT manifest FROM connectors", [], |r| r.get(0))
-        .expect("row");
-    let mut manifest: Value = serde_json::from_str(&manifest).expect("json");
-    manifest["version"] = json!("9.0.0");
-    store
-        .conn()
-        .execute(
-            "UPDATE connectors SET version = '9.0.0', manifest = ?1",
-            [manifest.to_string()],
-        )
-        .expect("update");
-    drop(store);
+    // The 0.2.0 build upgrades (no stored documents to migrate here).
+    let newer = read(&crate::support::fixture::connector_0_2_0());
+    let up = api.call("POST", "/connectors", Some(&newer));
+    assert_eq!(up.status, 200, "{}", up.body);
+    assert_eq!(up.json()["previous_version"], "0.1.0+1", "{}", up.body);
+    assert_eq!(up.json()["installed"]["version"], "0.2.0", "{}", up.body);
+    // 0.1.0 again: 409, naming both versions.
     let e = assert_error(&api.call("POST", "/connectors", Some(&bundle)), 409);
     let why = e["why"].as_str().expect("why");
-    assert!(why.contains("0.1.0") && why.contains("9.0.0"), "{e}");
-    assert_eq!(api.get("/connectors").json()[0]["version"], "9.0.0");
+    assert!(why.contains("0.1.0") && why.contains("0.2.0"), "{e}");
+    assert_eq!(api.get("/connectors").json()[0]["version"], "0.2.0");
 }
 
 #[test]
@@ -507,121 +485,4 @@ fn serve_speaks_tls_with_a_certificate_and_key() {
         plain.map_or(true, |r| r.status != 200),
         "plain HTTP was served"
     );
-}
-
-#[test]
-fn exports_retention_and_empty_vdbs_are_there_as_on_the_command_line() {
-    let stack = Stack::new();
-    stack.source.psql(
-        "postgres",
-        "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 50) g;",
-    );
-    stack.link("src");
-    stack.pgvirt.ok(&["dsource", "sync", "src"]);
-    stack.pgvirt.ok(&["dsource", "sync", "src"]);
-    let t = token(&stack.pgvirt, "ops", false);
-    let server = serve(&stack.pgvirt);
-    let api = Api {
-        port: server.port,
-        token: Some(t),
-    };
-    let finish = |reply: crate::support::http::Reply| {
-        assert_eq!(reply.status, 202, "{}", reply.body);
-        let done = api.wait_job(reply.json()["id"].as_i64().expect("id"));
-        assert_eq!(done["state"], "succeeded", "{done}");
-        done
-    };
-
-    // Retention: bad bodies named, then applied at once.
-    let err = assert_error(
-        &api.call("PUT", "/dsources/src/retention", Some(&json!({}))),
-        400,
-    );
-    assert!(
-        err["what"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("retention"),
-        "{err}"
-    );
-    assert_error(
-        &api.call(
-            "PUT",
-            "/dsources/src/retention",
-            Some(&json!({"keep": "two"})),
-        ),
-        400,
-    );
-    assert_error(
-        &api.call("PUT", "/vdbs/nosuch/retention", Some(&json!({"keep": 1}))),
-        404,
-    );
-    let applied = api.call("PUT", "/dsources/src/retention", Some(&json!({"keep": 1})));
-    assert_eq!(applied.status, 200, "{}", applied.body);
-    assert_eq!(
-        applied.json()["removed"].as_array().expect("removed").len(),
-        2,
-        "{}",
-        applied.body
-    );
-    let left = api.get("/snapshots?dsource=src").json();
-    assert_eq!(left.as_array().expect("snapshots").len(), 1, "{left}");
-
-    // An empty VDB, and a VDB of the source to export into.
-    finish(api.call("POST", "/empty-vdbs", Some(&json!({"name": "blank"}))));
-    assert_eq!(api.get("/vdbs/blank").json()["parent_kind"], "empty");
-    finish(api.call(
-        "POST",
-        "/vdbs",
-        Some(&json!({"name": "tgt", "from": "src"})),
-    ));
-
-    // An export: defined, reviewed, installed, run, its status, removed.
-    let bad = api.call(
-        "POST",
-        "/exports",
-        Some(&json!({"name": "e", "source": stack.source_id, "tables": ["public.items"]})),
-    );
-    assert_error(&bad, 400);
-    let added = api.call(
-        "POST",
-        "/exports",
-        Some(&json!({"name": "e", "source": stack.source_id,
-            "tables": ["public.items"], "targets": ["tgt"]})),
-    );
-    assert_eq!(added.status, 201, "{}", added.body);
-    assert_error(
-        &api.call(
-            "POST",
-            "/exports",
-            Some(&json!({"name": "e", "source": stack.source_id,
-                "tables": ["public.items"], "targets": ["tgt"]})),
-        ),
-        409,
-    );
-    let ddl = api.get("/exports/e/ddl").json();
-    assert!(
-        ddl["sql"].as_str().expect("sql").contains("CREATE TRIGGER"),
-        "{ddl}"
-    );
-    let installed = api.call("POST", "/exports/e/install", None);
-    assert_eq!(installed.status, 200, "{}", installed.body);
-    stack.source.psql(
-        "postgres",
-        "INSERT INTO items SELECT g, 'new' FROM generate_series(51, 80) g; DELETE FROM items WHERE id <= 5;",
-    );
-    let run = api.call("POST", "/exports/e/run", None);
-    assert_eq!(run.status, 200, "{}", run.body);
-    assert_eq!(
-        stack.vdb_sql("tgt", &crate::support::checksum_sql("items")),
-        stack
-            .source
-            .psql("postgres", &crate::support::checksum_sql("items"))
-    );
-    let status = api.get("/exports/e/status").json();
-    assert_eq!(status[0]["changes_waiting"], 0, "{status}");
-    assert_eq!(api.get("/exports").json()[0]["name"], "e");
-    let removed = api.call("DELETE", "/exports/e", None);
-    assert_eq!(removed.status, 200, "{}", removed.body);
-    assert_error(&api.get("/exports/e"), 404);
 }

@@ -37,12 +37,10 @@ wait_job() {
     printf '%s' "$job"
 }
 
-# 1. Upload the connector: its library, then its connector.json.
-lib=$(grep -o '"file": *"[^"]*"' "$CONNECTOR_DIR/connector.json" | cut -d'"' -f4)
-sha=$(grep -o '"sha256": *"[0-9a-f]*"' "$CONNECTOR_DIR/connector.json" | cut -d'"' -f4)
-curl -sSf -X PUT "${auth[@]}" --data-binary "@$CONNECTOR_DIR/$lib" \
-    -H 'Content-Type: application/octet-stream' "$PGVIRT_URL/connectors/libraries/$sha" >/dev/null
-call POST /connectors "$(cat "$CONNECTOR_DIR/connector.json")" >/dev/null
+# 1. Upload the connector: the one self-contained file `pgvirt connector
+#    pack` wrote (a file, not an argument: it carries the library).
+curl -sSf -X POST "${auth[@]}" -H 'Content-Type: application/json' \
+    --data-binary "@$CONNECTOR_DIR/connector.json" "$PGVIRT_URL/connectors" >/dev/null
 
 # 2. This host as an environment; discover its clusters.
 call POST /environments '{"kind": "local", "user": "postgres"}' >/dev/null

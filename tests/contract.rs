@@ -168,14 +168,37 @@ fn a_schema_with_a_wrong_type_is_named() {
 }
 
 #[test]
-fn an_operation_declared_but_not_exported_is_named() {
+fn an_operation_exported_but_not_declared_is_named() {
     let pkg = connector_copy();
     edit_json(&pkg.path().join("plugin.json"), |m| {
-        m["operations"]["upgrade"] = json!({"snapshot": ["1.1"]});
+        m["operations"]["upgrade"] = json!(["snapshot"]);
     });
     let err = validate_fails(pkg.path());
     assert!(
-        err.contains("plugin.json#/operations/upgrade/snapshot/0: declares operation upgrade.snapshot@1.1, which the library does not export"),
+        err.contains("plugin.json#/operations: the library exports operation upgrade.linked_source, which the manifest does not declare"),
+        "{err}"
+    );
+}
+
+#[test]
+fn migrations_of_a_definition_without_its_upgrade_operation_are_named() {
+    let pkg = connector_copy();
+    edit_json(&pkg.path().join("plugin.json"), |m| {
+        m["operations"]["upgrade"] = json!(["snapshot"]);
+        m["upgrade"] = json!({"linked_source": [
+            {"id": "1", "steps": [{"remove": {"at": "/x"}}]},
+            {"id": "1", "steps": [{"remove": {"at": "/y"}}]}
+        ]});
+    });
+    let err = validate_fails(pkg.path());
+    assert!(
+        err.contains("plugin.json#/upgrade/linked_source: has migrations, but operations.upgrade does not list \"linked_source\""),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "plugin.json#/upgrade/linked_source/1/id: migration id \"1\" is declared twice"
+        ),
         "{err}"
     );
 }
@@ -207,7 +230,11 @@ fn pack_then_install_then_reinstall_the_same_version() {
     assert_eq!(bundle["library"]["file"], json!("libpgvirt.so"));
     // The six definitions and the optional `export`.
     assert_eq!(bundle["schemas"].as_object().expect("inlined").len(), 7);
-    assert!(out.join("libpgvirt.so").is_file());
+    // Self-contained: the library is inside, nothing beside it.
+    assert!(bundle["library"]["base64"]
+        .as_str()
+        .is_some_and(|b| b.len() > 1000));
+    assert!(!out.join("libpgvirt.so").exists());
     // The packed file validates on its own.
     p.ok(&[
         "connector",
@@ -235,10 +262,11 @@ fn a_tampered_library_fails_the_packed_checksum() {
         "--out",
         out.to_str().expect("utf-8"),
     ]);
-    let lib = out.join("libpgvirt.so");
-    let mut bytes = std::fs::read(&lib).expect("read");
-    bytes.extend_from_slice(b"tampered");
-    std::fs::write(&lib, bytes).expect("write");
+    // Three more bytes (zeros) at the end of the embedded library.
+    edit_json(&out.join("connector.json"), |b| {
+        let lib = b["library"]["base64"].as_str().expect("base64").to_owned();
+        b["library"]["base64"] = json!(format!("{lib}AAAA"));
+    });
     let err = p.fails(&[
         "connector",
         "install",

@@ -17,4 +17,5 @@ mod pitr;
 mod quota;
 mod remote;
 mod storage;
+mod upgrade;
 mod vdb;

@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 /// `(operation id, JSON Pointer in plugin.json)` for every declared operation:
-/// `group.name` for discovery, linked and virtual; `upgrade.<definition>@<id>`
-/// for each migration id.
+/// `group.name` for every group (`upgrade.<definition>` is the one generic
+/// data-migration operation of a definition; the migrations themselves are
+/// data, in the manifest's top-level `upgrade` section).
 pub fn declared_operations(manifest: &Value) -> Result<Vec<(String, String)>, String> {
     let ops = manifest
         .get("operations")
@@ -16,21 +17,9 @@ pub fn declared_operations(manifest: &Value) -> Result<Vec<(String, String)>, St
         .ok_or("/operations must be an object")?;
     let mut declared = Vec::new();
     for (group, names) in ops {
-        if group == "upgrade" {
-            let kinds = names
-                .as_object()
-                .ok_or("/operations/upgrade must be an object of migration id lists")?;
-            for (kind, ids) in kinds {
-                let at = format!("/operations/upgrade/{kind}");
-                for (i, id) in string_list(ids, &at)?.into_iter().enumerate() {
-                    declared.push((format!("upgrade.{kind}@{id}"), format!("{at}/{i}")));
-                }
-            }
-        } else {
-            let at = format!("/operations/{group}");
-            for (i, name) in string_list(names, &at)?.into_iter().enumerate() {
-                declared.push((format!("{group}.{name}"), format!("{at}/{i}")));
-            }
+        let at = format!("/operations/{group}");
+        for (i, name) in string_list(names, &at)?.into_iter().enumerate() {
+            declared.push((format!("{group}.{name}"), format!("{at}/{i}")));
         }
     }
     Ok(declared)
@@ -122,21 +111,18 @@ mod tests {
                 discovery::repository,
             ),
             // ("linked.status", linked::status),
-            ("upgrade.snapshot@1.1", upgrade::snapshot_1_1),
+            ("upgrade.snapshot", upgrade::snapshot),
         ];
     "#;
 
     #[test]
     fn reads_declared_operations_with_their_paths() {
         let manifest = json!({"operations": {
-            "discovery": ["repository"], "linked": ["status"], "upgrade": {"snapshot": ["1.1"]}
+            "discovery": ["repository"], "linked": ["status"], "upgrade": ["snapshot"]
         }});
         let declared = declared_operations(&manifest).expect("reads");
         assert!(declared.contains(&("linked.status".into(), "/operations/linked/0".into())));
-        assert!(declared.contains(&(
-            "upgrade.snapshot@1.1".into(),
-            "/operations/upgrade/snapshot/0".into()
-        )));
+        assert!(declared.contains(&("upgrade.snapshot".into(), "/operations/upgrade/0".into())));
     }
 
     #[test]
@@ -156,7 +142,7 @@ mod tests {
         let drift = operation_drift(&declared, &implemented, "registry.rs");
         assert_eq!(drift.len(), 2, "{drift:?}");
         assert!(drift[0].contains("/operations/linked/0") && drift[0].contains("linked.status"));
-        assert!(drift[1].contains("upgrade.snapshot@1.1") && drift[1].contains("does not declare"));
+        assert!(drift[1].contains("upgrade.snapshot") && drift[1].contains("does not declare"));
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //! schema each input field and each output is checked against.
 //!
 //! Operation ids are `group.name` (`discovery.repository`,
-//! `linked.pre_snapshot`, `virtual.start`); a data migration is
-//! `upgrade.<definition>@<id>` (`upgrade.source_config@1.1`).
+//! `linked.pre_snapshot`, `virtual.start`). Data migrations go through one
+//! operation per definition, `upgrade.<definition>` (`upgrade.linked_source`),
+//! whose input is `{"migration_id": "1.1", "parameters": {...}}` and whose
+//! output is the migrated document; the migrations themselves are data in
+//! the manifest's top-level `upgrade` section.
 //!
 //! Inputs are JSON objects. A field named after a definition (`repository`,
 //! `source_config`, `linked_source`, `virtual_source`, `snapshot`,
@@ -25,8 +28,8 @@ pub const DEFINITIONS: [&str; 6] = [
 /// `export` operations.
 pub const OPTIONAL_DEFINITIONS: [&str; 1] = ["export"];
 
-/// The operation groups and the operations each may hold (migrations aside).
-pub const GROUPS: [(&str, &[&str]); 4] = [
+/// The operation groups and the operations each may hold.
+pub const GROUPS: [(&str, &[&str]); 5] = [
     ("discovery", &["repository", "source_config"]),
     (
         "linked",
@@ -67,9 +70,10 @@ pub const GROUPS: [(&str, &[&str]); 4] = [
         "export",
         &["ddl", "install", "export", "status", "reset", "uninstall"],
     ),
+    ("upgrade", &MIGRATABLE),
 ];
 
-/// Definitions that can carry data migrations (`upgrade.<definition>@<id>`).
+/// Definitions that can carry data migrations (`upgrade.<definition>`).
 pub const MIGRATABLE: [&str; 5] = [
     "repository",
     "source_config",
@@ -98,34 +102,15 @@ pub enum Output {
 pub struct OperationId {
     pub group: String,
     pub name: String,
-    /// For `upgrade.<definition>@<id>`: the migration id.
-    pub migration: Option<String>,
 }
 
 impl OperationId {
-    /// Parses `group.name` or `upgrade.<definition>@<id>`, checking it against
-    /// the catalogue. The error says what is wrong with the id.
+    /// Parses `group.name`, checking it against the catalogue. The error
+    /// says what is wrong with the id.
     pub fn parse(id: &str) -> Result<Self, String> {
         let (group, rest) = id
             .split_once('.')
             .ok_or_else(|| format!("operation id {id:?} is not of the form group.name"))?;
-        if group == "upgrade" {
-            let (definition, migration) = rest.split_once('@').ok_or_else(|| {
-                format!("migration {id:?} is not of the form upgrade.<definition>@<id>")
-            })?;
-            if !MIGRATABLE.contains(&definition) {
-                return Err(format!(
-                    "migration {id:?} names {definition:?}, which is not one of {}",
-                    MIGRATABLE.join(", ")
-                ));
-            }
-            check_migration_id(migration)?;
-            return Ok(Self {
-                group: group.into(),
-                name: definition.into(),
-                migration: Some(migration.into()),
-            });
-        }
         let names = GROUPS
             .iter()
             .find(|(g, _)| *g == group)
@@ -142,7 +127,6 @@ impl OperationId {
         Ok(Self {
             group: group.into(),
             name: rest.into(),
-            migration: None,
         })
     }
 
@@ -200,8 +184,8 @@ mod tests {
                 .output(),
             Output::One("snapshot")
         );
-        let m = OperationId::parse("upgrade.source_config@1.10").expect("migration");
-        assert_eq!(m.migration.as_deref(), Some("1.10"));
+        let m = OperationId::parse("upgrade.source_config").expect("migration");
+        assert_eq!(m.output(), Output::Object);
     }
 
     #[test]
@@ -209,8 +193,9 @@ mod tests {
         assert!(OperationId::parse("linked.configure").is_err());
         assert!(OperationId::parse("foo.bar").is_err());
         assert!(OperationId::parse("nodot").is_err());
-        assert!(OperationId::parse("upgrade.environment@1").is_err());
-        assert!(OperationId::parse("upgrade.snapshot@1.x").is_err());
+        assert!(OperationId::parse("upgrade.environment").is_err());
+        assert!(OperationId::parse("upgrade.snapshot@1").is_err());
+        assert!(check_migration_id("1.x").is_err());
     }
 
     #[test]

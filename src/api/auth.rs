@@ -9,7 +9,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use super::{blocking, AppState};
+use super::AppState;
+use crate::host::store::Store;
 use crate::host::tokens;
 
 pub async fn require_token(
@@ -26,10 +27,7 @@ pub async fn require_token(
     let Some(secret) = presented else {
         return ApiError::unauthorized("the request carries no bearer token").into_response();
     };
-    let found = blocking(&state, "authenticating the request".into(), move |store| {
-        tokens::verify(store, &secret)
-    })
-    .await;
+    let found = verify(&state, &secret);
     match found {
         Err(e) => e.into_response(),
         Ok(None) => {
@@ -42,4 +40,17 @@ pub async fn require_token(
         }
         Ok(Some(_)) => next.run(request).await,
     }
+}
+
+/// Looks the token up on the state's own connection (opened at first use).
+fn verify(state: &AppState, secret: &str) -> Result<Option<tokens::Token>, ApiError> {
+    let what = "authenticating the request";
+    let mut slot = state.auth.lock().unwrap_or_else(|e| e.into_inner());
+    let store = match slot.take() {
+        Some(store) => store,
+        None => Store::open(&state.store_path).map_err(|e| ApiError::from_host(what, e, ""))?,
+    };
+    let found = tokens::verify(&store, secret).map_err(|e| ApiError::from_host(what, e, ""));
+    *slot = Some(store);
+    found
 }

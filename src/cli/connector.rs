@@ -22,7 +22,7 @@ pub enum Cmd {
         #[arg(long)]
         library: Option<PathBuf>,
     },
-    /// Write one self-contained connector.json (and the library beside it).
+    /// Write one self-contained connector.json (manifest, schemas, and the library in base64).
     Pack {
         /// Connector directory.
         #[arg(default_value = ".")]
@@ -34,7 +34,8 @@ pub enum Cmd {
         #[arg(long)]
         library: Option<PathBuf>,
     },
-    /// Install a connector (a lower version than the installed one is refused).
+    /// Install or upgrade a connector (a lower version than the installed one
+    /// is refused; a higher one runs its data migrations, all or nothing).
     Install {
         /// Connector directory or connector.json.
         path: PathBuf,
@@ -96,10 +97,23 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
                     "{} {}+{} is installed already; nothing to do",
                     i.name, i.version, i.build_number
                 ),
-                Some(prev) => format!(
-                    "installed {} {}+{} (replacing {prev})",
-                    i.name, i.version, i.build_number
-                ),
+                Some(prev) => {
+                    let mut text = format!(
+                        "installed {} {}+{} (replacing {prev})",
+                        i.name, i.version, i.build_number
+                    );
+                    for m in &outcome.migrated {
+                        text.push_str(&format!(
+                            "\nmigrated {} {} document{} (migration{} {})",
+                            m.documents,
+                            m.definition,
+                            if m.documents == 1 { "" } else { "s" },
+                            if m.migrations.len() == 1 { "" } else { "s" },
+                            m.migrations.join(", ")
+                        ));
+                    }
+                    text
+                }
                 None => format!("installed {} {}+{}", i.name, i.version, i.build_number),
             };
             out.message(&text, serde_json::to_value(&outcome)?)

@@ -15,6 +15,7 @@ mod linked;
 mod platform;
 mod registry;
 mod source;
+mod upgrade;
 mod virtual_db;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::{discovery, export, linked, virtual_db, Platform};
+use super::{discovery, export, linked, upgrade, virtual_db, Platform};
 use crate::abi::OperationError;
 
 /// An operation: JSON input in, JSON output or an error out.
@@ -49,4 +49,9 @@ pub(super) const REGISTRY: &[(&str, Handler)] = &[
     ("export.status", export::status),
     ("export.reset", export::reset),
     ("export.uninstall", export::uninstall),
+    ("upgrade.repository", upgrade::repository),
+    ("upgrade.source_config", upgrade::source_config),
+    ("upgrade.linked_source", upgrade::linked_source),
+    ("upgrade.virtual_source", upgrade::virtual_source),
+    ("upgrade.snapshot", upgrade::snapshot),
 ];

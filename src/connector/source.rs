@@ -81,8 +81,10 @@ impl Source {
             user: text("replication_user").unwrap_or_else(|| "postgres".into()),
             password: text("replication_password"),
             database: text("database").unwrap_or_else(|| "postgres".into()),
+            // `timeout_seconds` from 0.2.0 of the test fixture on.
             connect_timeout: s
                 .get("connect_timeout_seconds")
+                .or_else(|| s.get("timeout_seconds"))
                 .and_then(Value::as_u64)
                 .unwrap_or(10),
             bin_dir: None,

@@ -19,6 +19,8 @@ mod zfs;
 pub use zfs::ZfsPool;
 #[path = "cluster.rs"]
 mod cluster;
+#[path = "fixture.rs"]
+pub mod fixture;
 #[path = "netns.rs"]
 pub mod netns;
 pub use cluster::{free_port, run_ok, stop_clusters_under, Cluster, PgDir};

@@ -4,9 +4,11 @@
 //! - a **directory** with `plugin.json`, the schema files it names, and the
 //!   library (in the directory, its `target/release` or `target/debug`, or
 //!   beside the running `pgvirt`);
-//! - a self-contained **`connector.json`** (made by `connector pack`) with the
-//!   manifest, the schemas inlined, and the library's file name and sha256;
-//!   the library file sits beside it.
+//! - a self-contained **`connector.json`** (made by `connector pack`, taken
+//!   by `POST /connectors`) with the manifest, the schemas inlined, and the
+//!   library itself (`library.base64`, with its file name and sha256). The
+//!   engine's own copy of an installed connector leaves the library out
+//!   (`library.base64` absent): the file sits beside it.
 //!
 //! [`Package::validate`] checks everything `pgvirt connector validate`
 //! promises and returns every problem with its JSON path.
@@ -14,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::abi::manifest::declared_operations;
@@ -30,6 +33,15 @@ pub const PLUGIN_SCHEMA: &str = include_str!("../../../schema/plugin.schema.json
 /// The `format` tag of a packed `connector.json`.
 pub const BUNDLE_FORMAT: &str = "pgvirt-connector/1";
 
+/// The library inside a `connector.json`, or beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LibraryPlacement {
+    /// In `library.base64`: the file alone is the connector (pack, upload).
+    Embedded,
+    /// Only its name and sha256; the file sits beside (the engine's copy).
+    Beside,
+}
+
 /// A connector package read from disk.
 pub struct Package {
     /// The directory or `connector.json` it was read from.
@@ -45,18 +57,25 @@ pub struct Package {
     recorded_sha256: Option<String>,
     /// Problems found while reading (missing files, bad paths).
     read_problems: Vec<Problem>,
+    /// Where an embedded library was written out, kept while the package is.
+    _scratch: Option<tempfile::TempDir>,
 }
 
 impl Package {
     /// Reads a package from a directory or a `connector.json`.
     /// `library` overrides where the library is looked for.
     pub fn read(origin: &Path, library: Option<&Path>) -> Result<Self> {
+        Self::read_in(origin, library, &std::env::temp_dir())
+    }
+
+    /// [`Package::read`], writing an embedded library out under `scratch`.
+    pub fn read_in(origin: &Path, library: Option<&Path>, scratch: &Path) -> Result<Self> {
         let meta = std::fs::metadata(origin)
             .map_err(|e| Error::io("cannot read connector package", origin, e))?;
         let mut package = if meta.is_dir() {
             Self::read_dir(origin)?
         } else {
-            Self::read_bundle(origin)?
+            Self::read_bundle(origin, scratch)?
         };
         if let Some(lib) = library {
             package.library = Some(lib.to_owned());
@@ -92,6 +111,7 @@ impl Package {
             library: Some(library.to_owned()),
             recorded_sha256: None,
             read_problems: Vec::new(),
+            _scratch: None,
         })
     }
 
@@ -139,15 +159,27 @@ impl Package {
             library,
             recorded_sha256: None,
             read_problems,
+            _scratch: None,
         })
     }
 
-    fn read_bundle(file: &Path) -> Result<Self> {
+    fn read_bundle(file: &Path, scratch: &Path) -> Result<Self> {
         let bundle = files::read_json(file)?;
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let beside = file.parent().unwrap_or(Path::new("."));
+        let mut package = Self::from_bundle(bundle, &name, beside, scratch)?;
+        package.origin = file.to_owned();
+        Ok(package)
+    }
+
+    /// A package from the JSON of a `connector.json` (`name` names it in
+    /// problems). An embedded library is written out to a directory of this
+    /// process under `scratch` (see [`scratch`](super::scratch)), removed
+    /// with the package; a library not embedded is looked for in `beside`.
+    pub fn from_bundle(bundle: Value, name: &str, beside: &Path, scratch: &Path) -> Result<Self> {
         let mut read_problems = Vec::new();
         if bundle.get("format").and_then(Value::as_str) != Some(BUNDLE_FORMAT) {
             read_problems.push(Problem {
@@ -163,9 +195,42 @@ impl Package {
             }
         }
         let lib_name = bundle.pointer("/library/file").and_then(Value::as_str);
-        let library = match lib_name {
-            Some(n) if !n.contains('/') => file.parent().map(|d| d.join(n)),
-            _ => {
+        let mut kept = None;
+        let library = match (lib_name, bundle.pointer("/library/base64")) {
+            (Some(n), _) if n.contains('/') || n.is_empty() => {
+                read_problems.push(Problem {
+                    at: format!("{name}#/library/file"),
+                    message: "must be the library's file name".into(),
+                });
+                None
+            }
+            (Some(n), Some(encoded)) => {
+                let bytes = encoded
+                    .as_str()
+                    .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok());
+                match bytes {
+                    Some(bytes) => {
+                        files::create_private_dir(scratch)?;
+                        let tmp = tempfile::Builder::new()
+                            .prefix(&super::scratch::prefix())
+                            .tempdir_in(scratch)
+                            .map_err(|e| Error::io("cannot make a directory in", scratch, e))?;
+                        let path = tmp.path().join(n);
+                        files::write_atomic(&path, &bytes, 0o700)?;
+                        kept = Some(tmp);
+                        Some(path)
+                    }
+                    None => {
+                        read_problems.push(Problem {
+                            at: format!("{name}#/library/base64"),
+                            message: "must be the library's bytes in base64 (as `pgvirt connector pack` writes)".into(),
+                        });
+                        None
+                    }
+                }
+            }
+            (Some(n), None) => Some(beside.join(n)),
+            (None, _) => {
                 read_problems.push(Problem {
                     at: format!("{name}#/library/file"),
                     message: "must be the library's file name".into(),
@@ -174,7 +239,7 @@ impl Package {
             }
         };
         Ok(Self {
-            origin: file.to_owned(),
+            origin: PathBuf::from(name),
             manifest_at: format!("{name}#/manifest"),
             manifest_value,
             schemas,
@@ -184,6 +249,7 @@ impl Package {
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             read_problems,
+            _scratch: kept,
         })
     }
 
@@ -213,6 +279,7 @@ impl Package {
         if !problems.is_empty() {
             return problems;
         }
+        problems.extend(check_upgrade(&self.manifest_value, at));
         // 2. Each definition schema against draft-07, with identity fields.
         for (key, (doc, name)) in &self.schemas {
             problems.extend(check_schema(doc, key, name));
@@ -355,8 +422,9 @@ impl Package {
         ))
     }
 
-    /// The self-contained `connector.json` for this (valid) package.
-    pub fn bundle(&self) -> Result<Value> {
+    /// The `connector.json` for this (valid) package, with its library
+    /// embedded or only named.
+    pub fn bundle(&self, placement: LibraryPlacement) -> Result<Value> {
         let problems = self.validate();
         if !problems.is_empty() {
             return Err(Error::invalid(
@@ -368,46 +436,72 @@ impl Package {
             .library
             .as_deref()
             .ok_or_else(|| Error::usage("connector library not found"))?;
-        let file = lib
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| {
-                Error::usage(format!("library path {} has no file name", lib.display()))
-            })?;
+        let file = self
+            .manifest_value
+            .get("library")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::usage("the manifest names no library"))?;
+        let mut library = json!({"file": file, "sha256": files::sha256_file(lib)?});
+        if placement == LibraryPlacement::Embedded {
+            let bytes = std::fs::read(lib).map_err(|e| Error::io("cannot read", lib, e))?;
+            library["base64"] =
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
         Ok(json!({
             "format": BUNDLE_FORMAT,
             "manifest": self.manifest_value,
             "schemas": self.schemas_value(),
-            "library": {"file": file, "sha256": files::sha256_file(lib)?},
+            "library": library,
         }))
     }
 
-    /// Writes `connector.json` and a copy of the library into `out`.
-    /// Returns the path of `connector.json`.
+    /// Writes the self-contained `connector.json` into `out` and returns
+    /// its path.
     pub fn pack(&self, out: &Path) -> Result<PathBuf> {
-        let bundle = self.bundle()?;
-        let lib = self
-            .library
-            .as_deref()
-            .ok_or_else(|| Error::usage("connector library not found"))?;
+        let bundle = self.bundle(LibraryPlacement::Embedded)?;
         std::fs::create_dir_all(out).map_err(|e| Error::io("cannot create", out, e))?;
-        let file = bundle
-            .pointer("/library/file")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let lib_out = out.join(file);
-        if lib != lib_out {
-            let tmp = out.join(format!(".{file}.tmp"));
-            std::fs::copy(lib, &tmp)
-                .map_err(|e| Error::io("cannot copy the library to", &tmp, e))?;
-            std::fs::rename(&tmp, &lib_out).map_err(|e| Error::io("cannot write", &lib_out, e))?;
-        }
         let path = out.join("connector.json");
-        let text =
-            serde_json::to_string_pretty(&bundle).map_err(|e| Error::usage(e.to_string()))?;
-        files::write_atomic(&path, text.as_bytes(), 0o644)?;
+        let text = serde_json::to_vec_pretty(&bundle).map_err(|e| Error::usage(e.to_string()))?;
+        files::write_atomic(&path, &text, 0o644)?;
         Ok(path)
     }
+}
+
+/// The `upgrade` section: each definition with migrations has its
+/// `upgrade.<definition>` operation, and no migration id twice.
+fn check_upgrade(manifest: &Value, at: &str) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let declared: Vec<&str> = manifest
+        .pointer("/operations/upgrade")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(sections) = manifest.get("upgrade").and_then(Value::as_object) else {
+        return problems;
+    };
+    for (definition, migrations) in sections {
+        let list = migrations.as_array().map(Vec::as_slice).unwrap_or_default();
+        if !list.is_empty() && !declared.contains(&definition.as_str()) {
+            problems.push(Problem {
+                at: join_pointer(at, &format!("/upgrade/{definition}")),
+                message: format!(
+                    "has migrations, but operations.upgrade does not list {definition:?}"
+                ),
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, m) in list.iter().enumerate() {
+            let id = m.get("id").and_then(Value::as_str).unwrap_or_default();
+            let parts: Vec<u64> = id.split('.').filter_map(|p| p.parse().ok()).collect();
+            if !seen.insert(parts) {
+                problems.push(Problem {
+                    at: join_pointer(at, &format!("/upgrade/{definition}/{i}/id")),
+                    message: format!("migration id {id:?} is declared twice"),
+                });
+            }
+        }
+    }
+    problems
 }
 
 /// Where a library named `name` is looked for, for a package directory.

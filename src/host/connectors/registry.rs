@@ -1,5 +1,12 @@
-//! Installed connectors: install (no downgrades; the same version
-//! re-installs), list, and open the one to use.
+//! Installed connectors: install (a lower version is refused naming both,
+//! the same version is a no-op, a higher one runs its data migrations, see
+//! [`upgrade`]), list, and open the one to use.
+//!
+//! An install or upgrade commits in one store transaction: the migrated
+//! documents and the switch to the new release land together or not at
+//! all. The new library is copied to its own directory first; until the
+//! commit, nothing refers to it, so a kill midway leaves the old release
+//! fully in place (the next install of that release writes over the copy).
 //!
 //! Installing copies the library into the engine's data directory
 //! (`connectors/<id>/<version>+<build>/`) beside a `connector.json`, so later
@@ -11,11 +18,16 @@ use std::path::{Path, PathBuf};
 use rusqlite::params;
 use serde::Serialize;
 
+use serde_json::Value;
+
 use crate::host::connectors::loader::Connector;
 use crate::host::connectors::manifest::Manifest;
-use crate::host::connectors::package::Package;
+use crate::host::connectors::package::{LibraryPlacement, Package};
+use crate::host::connectors::scratch;
+use crate::host::connectors::upgrade::{self, Migrated, Plan};
 use crate::host::error::{Error, Result};
 use crate::host::files;
+use crate::host::lifecycle::jobs;
 use crate::host::store::{self, Store};
 
 /// An installed connector, as stored.
@@ -38,6 +50,8 @@ pub struct InstallOutcome {
     pub previous_version: Option<String>,
     /// The same version and library were installed already: nothing was done.
     pub unchanged: bool,
+    /// The data migrations an upgrade ran.
+    pub migrated: Vec<Migrated>,
 }
 
 /// Installs the package at `origin` (directory or `connector.json`).
@@ -45,13 +59,24 @@ pub fn install(store: &Store, origin: &Path) -> Result<InstallOutcome> {
     install_package(store, &Package::read(origin, None)?)
 }
 
+/// Installs an uploaded `connector.json` (its JSON): what `POST
+/// /connectors` does, through the same code as [`install`].
+pub fn install_bundle(store: &Store, bundle: Value) -> Result<InstallOutcome> {
+    let dir = scratch::incoming(store);
+    install_package(
+        store,
+        &Package::from_bundle(bundle, "connector.json", &dir, &dir)?,
+    )
+}
+
 /// Installs a package already read (see [`Package::from_library`]).
 pub fn install_package(store: &Store, package: &Package) -> Result<InstallOutcome> {
-    let bundle = package.bundle()?; // validates everything
+    let bundle = package.bundle(LibraryPlacement::Beside)?; // validates everything
     let manifest: Manifest = serde_json::from_value(package.manifest_value.clone())
         .map_err(|e| Error::usage(format!("manifest: {e}")))?;
     let new_key = manifest.version_key()?;
     let previous = find(store, &manifest.id)?;
+    let mut plan = Plan::default();
     if let Some(prev) = &previous {
         let prev_manifest = manifest_of(store, &prev.id)?;
         let prev_key = prev_manifest.version_key()?;
@@ -60,6 +85,7 @@ pub fn install_package(store: &Store, package: &Package) -> Result<InstallOutcom
                 installed: prev.clone(),
                 previous_version: Some(format!("{}+{}", prev.version, prev.build_number)),
                 unchanged: true,
+                migrated: Vec::new(),
             });
         }
         if new_key < prev_key {
@@ -68,6 +94,9 @@ pub fn install_package(store: &Store, package: &Package) -> Result<InstallOutcom
                 manifest.name, manifest.version, manifest.build_number, prev.version, prev.build_number
             )));
         }
+        if new_key > prev_key {
+            plan = Plan::between(&prev_manifest, &manifest);
+        }
     }
     let dir = store
         .data_dir()
@@ -75,6 +104,32 @@ pub fn install_package(store: &Store, package: &Package) -> Result<InstallOutcom
         .join(&manifest.id)
         .join(format!("{}+{}", manifest.version, manifest.build_number));
     files::create_private_dir(&dir)?;
+    scratch::mark(&dir).map_err(|e| Error::io("cannot write in", &dir, e))?;
+    let outcome = place_and_commit(store, package, &bundle, &manifest, &dir, previous, &plan);
+    // Committed or not, the release is no longer being installed; one the
+    // store does not refer to goes.
+    let referenced = list(store)
+        .map(|all| all.iter().any(|c| c.library_path.starts_with(&dir)))
+        .unwrap_or(true);
+    if outcome.is_err() && !referenced {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        scratch::unmark(&dir);
+    }
+    outcome
+}
+
+/// Copies the library into the release's directory `dir`, then, in one
+/// transaction, runs the migrations of `plan` and switches to the release.
+fn place_and_commit(
+    store: &Store,
+    package: &Package,
+    bundle: &Value,
+    manifest: &Manifest,
+    dir: &Path,
+    previous: Option<Installed>,
+    plan: &Plan,
+) -> Result<InstallOutcome> {
     let source_lib = package
         .library
         .as_deref()
@@ -87,35 +142,78 @@ pub fn install_package(store: &Store, package: &Package) -> Result<InstallOutcom
     std::fs::rename(&tmp, &lib_path).map_err(|e| Error::io("cannot install", &lib_path, e))?;
     let sha = files::sha256_file(&lib_path)?;
     let bundle_text =
-        serde_json::to_string_pretty(&bundle).map_err(|e| Error::usage(e.to_string()))?;
-    files::write_atomic(&dir.join("connector.json"), bundle_text.as_bytes(), 0o644)?;
+        serde_json::to_string_pretty(bundle).map_err(|e| Error::usage(e.to_string()))?;
+    let bundle_path = dir.join("connector.json");
+    files::write_atomic(&bundle_path, bundle_text.as_bytes(), 0o644)?;
+    // The migrations run in the library just installed, as later commands
+    // will load it.
+    let connector = if plan.is_empty() {
+        None
+    } else {
+        Some(Package::read(&bundle_path, None)?.open()?)
+    };
     let schemas = package.schemas_value().to_string();
-    store
-        .conn()
-        .execute(
-            "INSERT INTO connectors (id, name, version, build_number, manifest, schemas, library_path, library_sha256, installed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (id) DO UPDATE SET name = ?2, version = ?3, build_number = ?4, manifest = ?5,
-                 schemas = ?6, library_path = ?7, library_sha256 = ?8, installed_at = ?9",
-            params![
-                manifest.id,
-                manifest.name,
-                manifest.version,
-                manifest.build_number,
-                package.manifest_value.to_string(),
-                schemas,
-                lib_path.to_string_lossy(),
-                sha,
-                store::now()
-            ],
-        )
-        .map_err(|e| store.err(e))?;
+    let migrated = store.atomically(|| {
+        // The write first: it takes the store's write lock, so no job can
+        // begin until this commits.
+        store
+            .conn()
+            .execute(
+                "INSERT INTO connectors (id, name, version, build_number, manifest, schemas, library_path, library_sha256, installed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (id) DO UPDATE SET name = ?2, version = ?3, build_number = ?4, manifest = ?5,
+                     schemas = ?6, library_path = ?7, library_sha256 = ?8, installed_at = ?9",
+                params![
+                    manifest.id,
+                    manifest.name,
+                    manifest.version,
+                    manifest.build_number,
+                    package.manifest_value.to_string(),
+                    schemas,
+                    lib_path.to_string_lossy(),
+                    sha,
+                    store::now()
+                ],
+            )
+            .map_err(|e| store.err(e))?;
+        let Some(connector) = &connector else {
+            return Ok(Vec::new());
+        };
+        let from = previous
+            .as_ref()
+            .map(|p| format!("{} {}+{}", p.name, p.version, p.build_number))
+            .unwrap_or_default();
+        let busy: Vec<_> = jobs::running(store)?
+            .into_iter()
+            .filter(|j| j.is_alive())
+            .collect();
+        if let Some(job) = busy.first() {
+            return Err(Error::Conflict(format!(
+                "cannot upgrade {from} to {} while job {} ({} of {} {}) runs: its documents would change under it;                  wait for it to end and install again",
+                manifest.label(),
+                job.id,
+                job.kind,
+                job.target_kind,
+                job.target_name
+            )));
+        }
+        let migrated = upgrade::run(store, connector, plan).map_err(|e| {
+            Error::Refused(format!(
+                "cannot upgrade {from} to {}: {e}\nnothing was changed; {from} stays installed. \
+                 Fix the stored document (or the connector's migration) and install again",
+                manifest.label()
+            ))
+        })?;
+        crate::host::storage::fault_pause(upgrade::FAULT_STEP);
+        Ok(migrated)
+    })?;
     let installed =
         find(store, &manifest.id)?.ok_or_else(|| Error::NotFound("connector vanished".into()))?;
     Ok(InstallOutcome {
         installed,
         previous_version: previous.map(|p| format!("{}+{}", p.version, p.build_number)),
         unchanged: false,
+        migrated,
     })
 }
 

@@ -7,19 +7,23 @@
 use super::jobs;
 use super::timeflow::ContainerKind;
 use super::{dsource, vdb};
-use crate::host::connectors::registry;
+use crate::host::connectors::{registry, scratch};
 use crate::host::error::Result;
 use crate::host::store::Store;
 
 /// Repairs every interrupted job; returns what was done, and what could
 /// not be repaired yet (as warnings).
 pub fn repair_interrupted(store: &Store) -> Result<Vec<String>> {
+    // What an interrupted connector install left (it holds no job).
+    let mut said: Vec<String> = scratch::sweep(store)
+        .into_iter()
+        .map(|path| format!("removed {path}, left by an interrupted connector install"))
+        .collect();
     let interrupted = jobs::interrupted(store)?;
     if interrupted.is_empty() {
-        return Ok(Vec::new());
+        return Ok(said);
     }
     let connector = registry::open(store, None)?;
-    let mut said = Vec::new();
     for job in interrupted {
         let outcome = match job.target_kind {
             ContainerKind::Dsource => dsource::repair(store, &connector, &job),

@@ -101,7 +101,7 @@ impl DSource {
 }
 
 /// The associated data its secrets are sealed with.
-fn owner(name: &str) -> String {
+pub(crate) fn owner(name: &str) -> String {
     format!("dSource {name}")
 }
 

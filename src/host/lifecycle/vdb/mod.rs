@@ -161,7 +161,7 @@ impl Vdb {
 }
 
 /// The associated data its secrets are sealed with.
-fn owner(name: &str) -> String {
+pub(crate) fn owner(name: &str) -> String {
     format!("VDB {name}")
 }
 
