@@ -58,10 +58,13 @@ SELECT format('ALTER SUBSCRIPTION %I SET (slot_name = NONE)', subname) FROM pg_s
 SELECT format('DROP SUBSCRIPTION %I', subname) FROM pg_subscription WHERE subname = :'sub' \gexec"#;
 
 const SYNC_STATE: &str = r#"\c :"db"
-SELECT count(*) FILTER (WHERE r.srsubstate = 'r') || ' ' || count(*) || ' '
-    || coalesce((SELECT sync_error_count + apply_error_count FROM pg_stat_subscription_stats WHERE subname = :'sub'), 0) || ' '
-    || coalesce((SELECT sum(bytes_processed) FROM pg_stat_progress_copy), 0)
-  FROM pg_subscription s LEFT JOIN pg_subscription_rel r ON r.srsubid = s.oid WHERE s.subname = :'sub'"#;
+SELECT (SELECT count(*) FROM pg_subscription_rel r WHERE r.srsubid = s.oid AND r.srsubstate = 'r') || ' '
+    || (SELECT count(*) FROM pg_subscription_rel r WHERE r.srsubid = s.oid) || ' '
+    || coalesce((SELECT sync_error_count + apply_error_count FROM pg_stat_subscription_stats WHERE subid = s.oid), 0) || ' '
+    || (coalesce((SELECT sum(pg_table_size(r.srrelid)) FROM pg_subscription_rel r
+                  WHERE r.srsubid = s.oid AND r.srsubstate IN ('f', 's', 'r')), 0)
+        + coalesce((SELECT sum(bytes_processed) FROM pg_stat_progress_copy), 0))::bigint
+  FROM pg_subscription s WHERE s.subname = :'sub'"#;
 
 const STATUS: &str = r#"\c :"db"
 SELECT json_build_object(
@@ -134,7 +137,12 @@ impl Logical {
                 .split_whitespace()
                 .map(|x| x.parse().unwrap_or(0))
                 .collect();
-            let (ready, total, errors, bytes) = (n[0], n[1], n[2], n[3]);
+            let [ready, total, errors, bytes] = n[..] else {
+                return Err(OperationError::new(
+                    ErrorKind::InvalidState,
+                    format!("staging has no subscription {}", self.subscription),
+                ));
+            };
             if errors > 0 {
                 return Err(self.explain(
                     platform,
@@ -150,7 +158,7 @@ impl Logical {
                 platform.progress(
                     ready,
                     total.max(1),
-                    &format!("tables synchronised ({} MiB in flight)", bytes >> 20),
+                    &format!("tables synchronised ({} MiB copied)", bytes >> 20),
                 );
                 last = (ready, bytes);
             }
