@@ -415,6 +415,7 @@ fn main() {
             &[
                 "pool",
                 "snapshot s (median)",
+                "cp -a --reflink s",
                 "sync incl. prepare s",
                 "max lag s",
                 "max lag bytes",
@@ -458,6 +459,7 @@ fn under_load(p: &Pgvirt, source: &Source, kind: &str) -> (Vec<String>, Value) {
     let mut syncs = Vec::new();
     let mut snaps = Vec::new();
     let mut lags = Vec::new();
+    let mut cps = Vec::new();
     for _ in 0..5 {
         let (snap, took) = timed(|| p.json(&["dsource", "sync", "bench"]));
         syncs.push(took.as_secs_f64());
@@ -475,6 +477,33 @@ fn under_load(p: &Pgvirt, source: &Source, kind: &str) -> (Vec<String>, Value) {
             "lag_bytes": shown["replication"]["lag_bytes"],
             "lag_seconds": shown["replication"]["lag_seconds"],
         }));
+        // The baseline, alternating: what a user would run for a file
+        // clone of the same live staging, `cp -a --reflink=always`, into
+        // the same pool.
+        let dataset = shown["dsource"]["dataset"].clone();
+        let pool = p.json(&["pool", "list"]);
+        let mount = std::path::PathBuf::from(
+            pool.as_array()
+                .and_then(|all| all.iter().find(|d| d["name"] == dataset))
+                .and_then(|d| d["path"].as_str())
+                .unwrap_or_else(|| panic!("no dataset {dataset} in {pool}")),
+        );
+        let copy = mount.with_file_name(format!("bench-cp-{}", cps.len()));
+        let (out, took) = timed(|| {
+            std::process::Command::new("cp")
+                .args(["-a", "--reflink=always"])
+                .arg(&mount)
+                .arg(&copy)
+                .output()
+                .expect("cp")
+        });
+        // A file vanishing under the running staging fails cp: counted all
+        // the same (it copied the rest), and said.
+        if !out.status.success() {
+            println!("note: cp: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        cps.push(took.as_secs_f64());
+        let _ = std::fs::remove_dir_all(&copy);
         std::thread::sleep(std::time::Duration::from_secs(2));
     }
     let _ = load.kill();
@@ -492,6 +521,7 @@ fn under_load(p: &Pgvirt, source: &Source, kind: &str) -> (Vec<String>, Value) {
         vec![
             kind.to_owned(),
             format!("{:.3}", median(snaps.clone())),
+            format!("{:.3}", median(cps.clone())),
             format!("{:.3}", median(syncs.clone())),
             format!("{max_lag_s:.3}"),
             max_lag_b.to_string(),
@@ -499,6 +529,7 @@ fn under_load(p: &Pgvirt, source: &Source, kind: &str) -> (Vec<String>, Value) {
         json!({
             "pool": kind, "snapshot_under_load_seconds": snaps,
             "sync_with_prepare_seconds": syncs, "lag_after_snapshot": lags,
+            "cp_reflink_baseline_seconds": cps,
         }),
     )
 }

@@ -3,7 +3,7 @@
 //! dependents, ownership, mounts, crash safety and space accounting.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
@@ -78,6 +78,15 @@ fn lifecycle(p: &Pgvirt, expect_backend: &str, expect_shared: bool) {
             .args(["-D", &data, "-w", "-m", "fast", "stop"]),
     );
 
+    // Besides the cluster: a link, and a file of root's with its own mode.
+    std::os::unix::fs::symlink("data/PG_VERSION", format!("{base}/link")).expect("symlink");
+    std::fs::write(format!("{base}/odd"), "odd").expect("odd file");
+    std::fs::set_permissions(
+        format!("{base}/odd"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .expect("chmod");
+
     let snap = p.json(&["pool", "dataset", "snapshot", "base", "s1"]);
     let snap_id = snap["id"].to_string();
     let clone = p.json(&[
@@ -87,6 +96,8 @@ fn lifecycle(p: &Pgvirt, expect_backend: &str, expect_shared: bool) {
     let meta = std::fs::metadata(format!("{work}/data")).expect("clone data");
     assert_eq!(meta.uid(), pg.uid.as_raw(), "the clone keeps the owner");
     assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+
+    assert_same_tree(Path::new(&base), Path::new(&work));
 
     // PostgreSQL starts on the clone as postgres and sees the data.
     let data = format!("{work}/data");
@@ -387,4 +398,63 @@ fn vdbs_on_a_zfs_pool_are_zfs_clones_that_add_little() {
     s.pgvirt.ok(&["dsource", "delete", "z", "--with-vdbs"]);
     assert_eq!(s.pgvirt.json(&["pool", "list"]), json!([]));
     s.pgvirt.ok(&["pool", "check"]);
+}
+
+/// Every entry under `a` is under `b` with the same kind, mode, owner,
+/// modification time, link target and contents, and nothing else is.
+fn assert_same_tree(a: &Path, b: &Path) {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .expect("list")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let m = std::fs::symlink_metadata(&path).expect("stat");
+            let rel = path.strip_prefix(root).expect("under root").to_owned();
+            let what = if m.file_type().is_symlink() {
+                format!(
+                    "link {}",
+                    std::fs::read_link(&path).expect("readlink").display()
+                )
+            } else if m.is_dir() {
+                "dir".to_owned()
+            } else {
+                format!("file {:x}", hash_of(&std::fs::read(&path).expect("read")))
+            };
+            let mtime = if m.file_type().is_symlink() {
+                0
+            } else {
+                m.mtime()
+            };
+            out.push((
+                rel,
+                format!(
+                    "{what} mode {:o} owner {}:{} mtime {mtime}",
+                    m.mode(),
+                    m.uid(),
+                    m.gid()
+                ),
+            ));
+            if m.is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    fn hash_of(bytes: &[u8]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        h.finish()
+    }
+    let (mut left, mut right) = (Vec::new(), Vec::new());
+    walk(a, a, &mut left);
+    walk(b, b, &mut right);
+    assert!(
+        left.len() > 100,
+        "a data directory's worth of entries: {}",
+        left.len()
+    );
+    assert_eq!(left, right, "the clone differs from its origin");
 }
