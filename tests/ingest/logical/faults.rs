@@ -179,6 +179,7 @@ fn logical_faults_are_repaired_or_named() {
         err.contains("public.items") && err.contains("extra"),
         "{err}"
     );
+    assert!(err.contains("INSERT"), "the failed change: {err}");
     assert!(err.contains("--resync"), "{err}");
 
     // The slot dropped on the source: a resync is needed, and works.

@@ -349,7 +349,7 @@ SELECT count(setval((x->>'s')::regclass, (x->>'v')::bigint))
     ) -> OperationError {
         let tail = platform
             .run(&request(
-                r#"grep -E 'ERROR:|CONTEXT:|DETAIL:' -- "$LOG" 2>/dev/null | grep -v 'terminating logical replication worker due to administrator' | tail -n 3"#,
+                r#"grep -E 'ERROR:|CONTEXT:|DETAIL:' -- "$LOG" 2>/dev/null | grep -v 'terminating logical replication worker due to administrator' | tail -n 20 | awk '/ERROR:/ { last = $0; next } last != "" { last = last "\n" $0 } END { print last }'"#,
                 &[("LOG", staging.cluster.log_file.clone())],
             ))
             .map(|o| o.stdout.trim().to_owned())
@@ -374,8 +374,8 @@ SELECT count(setval((x->>'s')::regclass, (x->>'v')::bigint))
             )
         } else {
             format!(
-                "make the table on staging match the source's (the same DDL on the source database {} and the staging, port {}), or resync the dSource (`pgvirt dsource sync {} --resync`); see {}",
-                self.source.database, staging.cluster.port, staging.name, staging.cluster.log_file
+                "run the same DDL on staging (`psql -h {} -p {} -d {}` as the environment user): the apply then resumes; or resync the dSource (`pgvirt dsource sync {} --resync`); see {}",
+                staging.cluster.socket_dir, staging.cluster.port, self.source.database, staging.name, staging.cluster.log_file
             )
         };
         let mut out = OperationError::new(
