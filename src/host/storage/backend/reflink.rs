@@ -121,12 +121,13 @@ pub fn clone_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 fn clone_file(f: &Entry) -> Result<()> {
-    match reflink_copy::reflink(&f.from, &f.to) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound && fs::symlink_metadata(&f.from).is_err() => {
+    if let Err(e) = reflink_copy::reflink(&f.from, &f.to) {
+        // Gone since the tree was read (whatever error that made).
+        if fs::symlink_metadata(&f.from).is_err_and(|m| m.kind() == ErrorKind::NotFound) {
+            let _ = fs::remove_file(&f.to);
             return Ok(());
         }
-        Err(e) => return Err(Error::io("cannot clone (FICLONE)", &f.from, e)),
+        return Err(Error::io("cannot clone (FICLONE)", &f.from, e));
     }
     fs::set_permissions(&f.to, fs::Permissions::from_mode(f.meta.mode() & 0o7777))
         .map_err(|e| Error::io("cannot set the mode of", &f.to, e))?;
