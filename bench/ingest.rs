@@ -9,10 +9,13 @@
 //!
 //! Run as root: `cargo bench --bench ingest`. `PGVIRT_BENCH_SCALE=20`,
 //! `PGVIRT_BENCH_POOLS=xfs`, `PGVIRT_BENCH_RUNS=1` and
-//! `PGVIRT_BENCH_INGEST=basebackup,single_database,pgbackrest` shrink it.
+//! `PGVIRT_BENCH_INGEST=basebackup,single_database,pgbackrest,logical` shrink it.
 
 #[path = "support.rs"]
 mod support;
+
+#[path = "ingest_logical.rs"]
+mod logical;
 
 use std::path::{Path, PathBuf};
 
@@ -196,6 +199,7 @@ fn main() {
             "basebackup".to_owned(),
             "single_database".to_owned(),
             "pgbackrest".to_owned(),
+            "logical".to_owned(),
         ],
     );
     let wants = |m: &str| methods.iter().any(|x| x == m);
@@ -338,6 +342,48 @@ fn main() {
         }
     }
 
+    let mut logical_rows = Vec::new();
+    let mut logical_results = Vec::new();
+    if wants("logical") {
+        println!("logical replication: wal_level = logical on the source ...");
+        logical::prepare_source(&source);
+        let dumps = scratch("pgvirt-bench-dump-");
+        let dump_root = pg_dir(dumps.path(), "d");
+        let params = logical::params(dump_root.as_path());
+        for &kind in &kinds {
+            let (pool, _state, p, id) = new_pool(kind);
+            println!("{kind}: logical link vs pg_dump -j2 + pg_restore -j2, {runs} runs each ...");
+            let (base, linked) = alternate(
+                runs,
+                |i| {
+                    let dir = pg_dir(&pool.root, &format!("base-lr-{i}"));
+                    dump_and_restore(&source, &dir, &dump_root.join("dump"));
+                    let _ = std::fs::remove_dir_all(&dir);
+                },
+                |_, last| {
+                    let port = free_port().to_string();
+                    p.ok(&logical::link_args(&id, &port, &params));
+                    if !last {
+                        p.ok(&["dsource", "delete", "lr"]);
+                    }
+                },
+            );
+            compared.push((
+                kind,
+                Compared {
+                    method: "logical_replication",
+                    baseline: "initdb + pg_dump -Fd -j2 + pg_restore -j2",
+                    base,
+                    link: linked,
+                },
+            ));
+            let (row, result) = logical::under_load(&p, &source, kind, 30);
+            logical_rows.push(row);
+            logical_results.push(result);
+            p.ok(&["dsource", "delete", "lr"]);
+        }
+    }
+
     let mut rows = Vec::new();
     let mut results = Vec::new();
     for (kind, c) in &compared {
@@ -377,9 +423,25 @@ fn main() {
             &load_rows,
         );
     }
+    if !logical_rows.is_empty() {
+        print_table(
+            "logical replication under pgbench -c 2: apply lag (dsource show every 0.5 s) and syncs",
+            &[
+                "pool",
+                "lag bytes (median)",
+                "lag bytes (max)",
+                "lag s (median)",
+                "lag s (max)",
+                "sync s (median)",
+                "apply paused s (median)",
+            ],
+            &logical_rows,
+        );
+    }
     write_json(
         "ingest",
-        &json!({"machine": machine(), "results": results, "under_load": load_results}),
+        &json!({"machine": machine(), "results": results, "under_load": load_results,
+                "logical_under_load": logical_results}),
     );
 }
 

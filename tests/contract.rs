@@ -262,10 +262,17 @@ fn a_tampered_library_fails_the_packed_checksum() {
         "--out",
         out.to_str().expect("utf-8"),
     ]);
-    // Three more bytes (zeros) at the end of the embedded library.
+    // Three more bytes (zeros) at the end of the embedded library (decoded
+    // and encoded again: appending "AAAA" to text that ends in padding
+    // would be no base64 at all).
     edit_json(&out.join("connector.json"), |b| {
-        let lib = b["library"]["base64"].as_str().expect("base64").to_owned();
-        b["library"]["base64"] = json!(format!("{lib}AAAA"));
+        use base64::Engine as _;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let mut lib = engine
+            .decode(b["library"]["base64"].as_str().expect("base64"))
+            .expect("decodes");
+        lib.extend_from_slice(&[0, 0, 0]);
+        b["library"]["base64"] = json!(engine.encode(lib));
     });
     let err = p.fails(&[
         "connector",

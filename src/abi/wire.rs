@@ -76,6 +76,9 @@ pub enum IngestionMethod {
     /// A restore from the user's pgBackRest repository; staging restores
     /// WAL with `pgbackrest archive-get`.
     Pgbackrest,
+    /// A staging cluster of its own, subscribed to the source by native
+    /// logical replication; its progress is the subscription's origin.
+    LogicalReplication,
 }
 
 impl IngestionMethod {
@@ -100,6 +103,7 @@ impl IngestionMethod {
         match self {
             Self::BasebackupStreaming | Self::BackupStreaming => Some("/source"),
             Self::SingleDatabase => Some("/single_database"),
+            Self::LogicalReplication => Some("/logical_replication"),
             Self::BackupLogShipping | Self::StagingPush | Self::Pgbackrest => None,
         }
     }
@@ -112,6 +116,7 @@ impl IngestionMethod {
                 Some("/source/replication_password")
             }
             Self::SingleDatabase => Some("/single_database/password"),
+            Self::LogicalReplication => Some("/logical_replication/password"),
             Self::BackupLogShipping | Self::StagingPush | Self::Pgbackrest => None,
         }
     }

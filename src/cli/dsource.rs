@@ -49,7 +49,7 @@ pub struct LinkedParams {
     /// WAL archive directory (backup_log_shipping).
     #[arg(long)]
     wal_archive_path: Option<String>,
-    /// The database to ingest (single_database).
+    /// The database to ingest (single_database, logical_replication).
     #[arg(long)]
     database: Option<String>,
     /// User that dumps the database (single_database; default postgres).
@@ -177,10 +177,16 @@ fn linked_params(
             json!(v),
         );
     }
+    // --database names logical_replication's database too.
+    let logical = IngestionMethod::of(&doc) == IngestionMethod::LogicalReplication;
     let single = [
         (
             "--database",
-            "/single_database/database",
+            if logical {
+                "/logical_replication/database"
+            } else {
+                "/single_database/database"
+            },
             p.database.as_ref().map(|v| json!(v)),
         ),
         (

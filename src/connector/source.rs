@@ -111,7 +111,7 @@ impl Source {
     /// Runs `sql` on the source through the platform; its values come from
     /// `vars` (read into psql variables with `\getenv`, used as `:'name'`).
     /// Returns psql's unaligned, tuples-only output lines.
-    fn query(
+    pub(crate) fn query(
         &self,
         what: &str,
         sql: &str,
@@ -197,7 +197,7 @@ impl Source {
     }
 
     /// The one value a query returns.
-    fn value(
+    pub(crate) fn value(
         &self,
         what: &str,
         sql: &str,

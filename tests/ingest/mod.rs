@@ -2,6 +2,7 @@
 //! fills the mount), single database (parallel dump and restore), and
 //! pgBackRest (a restore from the user's repository, then archive-get).
 
+mod logical;
 mod pgbackrest;
 mod single_database;
 pub mod staging_push;

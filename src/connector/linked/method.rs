@@ -11,8 +11,8 @@
 use serde_json::Value;
 
 use super::{
-    basebackup, customer_backup, log_shipping, pgbackrest, physical, single_database, staging_push,
-    Staging,
+    basebackup, customer_backup, log_shipping, logical, pgbackrest, physical, single_database,
+    staging_push, Staging,
 };
 use crate::abi::{IngestionMethod, OperationError};
 use crate::connector::platform::Platform;
@@ -123,5 +123,6 @@ pub(super) fn of(method: IngestionMethod) -> &'static dyn Ingestion {
         IngestionMethod::StagingPush => &staging_push::StagingPush,
         IngestionMethod::SingleDatabase => &single_database::SingleDatabase,
         IngestionMethod::Pgbackrest => &pgbackrest::Pgbackrest,
+        IngestionMethod::LogicalReplication => &logical::LogicalReplication,
     }
 }

@@ -11,7 +11,9 @@
 //! - [`pgbackrest`]: a restore from the user's pgBackRest repository, then
 //!   WAL by `pgbackrest archive-get`;
 //! - [`staging_push`]: the user loads `data/` and stops the cluster;
-//! - [`single_database`]: one database by parallel pg_dump / pg_restore.
+//! - [`single_database`]: one database by parallel pg_dump / pg_restore;
+//! - [`logical`]: a subscription on staging to a publication on the source
+//!   (native logical replication), its progress the replication origin.
 //!
 //! Shared by the physical replicas: [`physical`] (their life), [`ingest`]
 //! (an ingest, all or nothing), [`standby`] (the standby configuration and
@@ -39,6 +41,7 @@ mod consistent;
 mod customer_backup;
 mod ingest;
 mod log_shipping;
+mod logical;
 mod method;
 mod pgbackrest;
 mod physical;

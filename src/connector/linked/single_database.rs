@@ -190,7 +190,7 @@ impl SingleDatabase {
         Ok(())
     }
 
-    fn config(staging: &Staging) -> ClusterConfig {
+    fn config(staging: &Staging, extra: &[(String, String)]) -> ClusterConfig {
         let mut settings: Vec<(String, String)> = vec![
             ("port".into(), staging.cluster.port.to_string()),
             ("listen_addresses".into(), conf_quote("localhost")),
@@ -205,6 +205,7 @@ impl SingleDatabase {
                 conf_quote(&format!("pgvirt staging {}", staging.name)),
             ),
         ];
+        settings.extend(extra.iter().cloned());
         let mut comment_out = Vec::new();
         if let Some(config) = staging.params.get("staging_config") {
             if let Some(set) = config.get("set").and_then(Value::as_object) {
@@ -225,8 +226,15 @@ impl SingleDatabase {
     }
 
     /// A fresh staging cluster, running, with the source's encoding and
-    /// locale, and the extensions the source's database uses.
-    fn init(platform: &Platform, staging: &Staging, facts: &Value) -> Result<(), OperationError> {
+    /// locale, and the extensions the source's database uses; `extra`
+    /// settings before the user's (`staging_config`). Marks the mount
+    /// `ingesting`.
+    pub(super) fn init(
+        platform: &Platform,
+        staging: &Staging,
+        facts: &Value,
+        extra: &[(String, String)],
+    ) -> Result<(), OperationError> {
         let text = |k: &str| facts[k].as_str().unwrap_or("").to_owned();
         platform.run_ok(
             "initialising the staging cluster",
@@ -250,7 +258,7 @@ rm -rf -- "$DATA"; mkdir -m 0700 -- "$DATA"
         )?;
         staging
             .cluster
-            .write_config(platform, &Self::config(staging))?;
+            .write_config(platform, &Self::config(staging, extra))?;
         staging.cluster.start(platform)?;
         let available = staging.cluster.psql(
             platform,
@@ -391,7 +399,7 @@ impl Ingestion for SingleDatabase {
         let facts = dump.facts()?;
         staging.cluster.stop(platform)?;
         Self::clean_private(platform, staging)?;
-        let made = Self::init(platform, staging, &facts)
+        let made = Self::init(platform, staging, &facts, &[])
             .and_then(|()| Self::load(platform, staging, &dump, &facts));
         if made.is_err() {
             // Staging is left empty and marked, for the next sync to ingest.

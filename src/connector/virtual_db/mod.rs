@@ -10,7 +10,9 @@
 //! A VDB snapshot is taken with the VDB cleanly stopped, so its clones start
 //! as they are. Either way nothing of the source's replication survives:
 //! no standby signal, no primary_conninfo or restore_command, no replication
-//! slots, archiving off.
+//! slots, archiving off; a clone of a logical-replication staging has its
+//! subscription detached from the source's slot and dropped before it
+//! starts for anyone ([`logical`]).
 
 use serde_json::{json, Value};
 
@@ -19,6 +21,7 @@ use super::conf::conf_quote;
 use super::platform::{field, request, str_field, Platform};
 use crate::abi::{ErrorKind, OperationError, Status};
 
+mod logical;
 mod recovery;
 
 use recovery::{prepare_clone, wait_promoted, Target};
@@ -284,6 +287,9 @@ pub fn configure(platform: &Platform, input: &Value) -> Result<Value, OperationE
     let vdb = Vdb::from_input(input)?;
     let target = Target::from_input(input)?;
     prepare_clone(platform, &vdb, snapshot, target.as_ref(), input)?;
+    if logical::from_subscriber(snapshot) {
+        logical::detach_subscriptions(platform, &vdb)?;
+    }
     vdb.cluster.start(platform)?;
     wait_promoted(platform, &vdb)?;
     if target.is_some() {
@@ -307,6 +313,9 @@ pub fn reconfigure(platform: &Platform, input: &Value) -> Result<Value, Operatio
     let target = Target::from_input(input)?;
     if let (Some(snapshot), true) = (input.get("snapshot"), fresh_clone) {
         prepare_clone(platform, &vdb, snapshot, target.as_ref(), input)?;
+        if logical::from_subscriber(snapshot) {
+            logical::detach_subscriptions(platform, &vdb)?;
+        }
     } else {
         vdb.write_config(platform, Vec::new())?;
     }

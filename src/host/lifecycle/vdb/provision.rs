@@ -147,7 +147,9 @@ pub(super) fn at_target(
     let method = crate::abi::IngestionMethod::of(&d.parameters);
     if matches!(
         method,
-        crate::abi::IngestionMethod::StagingPush | crate::abi::IngestionMethod::SingleDatabase
+        crate::abi::IngestionMethod::StagingPush
+            | crate::abi::IngestionMethod::SingleDatabase
+            | crate::abi::IngestionMethod::LogicalReplication
     ) {
         return Err(Error::usage(format!(
             "a moment (--at, --at-lsn) is not available for the {method} method: dSource {} keeps no WAL between its snapshots; provision one of its snapshots (`pgvirt snapshot list --dsource {}`)",
