@@ -3,72 +3,9 @@
 //! WAL position), on a copy pool and on XFS (live snapshots cloned while
 //! staging replays).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-
 use serde_json::{json, Value};
 
-use crate::support::{checksum_sql, Stack};
-
-fn lsn(text: &str) -> u64 {
-    let (hi, lo) = text.split_once('/').expect("an LSN");
-    (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
-}
-
-/// A writer committing one row per transaction, recording after each commit
-/// the WAL insert position (an upper bound of that commit's record).
-struct Writer {
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<Vec<(i64, u64)>>>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(port: u16) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (s, l) = (stop.clone(), log.clone());
-        let handle = std::thread::spawn(move || {
-            let mut client = postgres::Config::new()
-                .host("127.0.0.1")
-                .port(port)
-                .user("postgres")
-                .dbname("postgres")
-                .connect(postgres::NoTls)
-                .expect("writer connects");
-            let mut i = 0i64;
-            while !s.load(Ordering::SeqCst) {
-                i += 1;
-                client
-                    .execute("INSERT INTO w VALUES ($1, md5($2))", &[&i, &i.to_string()])
-                    .expect("insert");
-                let row = client
-                    .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-                    .expect("lsn");
-                l.lock().expect("log").push((i, lsn(row.get::<_, &str>(0))));
-            }
-        });
-        Self {
-            stop,
-            log,
-            handle: Some(handle),
-        }
-    }
-
-    fn stop(&mut self) -> Vec<(i64, u64)> {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            h.join().expect("writer thread");
-        }
-        self.log.lock().expect("log").clone()
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
+use crate::support::{checksum_sql, lsn, Stack, Writer};
 
 /// Checks a VDB made from `snapshot` holds exactly the rows committed up to
 /// its LSN: every row whose commit is surely at or before it, none surely after.
@@ -128,7 +65,7 @@ fn live_snapshots_on_xfs_under_write_load_hold_the_source_as_of_their_lsn() {
 fn under_write_load(s: Stack) {
     s.source
         .psql("postgres", "CREATE TABLE w (id bigint PRIMARY KEY, v text)");
-    let mut writer = Writer::start(s.source.port);
+    let mut writer = Writer::start(s.source.port, "postgres", std::time::Duration::ZERO);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let linked = s.link("live");
     let first = linked["snapshot"].clone();

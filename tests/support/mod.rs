@@ -32,6 +32,9 @@ pub use runner::{connector_copy, edit_json, Pgvirt, PoolDir};
 #[path = "stack.rs"]
 mod stack;
 pub use stack::Stack;
+#[path = "writer.rs"]
+mod writer;
+pub use writer::{lsn, Writer};
 
 /// The PostgreSQL 15 binaries the tests use.
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";

@@ -6,10 +6,10 @@ use serde_json::{json, Value};
 
 use super::super::{mount_of, sql};
 use super::{
-    kill_staging, link, linked, lsn, ours_on_source, params, provision, set_wal_level_logical,
-    shop_source, sync, vdb_shop, Writer,
+    kill_staging, link, linked, ours_on_source, params, provision, set_wal_level_logical,
+    shop_source, sync, vdb_shop,
 };
-use crate::support::{checksum_sql, free_port, Stack};
+use crate::support::{checksum_sql, free_port, lsn, Stack, Writer};
 
 #[test]
 fn logical_faults_are_repaired_or_named() {
@@ -110,7 +110,7 @@ fn logical_faults_are_repaired_or_named() {
 
     // Staging killed with SIGKILL five times while applying a write load: it
     // resumes from its origin, nothing lost and nothing applied twice.
-    let writer = Writer::start(src);
+    let mut writer = Writer::start(src, "shop", std::time::Duration::from_millis(5));
     let first = linked(&link(&s, "lf", &p, "unused"));
     let mount = mount_of(&first);
     let mut after_kills = Value::Null;
@@ -121,7 +121,7 @@ fn logical_faults_are_repaired_or_named() {
         // from the origin and snapshots what it applied.
         after_kills = sync(&s, "lf", &[]).expect("sync after a kill");
     }
-    let log: Vec<(i64, u64)> = writer.log.lock().expect("log").clone();
+    let log = writer.log();
     std::thread::sleep(std::time::Duration::from_millis(300));
     writer.stop();
     let log = {

@@ -6,74 +6,15 @@
 //! after a delete.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
 use super::sql;
-use crate::support::{checksum_sql, free_port, Stack};
+use crate::support::{checksum_sql, free_port, lsn, Stack, Writer};
 
 mod faults;
 
 const PASSWORD: &str = "logical-Secret-42";
-
-fn lsn(text: &str) -> u64 {
-    let (hi, lo) = text.split_once('/').expect("an LSN");
-    (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
-}
-
-/// Inserts rows one transaction each into shop.public.w, logging each
-/// row's id with the WAL insert position right after its commit.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<Vec<(i64, u64)>>>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(port: u16) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (s, l) = (stop.clone(), log.clone());
-        let first: i64 = sql(port, "shop", "SELECT coalesce(max(id), 0) FROM w")
-            .parse()
-            .expect("max id");
-        let handle = std::thread::spawn(move || {
-            let mut client = postgres::Config::new()
-                .host("127.0.0.1")
-                .port(port)
-                .user("postgres")
-                .dbname("shop")
-                .connect(postgres::NoTls)
-                .expect("writer connects");
-            let mut i = first;
-            while !s.load(Ordering::SeqCst) {
-                i += 1;
-                client
-                    .execute("INSERT INTO w VALUES ($1, md5($2))", &[&i, &i.to_string()])
-                    .expect("insert");
-                let row = client
-                    .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-                    .expect("lsn");
-                l.lock().expect("log").push((i, lsn(row.get::<_, &str>(0))));
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        });
-        Self {
-            stop,
-            log,
-            handle: Some(handle),
-        }
-    }
-
-    fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            h.join().expect("writer");
-        }
-    }
-}
 
 /// Database `shop` with tables of its own and `w` for the writer;
 /// role `repl` (REPLICATION, a scram password on 127.0.0.1).
@@ -219,7 +160,7 @@ fn logical_link_syncs_and_vdbs_hold_the_source_as_of_their_origin_lsn() {
     );
 
     // Link under a write load.
-    let writer = Writer::start(src);
+    let mut writer = Writer::start(src, "shop", std::time::Duration::from_millis(5));
     let first = linked(&link(&s, "lr", &p, "unused"));
     let meta = &first["snapshot"]["metadata"];
     assert_eq!(
@@ -262,7 +203,7 @@ fn logical_link_syncs_and_vdbs_hold_the_source_as_of_their_origin_lsn() {
             .unwrap_or_else(|| snap["snapshot"]["id"].to_string());
         provision(&s, vdb, &format!("lr@{id}"));
     }
-    let writer_log: Vec<(i64, u64)> = writer.log.lock().expect("log").clone();
+    let writer_log = writer.log();
     writer.stop();
     for (vdb, snap) in [("lr1", &first), ("lr2", &second), ("lr3", &third)] {
         let meta = &snap["snapshot"]["metadata"];
