@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{mount, DatasetState, Pool};
-use crate::host::error::Result;
+use crate::host::error::{Error, Result};
 use crate::host::processes;
 use crate::host::store::Store;
 
@@ -77,20 +77,31 @@ impl Pool {
                 if repair {
                     // Whatever the cut-short command started may still be
                     // writing there (or be a server started on it).
-                    let mut roots = vec![Path::new(&path).to_owned()];
-                    if table == "datasets" {
-                        roots.extend(mount::mounted_at(store, id)?);
+                    let removed = (|| {
+                        let mut roots = vec![Path::new(&path).to_owned()];
+                        if table == "datasets" {
+                            roots.extend(mount::mounted_at(store, id)?);
+                        }
+                        processes::kill_holders(&roots, std::time::Duration::from_secs(30));
+                        if table == "datasets" {
+                            mount::unmount(store, id)?;
+                        }
+                        self.backend.destroy(Path::new(&path))?;
+                        store
+                            .conn()
+                            .execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id])
+                            .map_err(|e| store.err(e))?;
+                        Ok::<(), Error>(())
+                    })();
+                    match removed {
+                        Ok(()) => report.repaired.push(format!("{what}: removed")),
+                        // Still busy (a ZFS dataset a moment after its
+                        // unmount): a problem to report, tried again by the
+                        // next command, never a failure of this one.
+                        Err(e) => report
+                            .problems
+                            .push(format!("{what}: could not remove it yet: {e}")),
                     }
-                    processes::kill_holders(&roots, std::time::Duration::from_secs(30));
-                    if table == "datasets" {
-                        mount::unmount(store, id)?;
-                    }
-                    self.backend.destroy(Path::new(&path))?;
-                    store
-                        .conn()
-                        .execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id])
-                        .map_err(|e| store.err(e))?;
-                    report.repaired.push(format!("{what}: removed"));
                 } else {
                     report.problems.push(what);
                 }

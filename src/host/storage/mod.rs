@@ -196,7 +196,7 @@ impl Pool {
         // waits for `pool check --repair`, so nothing is removed unasked.
         let mut report = CheckReport::default();
         pool.check_interrupted(store, true, &mut report)?;
-        for r in &report.repaired {
+        for r in report.repaired.iter().chain(&report.problems) {
             log::warn!("pool: {r}");
         }
         Ok(pool)
