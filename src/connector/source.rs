@@ -285,6 +285,24 @@ impl Source {
         self.drop_slot_if_exists(slot)
     }
 
+    /// Drops a slot this dSource made: after waiting for its walsender to
+    /// notice a client that died (a killed pg_basebackup), the walsender
+    /// still holding it is ended. Never for a slot the user named and
+    /// pgvirt did not make.
+    pub fn drop_own_slot(&self, slot: &str) -> Result<(), OperationError> {
+        match self.drop_slot(slot) {
+            Err(e) if e.kind == ErrorKind::Conflict => {
+                self.query(
+                    "cannot end the walsender holding the replication slot",
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = :'slot' AND active",
+                    &[("slot", slot)],
+                )?;
+                self.drop_slot(slot)
+            }
+            other => other,
+        }
+    }
+
     /// The source's current WAL position.
     pub fn current_lsn(&self) -> Result<String, OperationError> {
         self.value(

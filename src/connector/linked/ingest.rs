@@ -109,7 +109,7 @@ fn undo(platform: &Platform, staging: &Staging, source: Option<&Source>) {
         .map(|o| o.exit_code == 0)
         .unwrap_or(false);
     if let (Some(source), Some(slot), true) = (source, staging.slot(), marked) {
-        if let Err(e) = source.drop_slot_if_exists(&slot) {
+        if let Err(e) = source.drop_own_slot(&slot) {
             log::warn!("could not drop replication slot {slot} after the failed ingest: {e}");
         }
     }

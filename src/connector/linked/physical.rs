@@ -70,7 +70,7 @@ pub fn stop_staging(
         if staging.creates_slot() && may_own_slot(platform, staging)? {
             if let Some(slot) = staging.slot() {
                 let source = staging.source()?;
-                if let Err(e) = source.drop_slot(&slot) {
+                if let Err(e) = source.drop_own_slot(&slot) {
                     log::warn!("could not drop replication slot {slot} on the source: {e}");
                 }
             }
