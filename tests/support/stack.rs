@@ -202,11 +202,19 @@ impl Stack {
                     serde_json::json!("ACTIVE"),
                     "{what}: {shown}"
                 );
-                assert_eq!(
-                    shown["replication"]["replay_paused"],
-                    serde_json::json!(false),
-                    "{what}: replay of {name} is left paused: {shown}"
-                );
+                if shown["ingestion_method"] == "logical_replication" {
+                    assert_eq!(
+                        shown["replication"]["logical"]["enabled"],
+                        serde_json::json!(true),
+                        "{what}: the apply of {name} is left disabled: {shown}"
+                    );
+                } else {
+                    assert_eq!(
+                        shown["replication"]["replay_paused"],
+                        serde_json::json!(false),
+                        "{what}: replay of {name} is left paused: {shown}"
+                    );
+                }
                 serving.push(mount.join("data"));
                 // And its WAL dataset, beside it.
                 mounted_ok.push(PathBuf::from(format!("{}-wal", mount.display())));

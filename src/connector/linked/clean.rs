@@ -201,8 +201,7 @@ umask 077
 mkdir -p -- "$FILES"
 rm -f -- "$FILES/backup_label" "$FILES/tablespace_map"
 rm -rf -- "$FILES/wal"
-printf '%s' "$FACTS" > "$FILES/snapshot.json"
-sync -f "$FILES/snapshot.json" 2>/dev/null || sync"#,
+printf '%s' "$FACTS" > "$FILES/snapshot.json""#,
             &[("FILES", staging.files()), ("FACTS", facts.to_string())],
         ),
     )?;

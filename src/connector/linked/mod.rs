@@ -73,6 +73,8 @@ pub(super) struct Staging {
     wal: Option<String>,
     /// The source config's document (its port, for defaults).
     source_config: Value,
+    /// The pool snapshots the mount at one instant (`mount.atomic_snapshots`).
+    atomic_snapshots: bool,
 }
 
 impl Staging {
@@ -115,6 +117,10 @@ impl Staging {
                 .and_then(Value::as_str)
                 .map(|p| p.trim_end_matches('/').to_owned()),
             source_config: input.get("source_config").cloned().unwrap_or(Value::Null),
+            atomic_snapshots: input
+                .pointer("/mount/atomic_snapshots")
+                .and_then(Value::as_bool)
+                == Some(true),
             mount,
             params,
             name,

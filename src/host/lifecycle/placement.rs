@@ -56,7 +56,10 @@ pub fn mount_as_specified(
         .map(PathBuf::from)
         .unwrap_or_else(|| placement.fallback.to_owned());
     let path = pool.mount(store, placement.dataset, &wanted)?;
-    input["mount"] = json!({ "path": path });
+    input["mount"] = json!({
+        "path": path,
+        "atomic_snapshots": pool.backend().snapshots_atomically(),
+    });
     if let Some(wal) = spec.pointer("/wal/path").and_then(Value::as_str) {
         let name = placement.wal;
         if pool.find_dataset(store, name)?.is_none() {

@@ -13,6 +13,7 @@ use super::sql;
 use crate::support::{checksum_sql, free_port, lsn, Stack, Writer};
 
 mod faults;
+mod live;
 
 const PASSWORD: &str = "logical-Secret-42";
 

@@ -15,9 +15,12 @@
 //!   sequences are set to the source's (logical replication does not carry
 //!   them; read after the rows, they never fall behind), the origin's
 //!   progress read
-//!   (`pg_replication_origin_progress`) as the snapshot's `source_lsn`, and
-//!   staging shut down cleanly ([`super::clean`]) for the storage snapshot;
-//!   then started and enabled again. A clone holds a disabled subscription,
+//!   (`pg_replication_origin_progress`) as the snapshot's `source_lsn`;
+//!   on a pool that snapshots atomically (btrfs, ZFS) the storage snapshot
+//!   is taken of the running staging, its WAL flushed (a clone recovers as
+//!   after a crash, to exactly that), elsewhere staging is shut down
+//!   cleanly ([`super::clean`]) for it; then the apply is enabled again
+//!   ([`snapshot`]). A clone holds a disabled subscription,
 //!   which the virtual lifecycle detaches and drops before anything may
 //!   connect;
 //! - delete and disable: the subscription, the slots on the source and the
@@ -30,15 +33,14 @@
 //! synchronisation slots on the source end with.
 
 mod checks;
+mod snapshot;
 mod subscription;
-
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::method::Ingestion;
 use super::single_database::SingleDatabase;
-use super::{clean, default_slot_name, has_cluster, Staging};
+use super::{default_slot_name, has_cluster, Staging};
 use crate::abi::{ErrorKind, OperationError};
 use crate::connector::platform::{request, Platform};
 use crate::connector::source::Source;
@@ -313,80 +315,6 @@ rm -f -- "$PRIVATE/schema.sql" "$PRIVATE/schema.log""#,
             "run `pgvirt dsource sync {} --resync` (a fresh copy of the source)",
             staging.name
         ))
-    }
-
-    /// Staging running, subscribed and caught up with the source's current
-    /// position (as far as 60 s allow); then paused for the snapshot.
-    fn pause_caught_up(
-        &self,
-        platform: &Platform,
-        staging: &Staging,
-    ) -> Result<Value, OperationError> {
-        staging.cluster.start(platform)?;
-        if !self.subscribed(platform, staging)? {
-            return Err(self.needs_resync(staging, "staging has no subscription (it was disabled)"));
-        }
-        match self.slot_exists() {
-            Ok(false) => {
-                return Err(self.needs_resync(
-                    staging,
-                    &format!(
-                        "its replication slot {} is gone from the source {}:{}",
-                        self.subscription, self.source.host, self.source.port
-                    ),
-                ))
-            }
-            // A source that does not answer: staging holds what it has.
-            Err(e)
-                if e.kind == ErrorKind::SourceUnreachable
-                    && !e.message.contains("authentication") =>
-            {
-                log::warn!("{}; the snapshot holds what staging applied", e.message)
-            }
-            Err(e) => return Err(e),
-            Ok(true) => {
-                self.set_enabled(platform, staging, true)?;
-                let (target, _) = self.source_position("")?;
-                self.catch_up(platform, staging, &target, Duration::from_secs(60))?;
-                // Read after the rows staging holds: never behind them.
-                let sequences = self.sequences()?;
-                self.set_sequences(platform, staging, &sequences)?;
-            }
-        }
-        // Most dirty pages are written while the apply still runs: the
-        // shutdown checkpoint in the pause is then short.
-        staging
-            .cluster
-            .psql(platform, "checkpointing staging", "CHECKPOINT;", &[])?;
-        platform.run_ok(
-            "noting when the apply paused",
-            &request(
-                r#"date +%s.%N > "$FILES/apply-paused-at""#,
-                &[("FILES", staging.files())],
-            ),
-        )?;
-        self.set_enabled(platform, staging, false)?;
-        let lsn = self.origin_lsn(platform, staging)?;
-        let databases = staging.cluster.psql(
-            platform,
-            "listing staging's databases",
-            "SELECT json_agg(datname ORDER BY datname) FROM pg_database WHERE NOT datistemplate;",
-            &[],
-        )?;
-        let databases: Value = serde_json::from_str(databases.trim()).unwrap_or(json!([]));
-        staging.cluster.stop(platform)?;
-        let mut facts = clean::record(platform, staging, Some(databases))?;
-        facts["source_lsn"] = json!(lsn);
-        facts["logical"] = json!({
-            "subscription": self.subscription,
-            "slot": self.subscription,
-            "publication": self.publication,
-            "publication_created": self.creates_publication,
-            "database": self.source.database,
-            "origin_lsn": lsn,
-        });
-        clean::write_facts(platform, staging, &facts)?;
-        Ok(facts)
     }
 }
 

@@ -82,7 +82,7 @@ SELECT json_build_object(
 FROM pg_subscription s WHERE s.subname = :'sub'"#;
 
 impl Logical {
-    fn psql(
+    pub(super) fn psql(
         &self,
         platform: &Platform,
         staging: &Staging,

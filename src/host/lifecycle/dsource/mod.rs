@@ -148,7 +148,10 @@ pub(super) fn input_for(
         "source_config": config.document,
         "linked_source": d.unsealed_parameters(store)?,
         "dsource": {"name": d.name, "id": d.id},
-        "mount": {"path": pool.effective_path(&d.dataset, &d.mount_path)},
+        "mount": {
+            "path": pool.effective_path(&d.dataset, &d.mount_path),
+            "atomic_snapshots": pool.backend().snapshots_atomically(),
+        },
     });
     placement::offer(
         pool,

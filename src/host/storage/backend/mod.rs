@@ -92,6 +92,13 @@ impl Backend {
         ))
     }
 
+    /// Whether a snapshot captures the whole dataset at one instant (a
+    /// running cluster's snapshot is then as after a crash, which it
+    /// recovers from), not file by file.
+    pub fn snapshots_atomically(self) -> bool {
+        matches!(self, Self::Btrfs | Self::Zfs)
+    }
+
     /// Checks an override fits the filesystem.
     pub fn check(self, dir: &Path) -> Result<String> {
         let fs = filesystem(dir)?;

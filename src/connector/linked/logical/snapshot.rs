@@ -1,0 +1,152 @@
+//! A snapshot of a logical staging: the apply paused between transactions
+//! once staging has caught up, the origin's progress read as the
+//! snapshot's `source_lsn`; then either the running staging is left as it
+//! is for a pool that snapshots atomically (its WAL flushed: a clone
+//! recovers as after a crash, to exactly what was applied), or it is shut
+//! down cleanly for a file-by-file one.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::super::{clean, Staging};
+use super::Logical;
+use crate::abi::{ErrorKind, OperationError};
+use crate::connector::platform::{request, Platform};
+
+/// The facts of a running staging with its apply paused, its WAL flushed
+/// first: a transaction given an id commits synchronously, and flushing its
+/// commit record flushes every record before it (the apply's asynchronous
+/// commits, the sequences set). Everything a snapshot taken now holds.
+const LIVE_FACTS: &str = r#"\c :"db"
+SET synchronous_commit = on;
+SELECT txid_current() IS NOT NULL AS flushed \gset
+SELECT json_build_object(
+  'source_lsn', (SELECT pg_replication_origin_progress('pg_' || oid, true)::text FROM pg_subscription WHERE subname = :'sub'),
+  'postgres_version', split_part(current_setting('server_version'), ' ', 1),
+  'major_version', current_setting('server_version_num')::int / 10000,
+  'system_identifier', (SELECT system_identifier::text FROM pg_control_system()),
+  'timeline', (SELECT timeline_id FROM pg_control_checkpoint()),
+  'checkpoint_lsn', (SELECT checkpoint_lsn::text FROM pg_control_checkpoint()),
+  'redo_lsn', (SELECT redo_lsn::text FROM pg_control_checkpoint()),
+  'replayed_lsn', pg_current_wal_flush_lsn()::text,
+  'checkpoint_time', (SELECT to_char(checkpoint_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') FROM pg_control_checkpoint()),
+  'wal_segment_size', current_setting('wal_segment_size'),
+  'databases', (SELECT json_agg(datname ORDER BY datname) FROM pg_database WHERE NOT datistemplate),
+  'size_bytes', (SELECT sum(pg_database_size(oid))::bigint FROM pg_database),
+  'taken_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'));
+"#;
+
+impl Logical {
+    /// Staging running, subscribed and caught up with the source's current
+    /// position (as far as 60 s allow); then paused for the snapshot.
+    pub(super) fn pause_caught_up(
+        &self,
+        platform: &Platform,
+        staging: &Staging,
+    ) -> Result<Value, OperationError> {
+        staging.cluster.start(platform)?;
+        if !self.subscribed(platform, staging)? {
+            return Err(self.needs_resync(staging, "staging has no subscription (it was disabled)"));
+        }
+        match self.slot_exists() {
+            Ok(false) => {
+                return Err(self.needs_resync(
+                    staging,
+                    &format!(
+                        "its replication slot {} is gone from the source {}:{}",
+                        self.subscription, self.source.host, self.source.port
+                    ),
+                ))
+            }
+            // A source that does not answer: staging holds what it has.
+            Err(e)
+                if e.kind == ErrorKind::SourceUnreachable
+                    && !e.message.contains("authentication") =>
+            {
+                log::warn!("{}; the snapshot holds what staging applied", e.message)
+            }
+            Err(e) => return Err(e),
+            Ok(true) => {
+                self.set_enabled(platform, staging, true)?;
+                let (target, _) = self.source_position("")?;
+                self.catch_up(platform, staging, &target, Duration::from_secs(60))?;
+                // Read after the rows staging holds: never behind them.
+                let sequences = self.sequences()?;
+                self.set_sequences(platform, staging, &sequences)?;
+            }
+        }
+        // Most dirty pages are written while the apply still runs: the
+        // shutdown checkpoint in the pause is then short.
+        staging
+            .cluster
+            .psql(platform, "checkpointing staging", "CHECKPOINT;", &[])?;
+        platform.run_ok(
+            "noting when the apply paused",
+            &request(
+                r#"date +%s.%N > "$FILES/apply-paused-at""#,
+                &[("FILES", staging.files())],
+            ),
+        )?;
+        self.set_enabled(platform, staging, false)?;
+        if staging.atomic_snapshots {
+            return self.paused_live(platform, staging);
+        }
+        let lsn = self.origin_lsn(platform, staging)?;
+        let databases = staging.cluster.psql(
+            platform,
+            "listing staging's databases",
+            "SELECT json_agg(datname ORDER BY datname) FROM pg_database WHERE NOT datistemplate;",
+            &[],
+        )?;
+        let databases: Value = serde_json::from_str(databases.trim()).unwrap_or(json!([]));
+        staging.cluster.stop(platform)?;
+        let mut facts = clean::record(platform, staging, Some(databases))?;
+        facts["source_lsn"] = json!(lsn);
+        facts["logical"] = self.recorded(&json!(lsn));
+        clean::write_facts(platform, staging, &facts)?;
+        Ok(facts)
+    }
+
+    /// The paused staging left running for an atomic snapshot.
+    fn paused_live(&self, platform: &Platform, staging: &Staging) -> Result<Value, OperationError> {
+        let out = self.psql(
+            platform,
+            staging,
+            "reading the paused staging's position",
+            LIVE_FACTS,
+            &[],
+        )?;
+        let mut facts: Value = out
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l.trim()).ok())
+            .ok_or_else(|| {
+                OperationError::new(
+                    ErrorKind::CommandFailed,
+                    format!("unexpected answer from staging: {}", out.trim()),
+                )
+            })?;
+        let lsn = facts["source_lsn"].clone();
+        facts["wal_segment_size"] = json!(crate::connector::conf::parse_size(
+            facts["wal_segment_size"].as_str().unwrap_or("16MB")
+        ));
+        facts["provisionable"] = json!(true);
+        facts["taken_running"] = json!(true);
+        facts["logical"] = self.recorded(&lsn);
+        clean::write_facts(platform, staging, &facts)?;
+        Ok(facts)
+    }
+
+    /// What a snapshot records of the subscription.
+    fn recorded(&self, lsn: &Value) -> Value {
+        json!({
+            "subscription": self.subscription,
+            "slot": self.subscription,
+            "publication": self.publication,
+            "publication_created": self.creates_publication,
+            "database": self.source.database,
+            "origin_lsn": lsn,
+        })
+    }
+}
