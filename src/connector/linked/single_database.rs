@@ -146,10 +146,12 @@ impl Dump {
     }
 }
 
-/// pg_dump, its filters from newline-separated lists.
-const DUMP: &str = r#"
+/// pg_dump, its filters from newline-separated lists; with `SNAPSHOT`, of
+/// that exported snapshot, without publications and subscriptions.
+pub(super) const DUMP: &str = r#"
 set -u
 args=(-Fd -j "$DUMP_JOBS" -f "$DUMP_DIR" -h "$SRC_HOST" -p "$SRC_PORT" -U "$SRC_USER" -d "$SRC_DB" -w -v)
+if [ -n "${SNAPSHOT:-}" ]; then args+=("--snapshot=$SNAPSHOT" --no-publications --no-subscriptions); fi
 while IFS= read -r x; do [ -n "$x" ] && args+=(-n "$x"); done <<< "$INCLUDE_SCHEMAS"
 while IFS= read -r x; do [ -n "$x" ] && args+=(-N "$x"); done <<< "$EXCLUDE_SCHEMAS"
 while IFS= read -r x; do [ -n "$x" ] && args+=(-t "$x"); done <<< "$INCLUDE_TABLES"
@@ -345,12 +347,33 @@ rm -f -- "$PRIVATE/roles.sql""#,
                 unit: "tables dumped",
             },
         )?;
+        Self::restore(platform, staging, &vars)?;
+        SingleDatabase::clean_private(platform, staging)?;
+        platform.run_ok(
+            "finishing the ingest",
+            &request(
+                r#"rm -f -- "$FILES/ingesting""#,
+                &[("FILES", staging.files())],
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// `pg_restore -j $RESTORE_JOBS` of `$DUMP_DIR` into staging (a
+    /// database of the dump's name), progress in tables; `vars` name BIN,
+    /// DUMP_DIR, SOCKET_DIR, PORT, SRC_DB and RESTORE_JOBS.
+    pub(super) fn restore(
+        platform: &Platform,
+        staging: &Staging,
+        vars: &[(&str, String)],
+    ) -> Result<(), OperationError> {
+        let private = staging.private.clone();
         let total = platform
             .run_ok(
                 "reading the dump's table of contents",
                 &request(
                     r#"set -o pipefail; "$BIN/pg_restore" -l -- "$DUMP_DIR" | grep -c ' TABLE DATA ' || true"#,
-                    &vars,
+                    vars,
                 ),
             )?
             .stdout
@@ -364,19 +387,11 @@ rm -f -- "$PRIVATE/roles.sql""#,
                 dir: &private,
                 name: "pg_restore",
                 script: RESTORE,
-                vars: vars.clone(),
+                vars: vars.to_vec(),
                 pattern: "processing data for table",
                 total,
                 unit: "tables restored",
             },
-        )?;
-        SingleDatabase::clean_private(platform, staging)?;
-        platform.run_ok(
-            "finishing the ingest",
-            &request(
-                r#"rm -f -- "$FILES/ingesting""#,
-                &[("FILES", staging.files())],
-            ),
         )?;
         Ok(())
     }

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::sql;
 use crate::support::{checksum_sql, free_port, lsn, Stack, Writer};
 
+mod copy;
 mod faults;
 mod live;
 

@@ -105,8 +105,12 @@ impl Logical {
                 "set wal_level = logical in the source's postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart the source".into(),
             ));
         }
-        // The subscription's slot, and one per table copied in parallel.
-        let needed = 1 + self.sync_workers as i64;
+        // The subscription's slot, and one per table synchronised in
+        // parallel (none when the copy is a dump).
+        let needed = 1 + match self.initial_copy {
+            super::InitialCopy::TableSync => self.sync_workers as i64,
+            super::InitialCopy::Dump => 0,
+        };
         let free_slots = num("max_replication_slots") - num("slots_used");
         if free_slots < needed {
             return Err(refuse(

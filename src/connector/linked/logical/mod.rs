@@ -33,6 +33,7 @@
 //! synchronisation slots on the source end with.
 
 mod checks;
+mod copy;
 mod snapshot;
 mod subscription;
 
@@ -59,6 +60,15 @@ enum Scope {
     Publication,
 }
 
+/// How the tables are first copied (`initial_copy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InitialCopy {
+    /// `pg_dump` of the slot's exported snapshot, `pg_restore` ([`copy`]).
+    Dump,
+    /// The subscription's table synchronisation (`copy_data`).
+    TableSync,
+}
+
 /// The method's parameters.
 struct Logical {
     source: Source,
@@ -69,7 +79,9 @@ struct Logical {
     creates_publication: bool,
     /// The subscription's name, and its slot's on the source.
     subscription: String,
+    /// Tables copied in parallel (sync workers, or dump and restore jobs).
     sync_workers: u64,
+    initial_copy: InitialCopy,
 }
 
 fn path(field: &str) -> String {
@@ -137,6 +149,16 @@ impl Logical {
                 path("sync_workers")
             )));
         }
+        let initial_copy = match text("initial_copy").as_deref() {
+            None | Some("dump") => InitialCopy::Dump,
+            Some("table_sync") => InitialCopy::TableSync,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "{} must be \"dump\" or \"table_sync\", not {other:?}",
+                    path("initial_copy")
+                )))
+            }
+        };
         let subscription = default_slot_name(&staging.name);
         Ok(Self {
             source: Source {
@@ -163,6 +185,7 @@ impl Logical {
             publication: named.unwrap_or_else(|| subscription.clone()),
             subscription,
             sync_workers,
+            initial_copy,
         })
     }
 
@@ -232,8 +255,14 @@ printf '{"system_identifier": "%s"}\n' "$id" > "$FILES/logical.json""#,
         Ok(())
     }
 
-    /// The roles and the schema of the source database, into staging.
-    fn copy_schema(&self, platform: &Platform, staging: &Staging) -> Result<(), OperationError> {
+    /// The roles, and with `schema` the schema, of the source database,
+    /// into staging.
+    fn copy_schema(
+        &self,
+        platform: &Platform,
+        staging: &Staging,
+        schema: bool,
+    ) -> Result<(), OperationError> {
         let s = &self.source;
         platform.run_ok(
             "copying the roles and the schema",
@@ -243,6 +272,7 @@ printf '{"system_identifier": "%s"}\n' "$id" > "$FILES/logical.json""#,
 # Roles staging has already (its superuser) are errors to pass over.
 "$BIN/psql" -X -q -h "$SOCKET_DIR" -p "$PORT" -U postgres -d postgres -f "$PRIVATE/roles.sql" > /dev/null 2> "$PRIVATE/roles.log" || true
 rm -f -- "$PRIVATE/roles.sql"
+[ -n "$SCHEMA" ] || exit 0
 create=(-C); [ "$SRC_DB" = postgres ] && create=()
 "$BIN/pg_dump" -h "$SRC_HOST" -p "$SRC_PORT" -U "$SRC_USER" -d "$SRC_DB" -w --schema-only --no-publications --no-subscriptions "${create[@]}" > "$PRIVATE/schema.sql"
 if ! "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCKET_DIR" -p "$PORT" -U postgres -d postgres -f "$PRIVATE/schema.sql" > /dev/null 2> "$PRIVATE/schema.log"; then
@@ -260,6 +290,7 @@ rm -f -- "$PRIVATE/schema.sql" "$PRIVATE/schema.log""#,
                     ("PGPASSFILE", staging.passfile()),
                     ("SOCKET_DIR", staging.cluster.socket_dir.clone()),
                     ("PORT", staging.cluster.port.to_string()),
+                    ("SCHEMA", if schema { "1" } else { "" }.to_owned()),
                 ],
             ),
         )?;
@@ -273,13 +304,19 @@ rm -f -- "$PRIVATE/schema.sql" "$PRIVATE/schema.log""#,
         let facts = self.check_source()?;
         staging.cluster.stop(platform)?;
         // What an earlier staging made (a resync, a cut-short link).
+        Self::clean_copy(platform, staging)?;
         self.drop_on_source(&Self::recorded_sysid(platform, staging), false)?;
         let made = (|| {
             SingleDatabase::init(platform, staging, &facts, &self.settings())?;
             Self::record_sysid(platform, staging)?;
-            self.copy_schema(platform, staging)?;
+            let dump = self.initial_copy == InitialCopy::Dump;
+            self.copy_schema(platform, staging, !dump)?;
             self.create_publication()?;
-            self.subscribe(platform, staging)?;
+            if dump {
+                self.copy_by_dump(platform, staging, &facts)?;
+            } else {
+                self.subscribe(platform, staging)?;
+            }
             self.wait_synchronised(platform, staging)?;
             platform.run_ok(
                 "finishing the ingest",
@@ -292,6 +329,7 @@ rm -f -- "$PRIVATE/schema.sql" "$PRIVATE/schema.log""#,
         })();
         if made.is_err() {
             let _ = staging.cluster.stop(platform);
+            let _ = Self::clean_copy(platform, staging);
             let _ = self.drop_on_source(&Self::recorded_sysid(platform, staging), true);
         }
         made.map_err(|e| self.scrub(e))
@@ -383,6 +421,7 @@ impl Ingestion for LogicalReplication {
         let l = Logical::of(staging)?;
         if !has_cluster(platform, staging)? {
             staging.cluster.stop(platform)?;
+            Logical::clean_copy(platform, staging)?;
             l.drop_on_source(&Logical::recorded_sysid(platform, staging), false)?;
             return Err(OperationError::new(
                 ErrorKind::InvalidState,
@@ -409,6 +448,7 @@ impl Ingestion for LogicalReplication {
             l.detach(platform, staging)?;
         }
         staging.cluster.stop(platform)?;
+        Logical::clean_copy(platform, staging)?;
         let sysid = Logical::recorded_sysid(platform, staging);
         match l.drop_on_source(&sysid, true) {
             Err(e) if purpose == "delete" && e.kind == ErrorKind::SourceUnreachable => {

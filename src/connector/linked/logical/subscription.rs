@@ -340,7 +340,7 @@ SELECT count(setval((x->>'s')::regclass, (x->>'v')::bigint))
 
     /// `e`, with staging's last logical replication error (its table and
     /// the change that failed) and what to do.
-    fn explain(
+    pub(super) fn explain(
         &self,
         platform: &Platform,
         staging: &Staging,

@@ -1,0 +1,148 @@
+//! The two initial copies: a dump of the slot's exported snapshot (the
+//! default) and the subscription's table synchronisation
+//! (`initial_copy: table_sync`), each under a write load holding exactly
+//! the source's rows as of the origin LSN its snapshots record; and pgvirt
+//! killed while pg_dump runs, repaired by the next command.
+
+use serde_json::{json, Value};
+
+use super::super::sql;
+use super::{
+    link, linked, ours_on_source, params, provision, set_wal_level_logical, shop_source, sync,
+    vdb_shop,
+};
+use crate::support::{free_port, lsn, processes, Stack, Writer};
+
+/// Pids of processes whose arguments name dSource `name`'s dump.
+fn dumping(name: &str) -> Vec<i32> {
+    let dir = format!("dsource-{name}/logical-dump");
+    processes()
+        .into_iter()
+        .filter(|(_, args, _)| args.iter().any(|a| a.contains(&dir)))
+        .map(|(pid, _, _)| pid)
+        .collect()
+}
+
+#[test]
+fn logical_initial_copy_by_dump_or_table_sync_holds_the_source_as_of_the_origin_lsn() {
+    let s = Stack::new();
+    shop_source(&s);
+    set_wal_level_logical(&s);
+    let src = s.source.port;
+    let dir = tempfile::tempdir().expect("tmp");
+    let tables = json!(["public.items", "sales.orders", "public.w"]);
+
+    // Both copies under a write load; public.tick is outside the
+    // publication: staging has it, empty.
+    let mut writer = Writer::start(src, "shop", std::time::Duration::from_millis(5));
+    let mut snaps: Vec<(&str, Value)> = Vec::new();
+    for (name, copy) in [("cd", "dump"), ("ct", "table_sync")] {
+        let p = params(
+            dir.path(),
+            json!({"logical_replication": {"database": "shop", "tables": tables, "initial_copy": copy}}),
+        );
+        let first = linked(&link(&s, name, &p, "unused"));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let second = sync(&s, name, &[]).expect("sync");
+        snaps.push((name, first));
+        snaps.push((name, second));
+    }
+    let log = writer.log();
+    writer.stop();
+    for (i, (name, snap)) in snaps.iter().enumerate() {
+        let vdb = format!("v{i}");
+        let id = snap["snapshot"]["id"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| snap["snapshot"]["id"].to_string());
+        provision(&s, &vdb, &format!("{name}@{id}"));
+        let at = lsn(snap["snapshot"]["metadata"]["source_lsn"]
+            .as_str()
+            .expect("source_lsn"));
+        let n = log
+            .iter()
+            .find(|(_, l)| *l >= at)
+            .map(|(i, _)| *i)
+            .expect("in the log");
+        assert_eq!(
+            vdb_shop(
+                &s,
+                &vdb,
+                "SELECT count(*) || ' ' || coalesce(max(id), 0) FROM w"
+            ),
+            format!("{n} {n}"),
+            "VDB {vdb} of {name} at {at:X}"
+        );
+        assert_eq!(
+            vdb_shop(&s, &vdb, "SELECT (SELECT count(*) FROM sales.orders) || ' ' || (SELECT count(*) FROM public.tick)"),
+            "500 0",
+            "{name}"
+        );
+    }
+    for name in ["cd", "ct"] {
+        s.pgvirt.ok(&["dsource", "delete", name, "--with-vdbs"]);
+    }
+    assert_eq!(ours_on_source(&s), "|");
+
+    // pgvirt killed while pg_dump runs (a table of some 100 MB): the next
+    // command stops the dump and its replication session, and leaves no
+    // slot, publication or dump behind.
+    sql(
+        src,
+        "shop",
+        "CREATE TABLE public.big (id int PRIMARY KEY, pad text);
+         INSERT INTO public.big SELECT g, md5(g::text) || md5((g + 1)::text) FROM generate_series(1, 1200000) g",
+    );
+    let tables = json!(["public.items", "public.big"]);
+    let p = params(
+        dir.path(),
+        json!({"logical_replication": {"database": "shop", "tables": tables}}),
+    );
+    let port = free_port().to_string();
+    let mut child = s
+        .pgvirt
+        .command(&[
+            "dsource",
+            "link",
+            "dk",
+            "--source",
+            &s.source_id,
+            "--method",
+            "logical_replication",
+            "--params",
+            &p,
+            "--staging-port",
+            &port,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let start = std::time::Instant::now();
+    while dumping("dk").is_empty() {
+        assert!(start.elapsed().as_secs() < 120, "pg_dump did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(ours_on_source(&s).contains("pgvirt_dk"));
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    s.pgvirt.run(&["dsource", "list"]);
+    assert_eq!(dumping("dk"), Vec::<i32>::new(), "pg_dump left running");
+    assert_eq!(
+        ours_on_source(&s),
+        "|",
+        "left on the source after the repair"
+    );
+    let left = crate::support::run_ok(
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg("ls -d ~postgres/.pgvirt/*/dsource-dk/logical-dump 2>/dev/null | wc -l"),
+    );
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "0");
+    assert!(s
+        .pgvirt
+        .json(&["dsource", "list"])
+        .to_string()
+        .find("\"dk\"")
+        .is_none());
+}
