@@ -1,12 +1,20 @@
 //! Logical replication ingestion (seed 003): staging is a cluster of its
 //! own, initialised in the mount with the source database's encoding and
-//! locale; the roles that own objects and the schema are copied
-//! (`pg_dumpall --roles-only`, `pg_dump --schema-only`); a publication on
-//! the source (pgvirt's `pgvirt_<dsource>`: all tables, chosen schemas or
-//! tables; or one the user names) and a subscription on staging with its
-//! own slot, named after the dSource, copy the tables in parallel and then
-//! apply every change. The subscription's replication origin is the
-//! crash-safe record of how far staging has applied.
+//! locale; the roles that own objects are copied (`pg_dumpall
+//! --roles-only`); a publication on the source (pgvirt's
+//! `pgvirt_<dsource>`: all tables, chosen schemas or tables; or one the
+//! user names) and a subscription on staging with its own slot, named
+//! after the dSource, then apply every change. The subscription's
+//! replication origin is the crash-safe record of how far staging has
+//! applied. The initial copy (`initial_copy`):
+//!
+//! - `dump` (the default, [`copy`]): the slot is made exporting its
+//!   snapshot, `pg_dump -Fd -j N` of that snapshot is restored by
+//!   `pg_restore -j N` (the data before the indexes), and the subscription
+//!   starts, without a copy, at the slot's consistent point;
+//! - `table_sync`: the schema is copied (`pg_dump --schema-only`), and the
+//!   subscription's table synchronisation copies the tables in parallel
+//!   into it, indexes and all.
 //!
 //! - link: checks of the source first, then the above; the first snapshot
 //!   waits until every table is synchronised;
