@@ -2,7 +2,9 @@
 //! default) and the subscription's table synchronisation
 //! (`initial_copy: table_sync`), each under a write load holding exactly
 //! the source's rows as of the origin LSN its snapshots record; and pgvirt
-//! killed while pg_dump runs, repaired by the next command.
+//! killed while pg_dump runs, repaired by the next command; a publication
+//! with row filters refused for a dump; partitions of a table published as
+//! its root dumped.
 
 use serde_json::{json, Value};
 
@@ -31,6 +33,67 @@ fn logical_initial_copy_by_dump_or_table_sync_holds_the_source_as_of_the_origin_
     let src = s.source.port;
     let dir = tempfile::tempdir().expect("tmp");
     let tables = json!(["public.items", "sales.orders", "public.w"]);
+
+    // A publication with a row filter: a dump would not apply it.
+    sql(
+        src,
+        "shop",
+        "CREATE PUBLICATION filtered FOR TABLE public.items WHERE (id > 10)",
+    );
+    let p = params(
+        dir.path(),
+        json!({"logical_replication": {"database": "shop", "publication": "filtered"}}),
+    );
+    let out = link(&s, "cf", &p, "unused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("initial_copy") && err.contains("row filters"),
+        "{err}"
+    );
+    sql(src, "shop", "DROP PUBLICATION filtered");
+    assert_eq!(ours_on_source(&s), "|");
+
+    // A partitioned table published as its root: the dump holds its
+    // partitions' rows.
+    sql(
+        src,
+        "shop",
+        "CREATE TABLE public.parted (id int PRIMARY KEY) PARTITION BY RANGE (id);
+         CREATE TABLE public.parted_1 PARTITION OF public.parted FOR VALUES FROM (0) TO (100);
+         CREATE TABLE public.parted_2 PARTITION OF public.parted FOR VALUES FROM (100) TO (1000);
+         INSERT INTO public.parted SELECT generate_series(1, 250);
+         CREATE PUBLICATION rooted FOR TABLE public.parted WITH (publish_via_partition_root = true)",
+    );
+    let p = params(
+        dir.path(),
+        json!({"logical_replication": {"database": "shop", "publication": "rooted"}}),
+    );
+    let rooted = linked(&link(&s, "cr", &p, "unused"));
+    let mount = super::super::mount_of(&rooted);
+    let port = rooted["dsource"]["parameters"]["staging_port"].to_string();
+    let socket = mount.join("pgvirt");
+    let count = super::super::pg(
+        "psql",
+        &[
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            socket.to_str().expect("utf-8"),
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "shop",
+            "-c",
+            "SELECT count(*) FROM public.parted",
+        ],
+    );
+    assert_eq!(count, "250");
+    s.pgvirt.ok(&["dsource", "delete", "cr", "--with-vdbs"]);
+    sql(src, "shop", "DROP PUBLICATION rooted");
+    assert_eq!(ours_on_source(&s), "|");
 
     // Both copies under a write load; public.tick is outside the
     // publication: staging has it, empty.

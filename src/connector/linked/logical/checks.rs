@@ -34,6 +34,8 @@ SELECT json_build_object(
   'superuser', (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
   'may_create', has_database_privilege(current_database(), 'CREATE'),
   'publication_exists', EXISTS (SELECT 1 FROM pg_publication WHERE pubname = :'pub'),
+  'publication_filters', EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+                                 WHERE p.pubname = :'pub' AND (r.prqual IS NOT NULL OR r.prattrs IS NOT NULL)),
   'tables', (SELECT count(*) FROM scope),
   'unreadable', (SELECT coalesce(json_agg(format('%I.%I', nspname, relname) ORDER BY nspname, relname), '[]') FROM scope WHERE NOT readable),
   'no_identity', (SELECT coalesce(json_agg(format('%I.%I', nspname, relname) ORDER BY nspname, relname), '[]') FROM scope
@@ -176,6 +178,19 @@ impl Logical {
                     ),
                 )
                 .with_action("create it on the source (CREATE PUBLICATION), or leave publication out for pgvirt to create one"));
+            }
+            Scope::Publication
+                if self.initial_copy == super::InitialCopy::Dump
+                    && facts["publication_filters"] == Value::Bool(true) =>
+            {
+                return Err(OperationError::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "linked-source parameters#/logical_replication/initial_copy: publication {:?} on {at} has row filters or column lists, which a dump of the tables would not apply",
+                        self.publication
+                    ),
+                )
+                .with_action("set logical_replication.initial_copy to \"table_sync\" (the subscription copies what the publication sends)"));
             }
             Scope::All | Scope::Schemas if facts["superuser"] != Value::Bool(true) => {
                 return Err(refuse(

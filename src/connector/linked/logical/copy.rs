@@ -28,7 +28,11 @@ const OUTSIDE: &str = r#"SELECT format('"%s"."%s"', replace(n.nspname, '"', '""'
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
    AND NOT EXISTS (SELECT 1 FROM pg_publication_tables p
-                    WHERE p.pubname = :'pub' AND p.schemaname = n.nspname AND p.tablename = c.relname)
+                    JOIN pg_namespace pn ON pn.nspname = p.schemaname
+                    JOIN pg_class pc ON pc.relnamespace = pn.oid AND pc.relname = p.tablename
+                    -- A partition of a table published as its root's is in.
+                    WHERE p.pubname = :'pub'
+                      AND (pc.oid = c.oid OR pc.oid IN (SELECT relid FROM pg_partition_ancestors(c.oid))))
  ORDER BY 1"#;
 
 /// The slot made by a replication session kept open (its transaction
