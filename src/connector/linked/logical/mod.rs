@@ -376,6 +376,10 @@ impl Ingestion for LogicalReplication {
         false
     }
 
+    fn follows_with_password(&self, staging: &Staging) -> Result<Option<Source>, OperationError> {
+        Ok(Some(Logical::of(staging)?.source).filter(|s| s.password.is_some()))
+    }
+
     /// Also what repairs a sync or resync cut short: a half-made staging
     /// is stopped and its slots on the source dropped (the next sync
     /// ingests); a paused subscription is resumed.
