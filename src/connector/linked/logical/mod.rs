@@ -35,6 +35,7 @@
 mod checks;
 mod snapshot;
 mod subscription;
+mod tables;
 
 use serde_json::{json, Value};
 

@@ -69,6 +69,10 @@ impl Logical {
             Err(e) => return Err(e),
             Ok(true) => {
                 self.set_enabled(platform, staging, true)?;
+                let added = self.pick_up_new_tables(platform, staging)?;
+                if !added.is_empty() {
+                    log::info!("new tables on staging: {}", added.join(", "));
+                }
                 let (target, _) = self.source_position("")?;
                 self.catch_up(platform, staging, &target, Duration::from_secs(60))?;
                 // Read after the rows staging holds: never behind them.
