@@ -313,6 +313,29 @@ fn vdb_shop(s: &Stack, vdb: &str, query: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// SQL in database shop of the staging cluster of a mount (its socket in
+/// `pgvirt/`).
+fn staging_shop(mount: &Path, port: &str, query: &str) -> String {
+    super::pg(
+        "psql",
+        &[
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            mount.join("pgvirt").to_str().expect("utf-8"),
+            "-p",
+            port,
+            "-U",
+            "postgres",
+            "-d",
+            "shop",
+            "-c",
+            query,
+        ],
+    )
+}
+
 /// Kills the staging postmaster of a mount with SIGKILL.
 fn kill_staging(mount: &Path) {
     let pid = std::fs::read_to_string(mount.join("data/postmaster.pid")).expect("postmaster.pid");
@@ -356,24 +379,7 @@ fn logical_with_a_password_and_a_named_publication_keeps_secrets_out_and_disable
     // The subscription names a passfile (0600, outside the mount); the
     // password is nowhere in the mount, so in no snapshot or clone.
     let port = first["dsource"]["parameters"]["staging_port"].to_string();
-    let conninfo = super::pg(
-        "psql",
-        &[
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            mount.join("pgvirt").to_str().expect("utf-8"),
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-d",
-            "shop",
-            "-c",
-            "SELECT subconninfo FROM pg_subscription",
-        ],
-    );
+    let conninfo = staging_shop(&mount, &port, "SELECT subconninfo FROM pg_subscription");
     assert!(conninfo.contains("passfile="), "{conninfo}");
     assert!(!conninfo.contains(PASSWORD), "{conninfo}");
     let found = crate::support::run_ok(
@@ -454,23 +460,10 @@ fn logical_with_a_password_and_a_named_publication_keeps_secrets_out_and_disable
         "INSERT INTO public.items VALUES (778, 'eight')",
     );
     let on_staging = || {
-        super::pg(
-            "psql",
-            &[
-                "-X",
-                "-A",
-                "-t",
-                "-h",
-                mount.join("pgvirt").to_str().expect("utf-8"),
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                "shop",
-                "-c",
-                "SELECT count(*) FROM public.items WHERE id = 778",
-            ],
+        staging_shop(
+            &mount,
+            &port,
+            "SELECT count(*) FROM public.items WHERE id = 778",
         )
     };
     let started = std::time::Instant::now();

@@ -97,15 +97,7 @@ impl Logical {
             return self.paused_live(platform, staging);
         }
         let lsn = self.origin_lsn(platform, staging)?;
-        let databases = staging.cluster.psql(
-            platform,
-            "listing staging's databases",
-            "SELECT json_agg(datname ORDER BY datname) FROM pg_database WHERE NOT datistemplate;",
-            &[],
-        )?;
-        let databases: Value = serde_json::from_str(databases.trim()).unwrap_or(json!([]));
-        staging.cluster.stop(platform)?;
-        let mut facts = clean::record(platform, staging, Some(databases))?;
+        let mut facts = clean::stop_and_record(platform, staging)?;
         facts["source_lsn"] = json!(lsn);
         facts["logical"] = self.recorded(&json!(lsn));
         clean::write_facts(platform, staging, &facts)?;

@@ -190,6 +190,17 @@ fn context(store: &Store, d: &DSource) -> Result<Context> {
 
 /// Mounts staging where the connector says and starts it (replaying WAL).
 pub(super) fn start_staging(store: &Store, connector: &Connector, d: &DSource) -> Result<()> {
+    start_staging_checked(store, connector, d, false)
+}
+
+/// [`start_staging`]; with `check_source`, the source must first accept
+/// the user and password staging connects with.
+pub(super) fn start_staging_checked(
+    store: &Store,
+    connector: &Connector,
+    d: &DSource,
+    check_source: bool,
+) -> Result<()> {
     let cx = context(store, d)?;
     let mut input = input_for(store, &cx.pool, d, &cx.config, &cx.env)?;
     placement::mount_as_specified(
@@ -205,6 +216,9 @@ pub(super) fn start_staging(store: &Store, connector: &Connector, d: &DSource) -
         &cx.env,
         &mut input,
     )?;
+    if check_source {
+        input["check_source"] = json!(true);
+    }
     connector.invoke("linked.start_staging", &input, HostPlatform::new(&cx.env))?;
     Ok(())
 }

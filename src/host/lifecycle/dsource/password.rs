@@ -6,12 +6,10 @@
 use rusqlite::params;
 use serde_json::{json, Value};
 
-use super::{context, get, input_for, owner, DSource, DsourceState};
+use super::{get, owner, start_staging_checked, DSource, DsourceState};
 use crate::abi::IngestionMethod;
 use crate::host::connectors::loader::Connector;
-use crate::host::environments::HostPlatform;
 use crate::host::error::{Error, Result};
-use crate::host::lifecycle::placement;
 use crate::host::store::Store;
 
 /// Replaces the password of dSource `name`'s source user.
@@ -45,23 +43,7 @@ pub fn set_password(
         let mut changed = d.clone();
         changed.parameters = public.clone();
         changed.sealed = sealed.clone();
-        let cx = context(store, &changed)?;
-        let mut input = input_for(store, &cx.pool, &changed, &cx.config, &cx.env)?;
-        placement::mount_as_specified(
-            store,
-            connector,
-            &cx.pool,
-            placement::Placement {
-                group: "linked",
-                dataset: &changed.dataset,
-                wal: &placement::wal_dataset(&changed.dataset),
-                fallback: &changed.mount_path,
-            },
-            &cx.env,
-            &mut input,
-        )?;
-        input["check_source"] = json!(true);
-        connector.invoke("linked.start_staging", &input, HostPlatform::new(&cx.env))?;
+        start_staging_checked(store, connector, &changed, true)?;
     }
     store
         .conn()
