@@ -2,8 +2,9 @@
 //! the pgbench source (one database, `postgres`) against `pg_dump -Fd -j2`
 //! and `pg_restore -j2` into a fresh cluster, alternating; then the apply lag
 //! while `pgbench -c 2` writes (sampled from `dsource show` every 0.5 s),
-//! and syncs (apply paused, staging stopped cleanly, snapshot, resumed)
-//! under that load, with how long each paused the apply.
+//! and syncs (apply paused, snapshot — of the running staging on btrfs and
+//! ZFS, after a clean stop elsewhere — resumed) under that load, with how
+//! long each paused the apply.
 
 use std::path::Path;
 

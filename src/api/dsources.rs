@@ -214,3 +214,38 @@ pub async fn disable_dsource(
     )
     .await
 }
+
+/// A changed source password (`format: password`: sealed, never shown).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordBody {
+    /// The source user's new password.
+    #[schema(format = Password)]
+    pub password: String,
+}
+
+impl std::fmt::Debug for PasswordBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordBody { password: ******** }")
+    }
+}
+
+/// Hands over the source user's changed password: the source must accept
+/// it; staging's passfile then holds it and the store keeps it sealed.
+#[utoipa::path(put, path = "/dsources/{name}/password", tag = "dsources",
+    params(("name" = String, Path, description = "The dSource")), request_body = PasswordBody,
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn set_dsource_password(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Body(body): Body<PasswordBody>,
+) -> Result<Json<Value>, ApiError> {
+    let what = format!("changing the password of dSource {name}");
+    let d = blocking(&state, what, move |s| {
+        let connector = registry::open(s, None)?;
+        dsource::set_password(s, &connector, &name, &body.password)
+    })
+    .await?;
+    Ok(Json(json!(d)))
+}

@@ -152,6 +152,7 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(dsources::sync_dsource))
         .routes(routes!(dsources::enable_dsource))
         .routes(routes!(dsources::disable_dsource))
+        .routes(routes!(dsources::set_dsource_password))
         .routes(routes!(vdbs::list_vdbs, vdbs::provision_vdb))
         .routes(routes!(vdbs::get_vdb, vdbs::delete_vdb))
         .routes(routes!(vdbs::vdb_status))

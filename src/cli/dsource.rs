@@ -122,6 +122,15 @@ pub enum Cmd {
         #[arg(long)]
         with_vdbs: bool,
     },
+    /// Hand over the source user's changed password (from an environment
+    /// variable): the source must accept it; staging then connects with it.
+    Password {
+        /// The dSource.
+        name: String,
+        /// Environment variable holding the new password (never a flag value).
+        #[arg(long, value_name = "VAR", default_value = PASSWORD_ENV)]
+        password_env: String,
+    },
     /// State, replication health and the last snapshot.
     Show {
         /// The dSource.
@@ -307,6 +316,19 @@ pub fn exec(cmd: Cmd, cx: &Context) -> anyhow::Result<()> {
                 format!("dSource {name} deleted, with VDBs {}", vdbs.join(", "))
             };
             out.message(&text, json!({"deleted": name, "vdbs_deleted": vdbs}))
+        }
+        Cmd::Password { name, password_env } => {
+            let password = cx.replication_password.as_deref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--password-env: the environment variable {password_env} holds no password"
+                )
+            })?;
+            let d = dsource::set_password(&store, &connector, &name, password)
+                .with_context(|| format!("changing the password of dSource {name}"))?;
+            out.message(
+                &format!("dSource {name}: the new password is kept (sealed) and staging uses it"),
+                serde_json::to_value(d)?,
+            )
         }
         Cmd::Show { name } => out.dsource(&dsource::show(&store, &connector, &name)?),
         Cmd::List => Ok(()),

@@ -210,6 +210,7 @@ pub fn main() -> i32 {
     // Read secrets from the environment once, and take them out of it.
     let password_var = match &cli.command {
         Command::Dsource(dsource::Cmd::Link { params, .. }) => params.password_env.clone(),
+        Command::Dsource(dsource::Cmd::Password { password_env, .. }) => password_env.clone(),
         _ => dsource::PASSWORD_ENV.to_owned(),
     };
     let replication_password = take_env(&password_var);

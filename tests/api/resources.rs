@@ -1,4 +1,5 @@
-//! The resources beyond the main story: exports, retention and empty VDBs,
+//! The resources beyond the main story: exports, retention, a changed
+//! source password and empty VDBs,
 //! each as its command does.
 
 use serde_json::json;
@@ -64,6 +65,36 @@ fn exports_retention_and_empty_vdbs_are_there_as_on_the_command_line() {
     );
     let left = api.get("/snapshots?dsource=src").json();
     assert_eq!(left.as_array().expect("snapshots").len(), 1, "{left}");
+
+    // A changed source password: sealed, shown nowhere, staging still runs.
+    assert_error(
+        &api.call(
+            "PUT",
+            "/dsources/nosuch/password",
+            Some(&json!({"password": "p"})),
+        ),
+        404,
+    );
+    assert_error(
+        &api.call("PUT", "/dsources/src/password", Some(&json!({"pass": "p"}))),
+        400,
+    );
+    let changed = api.call(
+        "PUT",
+        "/dsources/src/password",
+        Some(&json!({"password": "Api-Secret-77"})),
+    );
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    assert!(!changed.body.contains("Api-Secret-77"), "{}", changed.body);
+    let shown = api.get("/dsources/src");
+    assert!(!shown.body.contains("Api-Secret-77"), "{}", shown.body);
+    assert_eq!(
+        shown.json()["dsource"]["parameters"]["source"]["replication_password"],
+        "********",
+        "{}",
+        shown.body
+    );
+    assert_eq!(shown.json()["status"], "ACTIVE", "{}", shown.body);
 
     // An empty VDB, and a VDB of the source to export into.
     finish(api.call("POST", "/empty-vdbs", Some(&json!({"name": "blank"}))));

@@ -82,6 +82,20 @@ done
 exit 0
 "#;
 
+/// Lists the running staging's databases, shuts it down cleanly, and
+/// records the snapshot's facts ([`record`]).
+pub fn stop_and_record(platform: &Platform, staging: &Staging) -> Result<Value, OperationError> {
+    let databases = staging.cluster.psql(
+        platform,
+        "listing staging's databases",
+        "SELECT json_agg(datname ORDER BY datname) FROM pg_database WHERE NOT datistemplate;",
+        &[],
+    )?;
+    let databases: Value = serde_json::from_str(databases.trim()).unwrap_or(json!([]));
+    staging.cluster.stop(platform)?;
+    record(platform, staging, Some(databases))
+}
+
 /// Checks that the stopped cluster in the data directory was shut down
 /// cleanly, is of the repository's major version, and keeps every
 /// tablespace inside the mount; then records what its control file says

@@ -82,6 +82,15 @@ pub(super) trait Ingestion: Sync {
         Ok(())
     }
 
+    /// The source staging keeps connecting to with a password kept in its
+    /// passfile (a standby's streaming, a subscription), if any.
+    fn follows_with_password(&self, staging: &Staging) -> Result<Option<Source>, OperationError> {
+        if !staging.method.streams() {
+            return Ok(None);
+        }
+        Ok(Some(staging.source()?).filter(|s| s.password.is_some()))
+    }
+
     /// `linked.start_staging`.
     fn start_staging(&self, platform: &Platform, staging: &Staging) -> Result<(), OperationError> {
         physical::start_staging(platform, staging)

@@ -302,8 +302,45 @@ pub fn post_snapshot(platform: &Platform, input: &Value) -> Result<Value, Operat
 /// `linked.start_staging`: start staging again (as the method has it).
 pub fn start_staging(platform: &Platform, input: &Value) -> Result<Value, OperationError> {
     let staging = Staging::from_input(input)?;
+    if let Some(source) = staging.ingestion().follows_with_password(&staging)? {
+        // The password may have changed (`pgvirt dsource password`): the
+        // passfile is written from the one the engine holds now, and, when
+        // asked, the source must accept it before anything else happens.
+        if input.get("check_source").and_then(Value::as_bool) == Some(true) {
+            check_source_accepts(&source)?;
+        }
+        platform.run_ok(
+            "preparing the dSource's private directory",
+            &request(
+                r#"umask 077; mkdir -p -- "$PRIVATE" && chmod 0700 -- "$PRIVATE""#,
+                &[("PRIVATE", staging.private.clone())],
+            ),
+        )?;
+        Cluster::write_private_file(platform, &staging.passfile(), &source.pgpass_line())?;
+    }
     staging.ingestion().start_staging(platform, &staging)?;
     Ok(json!({}))
+}
+
+/// The source answers with the user and password staging would use: an
+/// error that says so when it refuses them; a source that cannot be reached
+/// now is only a warning (staging keeps trying).
+fn check_source_accepts(source: &Source) -> Result<(), OperationError> {
+    // Not through staging's passfile: a refused password must not land there.
+    let mut source = source.clone();
+    source.passfile = None;
+    match source.check_replication_access() {
+        Err(e)
+            if e.kind == ErrorKind::SourceUnreachable && !e.message.contains("authentication") =>
+        {
+            log::warn!(
+                "{}; the password is kept and tried when the source is back",
+                e.message
+            );
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// `linked.stop_staging`: stop staging; when the dSource is being deleted

@@ -433,15 +433,7 @@ impl Ingestion for SingleDatabase {
         _resync: bool,
     ) -> Result<Value, OperationError> {
         self.ingest(platform, staging, None)?;
-        let databases = staging.cluster.psql(
-            platform,
-            "listing staging's databases",
-            "SELECT json_agg(datname ORDER BY datname) FROM pg_database WHERE NOT datistemplate;",
-            &[],
-        )?;
-        let databases: Value = serde_json::from_str(databases.trim()).unwrap_or(json!([]));
-        staging.cluster.stop(platform)?;
-        clean::record(platform, staging, Some(databases))
+        clean::stop_and_record(platform, staging)
     }
 
     /// Starts staging again after the snapshot.

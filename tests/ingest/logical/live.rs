@@ -1,7 +1,8 @@
 //! On a pool that snapshots atomically (btrfs), a sync snapshots the
 //! running staging with its apply paused (never stopped): the VDBs, which
 //! recover as after a crash, hold exactly the source's rows as of each
-//! snapshot's origin LSN.
+//! snapshot's origin LSN; tables made on the source later are picked up by
+//! the next sync.
 
 use std::path::Path;
 
@@ -91,6 +92,36 @@ fn on_btrfs_logical_snapshots_are_taken_of_the_running_staging_and_hold_the_sour
         );
         vdb_shop(&s, &vdb, "INSERT INTO public.tick (t) VALUES ('vdb')");
     }
+    // Tables made on the source later (one in a new schema, its name
+    // needing quotes) are picked up by the next sync.
+    sql(
+        src,
+        "shop",
+        "CREATE SCHEMA extra; CREATE TABLE extra.\"Later\" (id serial PRIMARY KEY, v text);
+         INSERT INTO extra.\"Later\" (v) SELECT 'l' || g FROM generate_series(1, 25) g;
+         CREATE TABLE public.later2 (id int PRIMARY KEY); INSERT INTO public.later2 SELECT generate_series(1, 7)",
+    );
+    let after = sync(&s, "live", &[]).expect("a sync picks up new tables");
+    provision(&s, "later", &format!("live@{}", after["snapshot"]["id"]));
+    assert_eq!(
+        vdb_shop(
+            &s,
+            "later",
+            "SELECT count(*) || ' ' || max(v) FROM extra.\"Later\""
+        ),
+        "25 l9"
+    );
+    assert_eq!(
+        vdb_shop(&s, "later", "SELECT count(*) FROM public.later2"),
+        "7"
+    );
+    let shown = s.pgvirt.json(&["dsource", "show", "live"]);
+    let tables = shown["replication"]["logical"]["tables"]
+        .as_array()
+        .expect("tables")
+        .clone();
+    assert_eq!(tables.len(), 7, "{shown}");
+    assert!(tables.iter().all(|t| t["state"] == "ready"), "{shown}");
     s.assert_whole("after live logical snapshots");
     s.pgvirt.ok(&["dsource", "delete", "live", "--with-vdbs"]);
     assert_eq!(ours_on_source(&s), "|");

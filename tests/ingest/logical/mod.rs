@@ -314,6 +314,29 @@ fn vdb_shop(s: &Stack, vdb: &str, query: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// SQL in database shop of the staging cluster of a mount (its socket in
+/// `pgvirt/`).
+fn staging_shop(mount: &Path, port: &str, query: &str) -> String {
+    super::pg(
+        "psql",
+        &[
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            mount.join("pgvirt").to_str().expect("utf-8"),
+            "-p",
+            port,
+            "-U",
+            "postgres",
+            "-d",
+            "shop",
+            "-c",
+            query,
+        ],
+    )
+}
+
 /// Kills the staging postmaster of a mount with SIGKILL.
 fn kill_staging(mount: &Path) {
     let pid = std::fs::read_to_string(mount.join("data/postmaster.pid")).expect("postmaster.pid");
@@ -357,24 +380,7 @@ fn logical_with_a_password_and_a_named_publication_keeps_secrets_out_and_disable
     // The subscription names a passfile (0600, outside the mount); the
     // password is nowhere in the mount, so in no snapshot or clone.
     let port = first["dsource"]["parameters"]["staging_port"].to_string();
-    let conninfo = super::pg(
-        "psql",
-        &[
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            mount.join("pgvirt").to_str().expect("utf-8"),
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-d",
-            "shop",
-            "-c",
-            "SELECT subconninfo FROM pg_subscription",
-        ],
-    );
+    let conninfo = staging_shop(&mount, &port, "SELECT subconninfo FROM pg_subscription");
     assert!(conninfo.contains("passfile="), "{conninfo}");
     assert!(!conninfo.contains(PASSWORD), "{conninfo}");
     let found = crate::support::run_ok(
@@ -408,18 +414,87 @@ fn logical_with_a_password_and_a_named_publication_keeps_secrets_out_and_disable
         "postgres",
         "ALTER ROLE repl PASSWORD 'changed-Secret-1'",
     );
+    // The apply's connection goes too: it must reconnect, with the passfile.
+    sql(
+        src,
+        "postgres",
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'repl'",
+    );
     let err = sync(&s, "lp", &[]).expect_err("the old password is refused");
     assert!(err.contains("authentication failed"), "{err}");
     assert!(
         !err.contains(PASSWORD) && !err.contains("changed-Secret-1"),
         "{err}"
     );
+    // Handing it over: a password the source refuses changes nothing and
+    // is not shown; the right one is sealed, and staging applies again
+    // with it before any sync.
+    let hand_over = |pw: &str| {
+        s.pgvirt
+            .command(&["dsource", "password", "lp"])
+            .env("PGVIRT_REPLICATION_PASSWORD", pw)
+            .output()
+            .expect("runs")
+    };
+    let out = hand_over("not-it-9");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("authentication failed"),
+        "{err}"
+    );
+    assert!(!err.contains("not-it-9"), "{err}");
+    let kept = crate::support::run_ok(
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg("cat ~postgres/.pgvirt/*/dsource-lp/pgpass | grep -c -- not-it-9 || true"),
+    );
+    assert_eq!(String::from_utf8_lossy(&kept.stdout).trim(), "0");
+    let out = hand_over("changed-Secret-1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     sql(
         src,
-        "postgres",
-        &format!("ALTER ROLE repl PASSWORD '{PASSWORD}'"),
+        "shop",
+        "INSERT INTO public.items VALUES (778, 'eight')",
     );
-    sync(&s, "lp", &[]).expect("sync with the password back");
+    let on_staging = || {
+        staging_shop(
+            &mount,
+            &port,
+            "SELECT count(*) FROM public.items WHERE id = 778",
+        )
+    };
+    let started = std::time::Instant::now();
+    while on_staging() != "1" {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "staging never applied the row with the new password"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let leaks = crate::support::run_ok(
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg("grep -rl -- \"$3\" \"$1\" \"$2\" 2>/dev/null | head -n 1; grep -c -- \"$3\" ~postgres/.pgvirt/*/dsource-lp/pgpass")
+            .arg("-")
+            .arg(&mount)
+            .arg(s.pgvirt.dir())
+            .arg("changed-Secret-1"),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&leaks.stdout).trim(),
+        "1",
+        "the new password only in staging's passfile"
+    );
+    assert!(!s
+        .pgvirt
+        .json(&["dsource", "show", "lp"])
+        .to_string()
+        .contains("changed-Secret-1"));
+    sync(&s, "lp", &[]).expect("sync with the new password");
 
     // Disable drops the subscription and the slot, not the user's
     // publication; after enable, a resync subscribes again.

@@ -108,11 +108,8 @@ impl Logical {
             ));
         }
         // The subscription's slot, and one per table synchronised in
-        // parallel (none when the copy is a dump).
-        let needed = 1 + match self.initial_copy {
-            super::InitialCopy::TableSync => self.sync_workers as i64,
-            super::InitialCopy::Dump => 0,
-        };
+        // parallel (with a dump, for tables published later).
+        let needed = 1 + self.sync_workers as i64;
         let free_slots = num("max_replication_slots") - num("slots_used");
         if free_slots < needed {
             return Err(refuse(

@@ -44,6 +44,7 @@ mod checks;
 mod copy;
 mod snapshot;
 mod subscription;
+mod tables;
 
 use serde_json::{json, Value};
 
@@ -420,6 +421,10 @@ impl Ingestion for LogicalReplication {
 
     fn replays_wal(&self) -> bool {
         false
+    }
+
+    fn follows_with_password(&self, staging: &Staging) -> Result<Option<Source>, OperationError> {
+        Ok(Some(Logical::of(staging)?.source).filter(|s| s.password.is_some()))
     }
 
     /// Also what repairs a sync or resync cut short: a half-made staging

@@ -69,6 +69,10 @@ impl Logical {
             Err(e) => return Err(e),
             Ok(true) => {
                 self.set_enabled(platform, staging, true)?;
+                let added = self.pick_up_new_tables(platform, staging)?;
+                if !added.is_empty() {
+                    log::info!("new tables on staging: {}", added.join(", "));
+                }
                 let (target, _) = self.source_position("")?;
                 self.catch_up(platform, staging, &target, Duration::from_secs(60))?;
                 // Read after the rows staging holds: never behind them.
@@ -93,15 +97,7 @@ impl Logical {
             return self.paused_live(platform, staging);
         }
         let lsn = self.origin_lsn(platform, staging)?;
-        let databases = staging.cluster.psql(
-            platform,
-            "listing staging's databases",
-            "SELECT json_agg(datname ORDER BY datname) FROM pg_database WHERE NOT datistemplate;",
-            &[],
-        )?;
-        let databases: Value = serde_json::from_str(databases.trim()).unwrap_or(json!([]));
-        staging.cluster.stop(platform)?;
-        let mut facts = clean::record(platform, staging, Some(databases))?;
+        let mut facts = clean::stop_and_record(platform, staging)?;
         facts["source_lsn"] = json!(lsn);
         facts["logical"] = self.recorded(&json!(lsn));
         clean::write_facts(platform, staging, &facts)?;

@@ -7,17 +7,20 @@
 //!   `linked.pre_snapshot` → storage snapshot → `linked.post_snapshot` →
 //!   post-sync hook;
 //! - enable: `mount_specification` → mount → `start_staging`;
+//! - password: `start_staging` with `check_source` (the source must accept
+//!   the new password, which staging's passfile then holds) → sealed;
 //! - disable / delete: `stop_staging` (delete then frees storage; refused
 //!   while VDBs depend on its snapshots).
 //!
 //! Each runs as a [job](super::jobs); one file per workflow: [`link`],
-//! [`sync`], [`control`] (enable, disable, delete), [`repair`]. A link that fails leaves nothing (no
+//! [`sync`], [`control`] (enable, disable, delete), [`password`], [`repair`]. A link that fails leaves nothing (no
 //! row, dataset, mount, staging process, or slot it made); a sync cut short
 //! is repaired by the next command ([`repair`]): its unrecorded snapshot
 //! goes, and staging replays WAL again.
 
 mod control;
 mod link;
+mod password;
 mod prepare;
 mod repair;
 mod sync;
@@ -30,6 +33,7 @@ use serde_json::{json, Value};
 
 pub use control::{delete, disable, enable};
 pub use link::{link, LinkRequest};
+pub use password::set_password;
 pub use repair::repair;
 pub use sync::sync;
 
@@ -186,6 +190,17 @@ fn context(store: &Store, d: &DSource) -> Result<Context> {
 
 /// Mounts staging where the connector says and starts it (replaying WAL).
 pub(super) fn start_staging(store: &Store, connector: &Connector, d: &DSource) -> Result<()> {
+    start_staging_checked(store, connector, d, false)
+}
+
+/// [`start_staging`]; with `check_source`, the source must first accept
+/// the user and password staging connects with.
+pub(super) fn start_staging_checked(
+    store: &Store,
+    connector: &Connector,
+    d: &DSource,
+    check_source: bool,
+) -> Result<()> {
     let cx = context(store, d)?;
     let mut input = input_for(store, &cx.pool, d, &cx.config, &cx.env)?;
     placement::mount_as_specified(
@@ -201,6 +216,9 @@ pub(super) fn start_staging(store: &Store, connector: &Connector, d: &DSource) -
         &cx.env,
         &mut input,
     )?;
+    if check_source {
+        input["check_source"] = json!(true);
+    }
     connector.invoke("linked.start_staging", &input, HostPlatform::new(&cx.env))?;
     Ok(())
 }
