@@ -200,7 +200,8 @@ impl Stack {
                 assert_eq!(
                     shown["status"],
                     serde_json::json!("ACTIVE"),
-                    "{what}: {shown}"
+                    "{what}: {shown}\n{}",
+                    staging_facts(&mount)
                 );
                 if shown["ingestion_method"] == "logical_replication" {
                     assert_eq!(
@@ -307,4 +308,28 @@ impl Stack {
             );
         }
     }
+}
+
+/// What explains a staging found not running: its mount, pid file, process
+/// and log (shown when a test finds it so).
+fn staging_facts(mount: &std::path::Path) -> String {
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*mount.to_string_lossy()));
+    let pid_file = std::fs::read_to_string(mount.join("data/postmaster.pid")).unwrap_or_default();
+    let pid = pid_file.lines().next().unwrap_or("").to_owned();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let log = std::fs::read_to_string(mount.join("pgvirt/staging.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(25).collect();
+    let servers: Vec<String> = super::processes()
+        .into_iter()
+        .filter(|(_, args, _)| args.first().is_some_and(|a| a.ends_with("/postgres")))
+        .map(|(pid, args, _)| format!("{pid} {}", args.join(" ")))
+        .collect();
+    format!(
+        "staging facts: mounted {mounted}; pid file {pid:?}; process stat {stat:?}\nservers:\n{}\nlog tail (newest first):\n{}",
+        servers.join("\n"),
+        tail.join("\n")
+    )
 }
