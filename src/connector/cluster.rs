@@ -138,9 +138,15 @@ stale() { # lock file -> exit 0 when the pid it names is gone or a zombie
   local pid state
   pid=$(head -n 1 -- "$1" 2>/dev/null) || return 1
   state=$(sed -E 's/^[0-9]+ \(.*\) ([A-Z]).*/\1/' "/proc/$pid/stat" 2>/dev/null || echo gone)
-  case $state in Z|X|gone|"") return 0;; *) return 1;; esac
+  case $state in Z|X|gone|"") return 0;; *) ;; esac
+  # A data directory copied from a running cluster names that cluster's
+  # postmaster: a live pid that does not serve this directory is stale too.
+  if [ -n "${2:-}" ]; then
+    [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$(cd -- "$2" 2>/dev/null && pwd -P)" ] || return 0
+  fi
+  return 1
 }
-if [ -f "$PGDATA_DIR/postmaster.pid" ] && stale "$PGDATA_DIR/postmaster.pid"; then
+if [ -f "$PGDATA_DIR/postmaster.pid" ] && stale "$PGDATA_DIR/postmaster.pid" "$PGDATA_DIR"; then
   rm -f -- "$PGDATA_DIR/postmaster.pid"
 fi
 lock="$SOCKET_DIR/.s.PGSQL.$PORT.lock"
@@ -352,6 +358,9 @@ pid=$(head -n 1 -- "$PGDATA_DIR/postmaster.pid" 2>/dev/null) || exit 1
 [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || exit 1
 state=$(sed -E 's/^[0-9]+ \(.*\) ([A-Z]).*/\1/' "/proc/$pid/stat" 2>/dev/null)
 case $state in Z|X|"") exit 1;; esac
+# The postmaster runs in its data directory: a pid file copied from another
+# running cluster (a clone not yet cleaned) names a server of another one.
+[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$(cd -- "$PGDATA_DIR" 2>/dev/null && pwd -P)" ] || exit 1
 "$BIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1
 "#;
 
