@@ -68,17 +68,7 @@ mkdir -p -m 0700 -- "$DATA""#,
         .ingest(platform, staging, source.as_ref())
         .and_then(|()| standby::write_config(platform, staging, source.as_ref()))
         .and_then(|()| staging.cluster.start(platform))
-        .and_then(|()| {
-            platform
-                .run_ok(
-                    "finishing the ingest",
-                    &request(
-                        r#"rm -f -- "$FILES/ingesting""#,
-                        &[("FILES", staging.files())],
-                    ),
-                )
-                .map(|_| ())
-        });
+        .and_then(|()| staging.finish_ingest(platform));
     if let Err(e) = result {
         undo(platform, staging, source.as_ref());
         return Err(e);

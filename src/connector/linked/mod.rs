@@ -136,6 +136,31 @@ impl Staging {
         format!("{}/pgvirt", self.mount)
     }
 
+    /// The variables a script dumping `source` into staging reads: tools,
+    /// the private directory, the source's address and staging's.
+    fn dump_vars(&self, source: &Source) -> Vec<(&'static str, String)> {
+        vec![
+            ("BIN", self.cluster.bin_dir.clone()),
+            ("PRIVATE", self.private.clone()),
+            ("SRC_HOST", source.host.clone()),
+            ("SRC_PORT", source.port.to_string()),
+            ("SRC_USER", source.user.clone()),
+            ("SRC_DB", source.database.clone()),
+            ("PGCONNECT_TIMEOUT", source.connect_timeout.to_string()),
+            ("SOCKET_DIR", self.cluster.socket_dir.clone()),
+            ("PORT", self.cluster.port.to_string()),
+        ]
+    }
+
+    /// Removes the `ingesting` marker: the ingest is complete.
+    fn finish_ingest(&self, platform: &Platform) -> Result<(), OperationError> {
+        platform.run_ok(
+            "finishing the ingest",
+            &request(r#"rm -f -- "$FILES/ingesting""#, &[("FILES", self.files())]),
+        )?;
+        Ok(())
+    }
+
     fn passfile(&self) -> String {
         format!("{}/pgpass", self.private)
     }

@@ -297,24 +297,16 @@ rm -rf -- "$DATA"; mkdir -m 0700 -- "$DATA"
         facts: &Value,
     ) -> Result<(), OperationError> {
         let s = &dump.source;
-        let mut vars: Vec<(&str, String)> = vec![
-            ("BIN", staging.cluster.bin_dir.clone()),
-            ("PRIVATE", staging.private.clone()),
+        let mut vars = staging.dump_vars(s);
+        vars.extend([
             ("DUMP_DIR", SingleDatabase::dump_dir(staging)),
-            ("SRC_HOST", s.host.clone()),
-            ("SRC_PORT", s.port.to_string()),
-            ("SRC_USER", s.user.clone()),
-            ("SRC_DB", s.database.clone()),
-            ("PGCONNECT_TIMEOUT", s.connect_timeout.to_string()),
-            ("SOCKET_DIR", staging.cluster.socket_dir.clone()),
-            ("PORT", staging.cluster.port.to_string()),
             ("DUMP_JOBS", dump.dump_jobs.to_string()),
             ("RESTORE_JOBS", dump.restore_jobs.to_string()),
             (
                 "ROLE_PASSWORDS",
                 if dump.copy_role_passwords { "1" } else { "" }.to_owned(),
             ),
-        ];
+        ]);
         if s.password.is_some() {
             Cluster::write_private_file(platform, &staging.passfile(), &s.pgpass_line())?;
             vars.push(("PGPASSFILE", staging.passfile()));
@@ -349,13 +341,7 @@ rm -f -- "$PRIVATE/roles.sql""#,
         )?;
         Self::restore(platform, staging, &vars)?;
         SingleDatabase::clean_private(platform, staging)?;
-        platform.run_ok(
-            "finishing the ingest",
-            &request(
-                r#"rm -f -- "$FILES/ingesting""#,
-                &[("FILES", staging.files())],
-            ),
-        )?;
+        staging.finish_ingest(platform)?;
         Ok(())
     }
 

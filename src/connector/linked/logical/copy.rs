@@ -111,17 +111,9 @@ impl Logical {
             )?
             .join("\n");
         let jobs = self.sync_workers.to_string();
-        let mut vars: Vec<(&str, String)> = vec![
-            ("BIN", staging.cluster.bin_dir.clone()),
-            ("PRIVATE", staging.private.clone()),
+        let mut vars = staging.dump_vars(s);
+        vars.extend([
             ("DUMP_DIR", Self::dump_dir(staging)),
-            ("SRC_HOST", s.host.clone()),
-            ("SRC_PORT", s.port.to_string()),
-            ("SRC_USER", s.user.clone()),
-            ("SRC_DB", s.database.clone()),
-            ("PGCONNECT_TIMEOUT", s.connect_timeout.to_string()),
-            ("SOCKET_DIR", staging.cluster.socket_dir.clone()),
-            ("PORT", staging.cluster.port.to_string()),
             ("SLOT", self.subscription.clone()),
             ("DUMP_JOBS", jobs.clone()),
             ("RESTORE_JOBS", jobs),
@@ -131,7 +123,7 @@ impl Logical {
             ("INCLUDE_TABLES", String::new()),
             ("EXCLUDE_TABLES", String::new()),
             ("EXCLUDE_TABLE_DATA", outside),
-        ];
+        ]);
         if s.password.is_some() {
             vars.push(("PGPASSFILE", staging.passfile()));
         }

@@ -288,19 +288,7 @@ if ! "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCKET_DIR" -p "$PORT" -U postgre
   grep -m 3 ERROR -- "$PRIVATE/schema.log" >&2; rm -f -- "$PRIVATE/schema.sql"; exit 1
 fi
 rm -f -- "$PRIVATE/schema.sql" "$PRIVATE/schema.log""#,
-                &[
-                    ("BIN", staging.cluster.bin_dir.clone()),
-                    ("PRIVATE", staging.private.clone()),
-                    ("SRC_HOST", s.host.clone()),
-                    ("SRC_PORT", s.port.to_string()),
-                    ("SRC_USER", s.user.clone()),
-                    ("SRC_DB", s.database.clone()),
-                    ("PGCONNECT_TIMEOUT", s.connect_timeout.to_string()),
-                    ("PGPASSFILE", staging.passfile()),
-                    ("SOCKET_DIR", staging.cluster.socket_dir.clone()),
-                    ("PORT", staging.cluster.port.to_string()),
-                    ("SCHEMA", if schema { "1" } else { "" }.to_owned()),
-                ],
+                &[staging.dump_vars(s), vec![("PGPASSFILE", staging.passfile()), ("SCHEMA", if schema { "1" } else { "" }.to_owned())]].concat(),
             ),
         )?;
         Ok(())
@@ -327,13 +315,7 @@ rm -f -- "$PRIVATE/schema.sql" "$PRIVATE/schema.log""#,
                 self.subscribe(platform, staging)?;
             }
             self.wait_synchronised(platform, staging)?;
-            platform.run_ok(
-                "finishing the ingest",
-                &request(
-                    r#"rm -f -- "$FILES/ingesting""#,
-                    &[("FILES", staging.files())],
-                ),
-            )?;
+            staging.finish_ingest(platform)?;
             Ok(())
         })();
         if made.is_err() {

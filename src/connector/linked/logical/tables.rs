@@ -113,19 +113,7 @@ if ! q -f "$PRIVATE/new-tables.sql" > /dev/null 2> "$PRIVATE/new-tables.log"; th
   grep -m 3 ERROR -- "$PRIVATE/new-tables.log" >&2; rm -f -- "$PRIVATE/new-tables.sql"; exit 1
 fi
 rm -f -- "$PRIVATE/new-tables.sql" "$PRIVATE/new-tables.log""#,
-                &[
-                    ("BIN", staging.cluster.bin_dir.clone()),
-                    ("PRIVATE", staging.private.clone()),
-                    ("TABLES", tables.join("\n")),
-                    ("SRC_HOST", s.host.clone()),
-                    ("SRC_PORT", s.port.to_string()),
-                    ("SRC_USER", s.user.clone()),
-                    ("SRC_DB", s.database.clone()),
-                    ("PGCONNECT_TIMEOUT", s.connect_timeout.to_string()),
-                    ("PGPASSFILE", staging.passfile()),
-                    ("SOCKET_DIR", staging.cluster.socket_dir.clone()),
-                    ("PORT", staging.cluster.port.to_string()),
-                ],
+                &[staging.dump_vars(s), vec![("PGPASSFILE", staging.passfile()), ("TABLES", tables.join("\n"))]].concat(),
             ),
         )?;
         Ok(())
