@@ -49,9 +49,10 @@ pub struct LinkedParams {
     /// WAL archive directory (backup_log_shipping).
     #[arg(long)]
     wal_archive_path: Option<String>,
-    /// The database to ingest (single_database, logical_replication).
+    /// The database to ingest (single_database, logical_replication;
+    /// repeated, several databases for logical_replication).
     #[arg(long)]
-    database: Option<String>,
+    database: Vec<String>,
     /// User that dumps the database (single_database; default postgres).
     #[arg(long)]
     dump_user: Option<String>,
@@ -186,18 +187,19 @@ fn linked_params(
             json!(v),
         );
     }
-    // --database names logical_replication's database too.
+    // --database names logical_replication's database (or databases) too.
     let logical = IngestionMethod::of(&doc) == IngestionMethod::LogicalReplication;
-    let single = [
-        (
-            "--database",
-            if logical {
-                "/logical_replication/database"
-            } else {
-                "/single_database/database"
-            },
-            p.database.as_ref().map(|v| json!(v)),
+    let (db_pointer, db_value) = match (logical, p.database.as_slice()) {
+        (_, []) => ("", None),
+        (true, [one]) => ("/logical_replication/database", Some(json!(one))),
+        (true, many) => ("/logical_replication/databases", Some(json!(many))),
+        (false, [one]) => ("/single_database/database", Some(json!(one))),
+        (false, _) => anyhow::bail!(
+            "--database: give one database (several only with --method logical_replication)"
         ),
+    };
+    let single = [
+        ("--database", db_pointer, db_value),
         (
             "--dump-user",
             "/single_database/user",

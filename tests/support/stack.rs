@@ -209,6 +209,12 @@ impl Stack {
                         serde_json::json!(true),
                         "{what}: the apply of {name} is left disabled: {shown}"
                     );
+                    if let Some(each) = shown["replication"]["logical"]["databases"].as_array() {
+                        assert!(
+                            each.iter().all(|d| d["enabled"] == serde_json::json!(true)),
+                            "{what}: an apply of {name} is left disabled: {shown}"
+                        );
+                    }
                 } else {
                     assert_eq!(
                         shown["replication"]["replay_paused"],
@@ -303,7 +309,13 @@ impl Stack {
                     .any(|d| d["name"]
                         .as_str()
                         .map(|n| n.to_lowercase().replace(['-', '.'], "_"))
-                        == Some(owner.to_owned())),
+                        .is_some_and(|n| {
+                            // One slot, or one per database (a digest after).
+                            owner == n
+                                || owner.strip_prefix(&format!("{n}_")).is_some_and(|d| {
+                                    d.len() == 8 && d.bytes().all(|b| b.is_ascii_hexdigit())
+                                })
+                        })),
                 "{what}: slot {slot} on the source belongs to no dSource"
             );
         }

@@ -13,6 +13,7 @@ use super::sql;
 use crate::support::{checksum_sql, free_port, lsn, Stack, Writer};
 
 mod copy;
+mod databases;
 mod faults;
 mod live;
 
@@ -291,6 +292,11 @@ fn provision(s: &Stack, vdb: &str, from: &str) {
 
 /// SQL in database shop of a VDB.
 fn vdb_shop(s: &Stack, vdb: &str, query: &str) -> String {
+    vdb_sql(s, vdb, "shop", query)
+}
+
+/// SQL in database `db` of a VDB.
+fn vdb_sql(s: &Stack, vdb: &str, db: &str, query: &str) -> String {
     let v = s.pgvirt.json(&["vdb", "show", vdb]);
     let out = crate::support::run_ok(
         crate::support::as_pg_user(Path::new(crate::support::PG_BIN).join("psql"))
@@ -306,7 +312,7 @@ fn vdb_shop(s: &Stack, vdb: &str, query: &str) -> String {
                 "-U",
                 "postgres",
                 "-d",
-                "shop",
+                db,
                 "-c",
                 query,
             ]),

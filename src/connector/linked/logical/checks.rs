@@ -27,7 +27,7 @@ const FACTS: &str = r#"WITH scope AS (
 SELECT json_build_object(
   'wal_level', current_setting('wal_level'),
   'max_replication_slots', current_setting('max_replication_slots')::int,
-  'slots_used', (SELECT count(*) FROM pg_replication_slots WHERE slot_name <> :'slot'),
+  'slots_used', (SELECT count(*) FROM pg_replication_slots WHERE slot_name <> ALL (string_to_array(:'ours', E'\n'))),
   'max_wal_senders', current_setting('max_wal_senders')::int,
   'senders_used', (SELECT count(*) FROM pg_stat_replication),
   'may_replicate', (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
@@ -84,13 +84,14 @@ fn refuse(message: String, action: String) -> OperationError {
 }
 
 impl Logical {
-    fn vars(&self) -> [(&'static str, &str); 4] {
+    fn vars(&self) -> [(&'static str, &str); 5] {
         let mode: &'static str = self.scope.into();
         [
             ("mode", mode),
             ("pub", &self.publication),
             ("list", &self.list),
             ("slot", &self.subscription),
+            ("ours", &self.ours),
         ]
     }
 
@@ -107,14 +108,15 @@ impl Logical {
                 "set wal_level = logical in the source's postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart the source".into(),
             ));
         }
-        // The subscription's slot, and one per table synchronised in
-        // parallel (with a dump, for tables published later).
-        let needed = 1 + self.sync_workers as i64;
+        // A slot for each database's subscription, and one per table
+        // synchronised in parallel (with a dump, for tables published
+        // later).
+        let needed = self.ours.lines().count() as i64 + self.sync_workers as i64;
         let free_slots = num("max_replication_slots") - num("slots_used");
         if free_slots < needed {
             return Err(refuse(
                 format!(
-                    "{at} has {free_slots} free replication slots (max_replication_slots = {}, {} in use); this dSource needs {needed} (its own, and one per table copied in parallel: sync_workers = {})",
+                    "{at} has {free_slots} free replication slots (max_replication_slots = {}, {} in use); this dSource needs {needed} (one per database, and one per table copied in parallel: sync_workers = {})",
                     num("max_replication_slots"), num("slots_used"), self.sync_workers
                 ),
                 "raise max_replication_slots on the source (a restart), drop unused slots, or lower logical_replication.sync_workers".into(),
@@ -208,7 +210,11 @@ impl Logical {
         let unreadable = names("unreadable");
         if !unreadable.is_empty() {
             return Err(refuse(
-                format!("{at}: user {user} may not read {}", unreadable.join(", ")),
+                format!(
+                    "{at}: user {user} may not read {} in database {}",
+                    unreadable.join(", "),
+                    self.source.database
+                ),
                 format!("GRANT SELECT on them (or pg_read_all_data) to {user} on the source"),
             ));
         }
@@ -216,7 +222,8 @@ impl Logical {
         if !no_identity.is_empty() {
             return Err(refuse(
                 format!(
-                    "{at}: {} {} no primary key and no replica identity: updates and deletes on them could not be replicated",
+                    "{at}: in database {}, {} {} no primary key and no replica identity: updates and deletes on them could not be replicated",
+                    self.source.database,
                     no_identity.join(", "),
                     if no_identity.len() == 1 { "has" } else { "have" }
                 ),

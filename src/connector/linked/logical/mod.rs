@@ -39,18 +39,21 @@
 //! every snapshot. `pgvirt/logical.json` in the mount names the staging
 //! cluster's system identifier, which the names of its table
 //! synchronisation slots on the source end with.
+//!
+//! A dSource may hold several databases of the source ([`databases`]):
+//! each is a [`Logical`] of its own (publication, subscription, slot), on
+//! the one staging cluster.
 
 mod checks;
 mod copy;
+mod databases;
 mod snapshot;
 mod subscription;
 mod tables;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::method::Ingestion;
-use super::single_database::SingleDatabase;
-use super::{default_slot_name, has_cluster, Staging};
+use super::{default_slot_name, Staging};
 use crate::abi::{ErrorKind, OperationError};
 use crate::connector::platform::{request, Platform};
 use crate::connector::source::Source;
@@ -89,6 +92,8 @@ struct Logical {
     /// The subscription's name, and its slot's on the source.
     subscription: String,
     /// Tables copied in parallel (sync workers, or dump and restore jobs).
+    /// Every subscription's (slot's) name of this dSource, one a line.
+    ours: String,
     sync_workers: u64,
     initial_copy: InitialCopy,
 }
@@ -97,12 +102,36 @@ fn path(field: &str) -> String {
     format!("linked-source parameters#/logical_replication/{field}")
 }
 
+/// The subscriptions' (and slots') names: the dSource's slot name for
+/// one database; with several, each ends with a digest of its database's
+/// name (slot names are source-wide, and database names need not be
+/// valid in one).
+fn subscription_names(dsource: &str, databases: &[String]) -> Vec<String> {
+    use sha2::{Digest, Sha256};
+    let base = default_slot_name(dsource);
+    if databases.len() == 1 {
+        return vec![base];
+    }
+    let base = &base[..base.len().min(54)];
+    databases
+        .iter()
+        .map(|d| {
+            let digest = Sha256::digest(d.as_bytes());
+            let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+            format!("{base}_{hex}")
+        })
+        .collect()
+}
+
 fn invalid(message: String) -> OperationError {
     OperationError::new(ErrorKind::InvalidInput, message)
 }
 
 impl Logical {
-    fn of(staging: &Staging) -> Result<Self, OperationError> {
+    /// One per database (`database`, or each of `databases`), in the
+    /// order given: each has its own publication on the source, its own
+    /// subscription on staging and its own slot.
+    fn all(staging: &Staging) -> Result<Vec<Self>, OperationError> {
         let p = staging.params.get("logical_replication").ok_or_else(|| {
             invalid(
                 "linked-source parameters#/logical_replication is required for logical_replication"
@@ -110,8 +139,6 @@ impl Logical {
             )
         })?;
         let text = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_owned);
-        let database =
-            text("database").ok_or_else(|| invalid(format!("{} is required", path("database"))))?;
         let list = |k: &str| -> Vec<String> {
             p.get(k)
                 .and_then(Value::as_array)
@@ -122,6 +149,23 @@ impl Logical {
                         .collect()
                 })
                 .unwrap_or_default()
+        };
+        let databases = match (text("database"), list("databases")) {
+            (Some(one), many) if many.is_empty() => vec![one],
+            (None, many) if !many.is_empty() => many,
+            (Some(_), _) => {
+                return Err(invalid(format!(
+                    "{}: give database or databases, not both",
+                    path("databases")
+                )))
+            }
+            (None, _) => {
+                return Err(invalid(format!(
+                    "{} (or {}) is required",
+                    path("database"),
+                    path("databases")
+                )))
+            }
         };
         let (schemas, tables) = (list("schemas"), list("tables"));
         let named = text("publication");
@@ -168,34 +212,46 @@ impl Logical {
                 )))
             }
         };
-        let subscription = default_slot_name(&staging.name);
-        Ok(Self {
-            source: Source {
-                host: text("host").unwrap_or_else(|| "127.0.0.1".into()),
-                port: p
-                    .get("port")
-                    .or_else(|| staging.source_config.get("port"))
-                    .and_then(Value::as_u64)
-                    .and_then(|n| u16::try_from(n).ok())
-                    .unwrap_or(5432),
-                user: text("user").unwrap_or_else(|| "postgres".into()),
-                password: text("password"),
-                database,
-                connect_timeout: p
-                    .get("connect_timeout_seconds")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(10),
-                bin_dir: Some(staging.cluster.bin_dir.clone()),
-                passfile: Some(staging.passfile()),
-            },
-            scope,
-            list,
-            creates_publication: named.is_none(),
-            publication: named.unwrap_or_else(|| subscription.clone()),
-            subscription,
-            sync_workers,
-            initial_copy,
-        })
+        let names = subscription_names(&staging.name, &databases);
+        let source = Source {
+            host: text("host").unwrap_or_else(|| "127.0.0.1".into()),
+            port: p
+                .get("port")
+                .or_else(|| staging.source_config.get("port"))
+                .and_then(Value::as_u64)
+                .and_then(|n| u16::try_from(n).ok())
+                .unwrap_or(5432),
+            user: text("user").unwrap_or_else(|| "postgres".into()),
+            password: text("password"),
+            database: String::new(),
+            connect_timeout: p
+                .get("connect_timeout_seconds")
+                .and_then(Value::as_u64)
+                .unwrap_or(10),
+            bin_dir: Some(staging.cluster.bin_dir.clone()),
+            passfile: Some(staging.passfile()),
+        };
+        let ours = names.join("\n");
+        Ok(databases
+            .into_iter()
+            .zip(names)
+            .map(|(database, subscription)| Self {
+                source: Source {
+                    database,
+                    ..source.clone()
+                },
+                scope,
+                list: list.clone(),
+                creates_publication: named.is_none(),
+                publication: named
+                    .clone()
+                    .unwrap_or_else(|| default_slot_name(&staging.name)),
+                subscription,
+                ours: ours.clone(),
+                sync_workers,
+                initial_copy,
+            })
+            .collect())
     }
 
     /// The subscription's connection: a passfile, never the password.
@@ -217,8 +273,11 @@ impl Logical {
         c
     }
 
-    /// Staging's settings for the apply.
-    fn settings(&self) -> Vec<(String, String)> {
+    /// Staging's settings for the apply of `subscriptions` subscriptions:
+    /// an apply worker and `sync_workers` table synchronisation workers
+    /// each, and a replication origin for every one of them.
+    fn settings(&self, subscriptions: u64) -> Vec<(String, String)> {
+        let workers = subscriptions * (self.sync_workers + 1);
         vec![
             (
                 "max_sync_workers_per_subscription".into(),
@@ -226,12 +285,10 @@ impl Logical {
             ),
             (
                 "max_logical_replication_workers".into(),
-                (self.sync_workers + 2).to_string(),
+                (workers + 1).to_string(),
             ),
-            (
-                "max_worker_processes".into(),
-                (self.sync_workers + 10).to_string(),
-            ),
+            ("max_worker_processes".into(), (workers + 9).to_string()),
+            ("max_replication_slots".into(), (workers + 10).to_string()),
         ]
     }
 
@@ -294,38 +351,6 @@ rm -f -- "$PRIVATE/schema.sql" "$PRIVATE/schema.log""#,
         Ok(())
     }
 
-    /// A fresh staging, subscribed, every table synchronised. On failure,
-    /// staging is stopped and marked, and nothing is left on the source.
-    fn ingest(&self, platform: &Platform, staging: &Staging) -> Result<(), OperationError> {
-        // Everything is checked before anything is made.
-        let facts = self.check_source()?;
-        staging.cluster.stop(platform)?;
-        // What an earlier staging made (a resync, a cut-short link).
-        Self::clean_copy(platform, staging)?;
-        self.drop_on_source(&Self::recorded_sysid(platform, staging), false)?;
-        let made = (|| {
-            SingleDatabase::init(platform, staging, &facts, &self.settings())?;
-            Self::record_sysid(platform, staging)?;
-            let dump = self.initial_copy == InitialCopy::Dump;
-            self.copy_schema(platform, staging, !dump)?;
-            self.create_publication()?;
-            if dump {
-                self.copy_by_dump(platform, staging, &facts)?;
-            } else {
-                self.subscribe(platform, staging)?;
-            }
-            self.wait_synchronised(platform, staging)?;
-            staging.finish_ingest(platform)?;
-            Ok(())
-        })();
-        if made.is_err() {
-            let _ = staging.cluster.stop(platform);
-            let _ = Self::clean_copy(platform, staging);
-            let _ = self.drop_on_source(&Self::recorded_sysid(platform, staging), true);
-        }
-        made.map_err(|e| self.scrub(e))
-    }
-
     /// An error without the password, should anything have echoed it.
     fn scrub(&self, mut e: OperationError) -> OperationError {
         if let Some(pw) = self.source.password.as_deref().filter(|p| !p.is_empty()) {
@@ -344,168 +369,5 @@ rm -f -- "$PRIVATE/schema.sql" "$PRIVATE/schema.log""#,
             "run `pgvirt dsource sync {} --resync` (a fresh copy of the source)",
             staging.name
         ))
-    }
-}
-
-impl Ingestion for LogicalReplication {
-    fn check(&self, _platform: &Platform, staging: &Staging) -> Result<(), OperationError> {
-        let l = Logical::of(staging)?;
-        l.check_source().map(|_| ()).map_err(|e| l.scrub(e))
-    }
-
-    fn ingest(
-        &self,
-        platform: &Platform,
-        staging: &Staging,
-        _source: Option<&Source>,
-    ) -> Result<(), OperationError> {
-        Logical::of(staging)?.ingest(platform, staging)
-    }
-
-    fn consistent_point(
-        &self,
-        platform: &Platform,
-        staging: &Staging,
-        resync: bool,
-    ) -> Result<Value, OperationError> {
-        let l = Logical::of(staging)?;
-        if resync || !has_cluster(platform, staging)? {
-            l.ingest(platform, staging)?;
-        }
-        let paused = l.pause_caught_up(platform, staging);
-        if paused.is_err() && has_cluster(platform, staging)? {
-            // Staging goes on applying whatever failed.
-            let _ = staging.cluster.start(platform);
-            let _ = l.set_enabled(platform, staging, true);
-        }
-        paused.map_err(|e| l.scrub(e))
-    }
-
-    /// Staging started again, the apply resumed.
-    fn describe(&self, platform: &Platform, staging: &Staging) -> Result<Value, OperationError> {
-        let l = Logical::of(staging)?;
-        staging.cluster.start(platform)?;
-        l.set_enabled(platform, staging, true)?;
-        let mut meta = staging.recorded_facts(platform)?;
-        // How long the apply was paused (the snapshot's cost to staging).
-        let paused = platform
-            .run(&request(
-                r#"a=$(cat -- "$FILES/apply-paused-at" 2>/dev/null) && b=$(date +%s.%N) && awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f\n", b - a }'; rm -f -- "$FILES/apply-paused-at""#,
-                &[("FILES", staging.files())],
-            ))
-            .ok()
-            .and_then(|o| o.stdout.trim().parse::<f64>().ok());
-        if let Some(p) = paused {
-            meta["apply_paused_seconds"] = json!((p * 1000.0).round() / 1000.0);
-        }
-        Ok(meta)
-    }
-
-    fn replays_wal(&self) -> bool {
-        false
-    }
-
-    fn follows_with_password(&self, staging: &Staging) -> Result<Option<Source>, OperationError> {
-        Ok(Some(Logical::of(staging)?.source).filter(|s| s.password.is_some()))
-    }
-
-    /// Also what repairs a sync or resync cut short: a half-made staging
-    /// is stopped and its slots on the source dropped (the next sync
-    /// ingests); a paused subscription is resumed.
-    fn start_staging(&self, platform: &Platform, staging: &Staging) -> Result<(), OperationError> {
-        let l = Logical::of(staging)?;
-        if !has_cluster(platform, staging)? {
-            staging.cluster.stop(platform)?;
-            Logical::clean_copy(platform, staging)?;
-            l.drop_on_source(&Logical::recorded_sysid(platform, staging), false)?;
-            return Err(OperationError::new(
-                ErrorKind::InvalidState,
-                "the staging data directory is empty, or its last ingest was cut short",
-            )
-            .with_action(format!(
-                "run `pgvirt dsource sync {} --resync` to subscribe again",
-                staging.name
-            )));
-        }
-        staging.cluster.start(platform)?;
-        l.set_enabled(platform, staging, true)
-    }
-
-    fn stop_staging(
-        &self,
-        platform: &Platform,
-        staging: &Staging,
-        purpose: &str,
-    ) -> Result<(), OperationError> {
-        let l = Logical::of(staging)?;
-        if purpose != "delete" && staging.cluster.is_running(platform)? {
-            // Disabled, staging keeps its data but no slot on the source.
-            l.detach(platform, staging)?;
-        }
-        staging.cluster.stop(platform)?;
-        Logical::clean_copy(platform, staging)?;
-        let sysid = Logical::recorded_sysid(platform, staging);
-        match l.drop_on_source(&sysid, true) {
-            Err(e) if purpose == "delete" && e.kind == ErrorKind::SourceUnreachable => {
-                log::warn!(
-                    "{}: drop replication slot {} (and publication {} if pgvirt made it) on the source by hand",
-                    e.message,
-                    l.subscription,
-                    l.publication
-                );
-            }
-            other => other.map_err(|e| l.scrub(e))?,
-        }
-        if purpose == "delete" {
-            staging.remove_private(platform)?;
-        }
-        Ok(())
-    }
-
-    fn worker(
-        &self,
-        platform: &Platform,
-        staging: &Staging,
-        _input: &Value,
-    ) -> Result<Value, OperationError> {
-        let l = Logical::of(staging)?;
-        let running = staging.cluster.is_running(platform)?;
-        if !running || !has_cluster(platform, staging)? {
-            return Ok(json!({"running": running, "connected": false,
-                "next": format!("staging is stopped: `pgvirt dsource sync {}` (--resync if it was disabled)", staging.name)}));
-        }
-        let status = l.status(platform, staging)?;
-        if status.is_null() {
-            return Ok(json!({"running": true, "connected": false,
-                "next": format!("staging has no subscription: `pgvirt dsource sync {} --resync`", staging.name)}));
-        }
-        let applied = ["latest_end_lsn", "remote_lsn"]
-            .iter()
-            .filter_map(|k| status[*k].as_str())
-            .max_by_key(|l| crate::connector::conf::parse_lsn(l).unwrap_or(0))
-            .unwrap_or("")
-            .to_owned();
-        let mut logical = status.clone();
-        match l.source_position(&applied) {
-            Ok((at, lag)) => {
-                logical["source_lsn"] = json!(at);
-                logical["lag_bytes"] = json!(lag);
-                let seconds = if lag > 0 {
-                    l.source
-                        .seconds_since(&status["latest_end_time"])
-                        .unwrap_or(0.0)
-                } else {
-                    0.0
-                };
-                logical["lag_seconds"] = json!(seconds);
-            }
-            Err(e) => logical["source_error"] = json!(l.scrub(e).message),
-        }
-        Ok(json!({
-            "running": true,
-            "connected": !status["apply_pid"].is_null(),
-            "logical": logical,
-            "next": format!("each sync pauses the apply for a snapshot of what staging applied (origin {})", status["origin"].as_str().unwrap_or("")),
-        }))
     }
 }

@@ -10,8 +10,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::super::{clean, Staging};
+use super::databases::Databases;
 use super::Logical;
 use crate::abi::{ErrorKind, OperationError};
+use crate::connector::conf::parse_lsn;
 use crate::connector::platform::{request, Platform};
 
 /// The facts of a running staging with its apply paused, its WAL flushed
@@ -38,35 +40,34 @@ SELECT json_build_object(
 "#;
 
 impl Logical {
-    /// Staging running, subscribed and caught up with the source's current
-    /// position (as far as 60 s allow); then paused for the snapshot.
-    pub(super) fn pause_caught_up(
+    /// This database's subscription enabled, its new tables picked up,
+    /// caught up with the source's current position (as far as 60 s
+    /// allow), and its sequences set to the source's.
+    pub(super) fn catch_up_for_snapshot(
         &self,
         platform: &Platform,
         staging: &Staging,
-    ) -> Result<Value, OperationError> {
-        staging.cluster.start(platform)?;
+    ) -> Result<(), OperationError> {
         if !self.subscribed(platform, staging)? {
             return Err(self.needs_resync(staging, "staging has no subscription (it was disabled)"));
         }
         match self.slot_exists() {
-            Ok(false) => {
-                return Err(self.needs_resync(
-                    staging,
-                    &format!(
-                        "its replication slot {} is gone from the source {}:{}",
-                        self.subscription, self.source.host, self.source.port
-                    ),
-                ))
-            }
+            Ok(false) => Err(self.needs_resync(
+                staging,
+                &format!(
+                    "its replication slot {} is gone from the source {}:{}",
+                    self.subscription, self.source.host, self.source.port
+                ),
+            )),
             // A source that does not answer: staging holds what it has.
             Err(e)
                 if e.kind == ErrorKind::SourceUnreachable
                     && !e.message.contains("authentication") =>
             {
-                log::warn!("{}; the snapshot holds what staging applied", e.message)
+                log::warn!("{}; the snapshot holds what staging applied", e.message);
+                Ok(())
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
             Ok(true) => {
                 self.set_enabled(platform, staging, true)?;
                 let added = self.pick_up_new_tables(platform, staging)?;
@@ -77,35 +78,18 @@ impl Logical {
                 self.catch_up(platform, staging, &target, Duration::from_secs(60))?;
                 // Read after the rows staging holds: never behind them.
                 let sequences = self.sequences()?;
-                self.set_sequences(platform, staging, &sequences)?;
+                self.set_sequences(platform, staging, &sequences)
             }
         }
-        // Most dirty pages are written while the apply still runs: the
-        // shutdown checkpoint in the pause is then short.
-        staging
-            .cluster
-            .psql(platform, "checkpointing staging", "CHECKPOINT;", &[])?;
-        platform.run_ok(
-            "noting when the apply paused",
-            &request(
-                r#"date +%s.%N > "$FILES/apply-paused-at""#,
-                &[("FILES", staging.files())],
-            ),
-        )?;
-        self.set_enabled(platform, staging, false)?;
-        if staging.atomic_snapshots {
-            return self.paused_live(platform, staging);
-        }
-        let lsn = self.origin_lsn(platform, staging)?;
-        let mut facts = clean::stop_and_record(platform, staging)?;
-        facts["source_lsn"] = json!(lsn);
-        facts["logical"] = self.recorded(&json!(lsn));
-        clean::write_facts(platform, staging, &facts)?;
-        Ok(facts)
     }
 
-    /// The paused staging left running for an atomic snapshot.
-    fn paused_live(&self, platform: &Platform, staging: &Staging) -> Result<Value, OperationError> {
+    /// The facts of the running staging, paused, its WAL flushed (this
+    /// database's origin as `source_lsn`).
+    pub(super) fn live_facts(
+        &self,
+        platform: &Platform,
+        staging: &Staging,
+    ) -> Result<Value, OperationError> {
         let out = self.psql(
             platform,
             staging,
@@ -123,19 +107,16 @@ impl Logical {
                     format!("unexpected answer from staging: {}", out.trim()),
                 )
             })?;
-        let lsn = facts["source_lsn"].clone();
         facts["wal_segment_size"] = json!(crate::connector::conf::parse_size(
             facts["wal_segment_size"].as_str().unwrap_or("16MB")
         ));
         facts["provisionable"] = json!(true);
         facts["taken_running"] = json!(true);
-        facts["logical"] = self.recorded(&lsn);
-        clean::write_facts(platform, staging, &facts)?;
         Ok(facts)
     }
 
-    /// What a snapshot records of the subscription.
-    fn recorded(&self, lsn: &Value) -> Value {
+    /// What a snapshot records of this database's subscription.
+    pub(super) fn recorded(&self, lsn: &Value) -> Value {
         json!({
             "subscription": self.subscription,
             "slot": self.subscription,
@@ -144,5 +125,70 @@ impl Logical {
             "database": self.source.database,
             "origin_lsn": lsn,
         })
+    }
+}
+
+impl Databases {
+    /// Staging running, every database's subscription caught up; then
+    /// every apply paused for the snapshot. The snapshot's `source_lsn`
+    /// is the least of the databases' origins (each database holds
+    /// exactly the source's transactions up to its own, recorded in
+    /// `logical.databases`).
+    pub(super) fn pause_caught_up(
+        &self,
+        platform: &Platform,
+        staging: &Staging,
+    ) -> Result<Value, OperationError> {
+        staging.cluster.start(platform)?;
+        for l in &self.0 {
+            l.catch_up_for_snapshot(platform, staging)?;
+        }
+        // Most dirty pages are written while the apply still runs: the
+        // shutdown checkpoint in the pause is then short.
+        staging
+            .cluster
+            .psql(platform, "checkpointing staging", "CHECKPOINT;", &[])?;
+        platform.run_ok(
+            "noting when the apply paused",
+            &request(
+                r#"date +%s.%N > "$FILES/apply-paused-at""#,
+                &[("FILES", staging.files())],
+            ),
+        )?;
+        for l in &self.0 {
+            l.set_enabled(platform, staging, false)?;
+        }
+        let mut facts = if staging.atomic_snapshots {
+            // The first database's flush is the whole cluster's.
+            self.first().live_facts(platform, staging)?
+        } else {
+            Value::Null
+        };
+        let mut origins = Vec::new();
+        for l in &self.0 {
+            origins.push(match facts["source_lsn"].as_str() {
+                Some(lsn) if origins.is_empty() => Some(lsn.to_owned()),
+                _ => l.origin_lsn(platform, staging)?,
+            });
+        }
+        if !staging.atomic_snapshots {
+            facts = clean::stop_and_record(platform, staging)?;
+        }
+        let least = origins
+            .iter()
+            .flatten()
+            .min_by_key(|l| parse_lsn(l).unwrap_or(0))
+            .cloned();
+        facts["source_lsn"] = json!(least);
+        let mut logical = self.first().recorded(&json!(origins[0]));
+        logical["databases"] = json!(self
+            .0
+            .iter()
+            .zip(&origins)
+            .map(|(l, o)| l.recorded(&json!(o)))
+            .collect::<Vec<_>>());
+        facts["logical"] = logical;
+        clean::write_facts(platform, staging, &facts)?;
+        Ok(facts)
     }
 }
