@@ -395,3 +395,119 @@ fn a_snapshot_far_from_its_redo_point_is_prepared_once_and_its_vdbs_replay_nothi
     assert_eq!(s.vdb_sql("mid", "SELECT count(*) FROM big"), "300000");
     s.assert_whole("after provisions from a prepared image");
 }
+
+/// Links `name` with linked-source parameters `params`; the CLI's output.
+fn link_with(s: &Stack, name: &str, params: Value) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("params.json");
+    std::fs::write(&path, params.to_string()).expect("params");
+    let port = crate::support::free_port().to_string();
+    s.pgvirt
+        .command(&[
+            "dsource",
+            "link",
+            name,
+            "--source",
+            &s.source_id,
+            "--staging-port",
+            &port,
+            "--params",
+            path.to_str().expect("utf-8"),
+            "--output",
+            "json",
+        ])
+        .output()
+        .expect("runs")
+}
+
+#[test]
+fn with_checkpoint_at_sync_a_snapshot_redoes_from_the_sync_not_from_the_sources_last_checkpoint() {
+    let s = Stack::new();
+    s.source.psql(
+        "postgres",
+        "CREATE TABLE big (id bigint PRIMARY KEY, pad text)",
+    );
+    s.link("plain");
+    let out = link_with(
+        &s,
+        "ck",
+        serde_json::json!({"source": {"checkpoint_at_sync": true}}),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.source.psql(
+        "postgres",
+        "INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 100000) g",
+    );
+    let at = crate::support::lsn(&s.source.psql("postgres", "SELECT pg_current_wal_lsn()"));
+    let redo = |snap: &Value| {
+        crate::support::lsn(snap["metadata"]["redo_lsn"].as_str().expect("redo_lsn"))
+    };
+    // Without it, the snapshot redoes from the checkpoint before the
+    // rows; with it, from one after them.
+    let plain = s.pgvirt.json(&["dsource", "sync", "plain"]);
+    assert!(redo(&plain) < at, "{plain}");
+    let ck = s.pgvirt.json(&["dsource", "sync", "ck"]);
+    assert!(redo(&ck) >= at, "redo {:X} before {at:X}: {ck}", redo(&ck));
+    s.pgvirt.ok(&["vdb", "provision", "ckv", "--from", "ck"]);
+    assert_eq!(s.vdb_sql("ckv", "SELECT count(*) FROM big"), "100000");
+    // A moment past the snapshot recovers from it, with the kept WAL.
+    s.source
+        .psql("postgres", "INSERT INTO big VALUES (100001, 'past')");
+    let past = s.source.psql("postgres", "SELECT pg_current_wal_lsn()");
+    s.pgvirt.ok(&["dsource", "sync", "ck"]);
+    s.pgvirt.ok(&[
+        "vdb",
+        "provision",
+        "ckpast",
+        "--from",
+        "ck",
+        "--at-lsn",
+        &past,
+    ]);
+    assert_eq!(s.vdb_sql("ckpast", "SELECT count(*) FROM big"), "100001");
+    // A user who may not checkpoint the source is told so, and the link
+    // leaves nothing.
+    s.source
+        .psql("postgres", "CREATE ROLE nock LOGIN REPLICATION");
+    let refused = link_with(
+        &s,
+        "nock",
+        serde_json::json!({"source": {"replication_user": "nock", "checkpoint_at_sync": true}}),
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("source/checkpoint_at_sync")
+            && err.contains("GRANT pg_checkpoint TO nock"),
+        "{err}"
+    );
+    let names: Vec<Value> = s
+        .pgvirt
+        .json(&["dsource", "list"])
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|d| d["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        vec![serde_json::json!("ck"), serde_json::json!("plain")]
+    );
+    // Only for methods that stream.
+    let wrong = link_with(
+        &s,
+        "ship",
+        serde_json::json!({"ingestion_method": "staging_push", "source": {"checkpoint_at_sync": true}}),
+    );
+    assert!(
+        !wrong.status.success()
+            && String::from_utf8_lossy(&wrong.stderr).contains("ingestion_method"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    s.assert_whole("after syncs with a checkpoint of the source");
+}

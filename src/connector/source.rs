@@ -141,7 +141,9 @@ impl Source {
         set("PGDATABASE", self.database.clone());
         set("PGAPPNAME", "pgvirt".into());
         set("PGCONNECT_TIMEOUT", self.connect_timeout.max(1).to_string());
-        set("PGPASSFILE", "/dev/null".into());
+        // No passfile of the OS user's: a path that cannot exist (libpq
+        // warns of /dev/null itself, "not a plain file", on every query).
+        set("PGPASSFILE", "/dev/null/none".into());
         if self.password.is_some() {
             set("HAS_PASSWORD", "1".into());
             input.push_str(&self.pgpass_line());

@@ -27,6 +27,9 @@ pub fn consistent_point(
     }
     if staging.method.streams() {
         standby::wait_for_streaming(platform, staging, if resync || !ingested { 60 } else { 15 })?;
+        if staging.params.pointer("/source/checkpoint_at_sync") == Some(&json!(true)) {
+            standby::checkpoint_source(platform, staging)?;
+        }
     }
     consistent::consistent_point(platform, staging)
 }

@@ -141,3 +141,70 @@ SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), 'not connected');"#;
         "check that the source is up and reachable; staging reconnects by itself once it is",
     ))
 }
+
+/// Waits (at most `seconds`) until staging has replayed the source's WAL
+/// up to `lsn`; answers whether it has.
+const WAIT_REPLAYED: &str = r#"
+SELECT set_config('pgvirt.wait_seconds', :'seconds', false) IS NULL, set_config('pgvirt.wait_lsn', :'lsn', false) IS NULL;
+DO $$
+BEGIN
+  FOR i IN 1..(current_setting('pgvirt.wait_seconds')::int * 20) LOOP
+    EXIT WHEN pg_last_wal_replay_lsn() >= current_setting('pgvirt.wait_lsn')::pg_lsn;
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
+SELECT pg_last_wal_replay_lsn() >= :'lsn'::pg_lsn;"#;
+
+/// `source.checkpoint_at_sync`: a checkpoint on the source, then staging
+/// waits until it has replayed it, so the restartpoint the snapshot's
+/// backup starts with is at that checkpoint (a standby can restart only
+/// at a checkpoint the source wrote).
+pub fn checkpoint_source(platform: &Platform, staging: &Staging) -> Result<(), OperationError> {
+    let source = staging.source()?;
+    let lsn = source
+        .query(
+            "cannot checkpoint the source",
+            "CHECKPOINT;\nSELECT pg_current_wal_lsn()::text;",
+            &[],
+        )
+        .map_err(|e| {
+            let said = format!("{} {}", e.message, e.cause.as_deref().unwrap_or(""));
+            if said.contains("pg_checkpoint") {
+                OperationError::new(
+                    ErrorKind::SourceError,
+                    format!(
+                        "linked-source parameters#/source/checkpoint_at_sync: user {} may not run CHECKPOINT on the source {}:{}",
+                        source.user, source.host, source.port
+                    ),
+                )
+                .with_action(format!(
+                    "GRANT pg_checkpoint TO {} on the source, or set source.checkpoint_at_sync to false",
+                    source.user
+                ))
+            } else {
+                e
+            }
+        })?
+        .into_iter()
+        .rev()
+        .find(|l| crate::connector::conf::parse_lsn(l.trim()).is_some())
+        .ok_or_else(|| {
+            OperationError::new(
+                ErrorKind::SourceError,
+                "the source answered no WAL position after its checkpoint",
+            )
+        })?;
+    let replayed = staging.cluster.psql(
+        platform,
+        "waiting for staging to replay the source's checkpoint",
+        WAIT_REPLAYED,
+        &[("lsn", lsn.trim()), ("seconds", "60")],
+    )?;
+    if replayed.lines().last().map(str::trim) != Some("t") {
+        log::warn!(
+            "staging has not replayed the source's checkpoint at {} within 60 s; the snapshot redoes from the checkpoint before",
+            lsn.trim()
+        );
+    }
+    Ok(())
+}
