@@ -11,6 +11,9 @@
 //!
 //! Run as root: `cargo bench --bench timeflow`. `PGVIRT_BENCH_SCALE=20`,
 //! `PGVIRT_BENCH_LOAD_SECONDS=60` and `PGVIRT_BENCH_POOLS=xfs` shrink it.
+//! `PGVIRT_BENCH_CHECKPOINT_AT_SYNC=1` links with `source.checkpoint_at_sync`
+//! (a checkpoint on the source at each sync: the loaded snapshot redoes
+//! from its sync) and writes `timeflow-checkpoint.json`.
 
 #[path = "support.rs"]
 mod support;
@@ -67,6 +70,7 @@ fn main() {
     }
     let scale = env_u64("PGVIRT_BENCH_SCALE", 100) as u32;
     let load_for = env_u64("PGVIRT_BENCH_LOAD_SECONDS", 240);
+    let checkpoint_at_sync = env_u64("PGVIRT_BENCH_CHECKPOINT_AT_SYNC", 0) == 1;
     let pools: Vec<String> = list_env(
         "PGVIRT_BENCH_POOLS",
         &["btrfs".to_owned(), "xfs".to_owned()],
@@ -92,6 +96,12 @@ fn main() {
         let state = scratch("pgvirt-bench-store-");
         let p = Pgvirt::setup(state.path(), &pool.root.join("pool"));
         let id = p.source_id(&source.data_dir());
+        let params = state.path().join("params.json");
+        std::fs::write(
+            &params,
+            json!({"source": {"checkpoint_at_sync": checkpoint_at_sync}}).to_string(),
+        )
+        .expect("params");
         p.ok(&[
             "dsource",
             "link",
@@ -100,6 +110,8 @@ fn main() {
             &id,
             "--staging-port",
             &free_port().to_string(),
+            "--params",
+            params.to_str().expect("utf-8"),
         ]);
         ok(&mut source.psql("CHECKPOINT"));
         std::thread::sleep(Duration::from_secs(2));
@@ -158,14 +170,14 @@ fn main() {
         let _ = load.wait();
         p.ok(&["dsource", "sync", "tf"]);
         let target_text = target.to_string();
+        // PGVIRT_BENCH_PITR_SET=NAME=VALUE: a setting for those VDBs.
+        let mut pitr_args = vec!["--from", "tf", "--at", &target_text];
+        let pitr_set = std::env::var("PGVIRT_BENCH_PITR_SET").unwrap_or_default();
+        if !pitr_set.is_empty() {
+            pitr_args.extend(["--set", &pitr_set]);
+        }
         let pitr: Vec<(f64, f64)> = (0..3)
-            .map(|i| {
-                provision(
-                    &p,
-                    &format!("t{i}"),
-                    &["--from", "tf", "--at", &target_text],
-                )
-            })
+            .map(|i| provision(&p, &format!("t{i}"), &pitr_args))
             .collect();
 
         let med = |xs: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(xs.iter().map(f).collect());
@@ -185,6 +197,8 @@ fn main() {
         ]);
         results.push(json!({
             "pool": kind, "pgbench_scale": scale, "source_bytes": source.bytes(),
+            "checkpoint_at_sync": checkpoint_at_sync,
+            "pitr_set": pitr_set,
             "load_seconds_before_snapshot": load_for,
             "loaded_snapshot_wal_since_redo_bytes": redo_behind(&loaded),
             "loaded_sync_with_prepare_seconds": sync_took.as_secs_f64(),
@@ -198,7 +212,7 @@ fn main() {
         p.ok(&["dsource", "delete", "tf"]);
     }
     print_table(
-        "timeflow: provision from a snapshot taken under load vs idle; point-in-time provision 60 s past a snapshot (medians of 3, under pgbench -c 2)",
+        &format!("timeflow: provision from a snapshot taken under load vs idle; point-in-time provision 60 s past a snapshot (medians of 3, under pgbench -c 2; checkpoint at sync: {checkpoint_at_sync})"),
         &[
             "pool",
             "data MB",
@@ -213,7 +227,11 @@ fn main() {
         &rows,
     );
     write_json(
-        "timeflow",
+        if checkpoint_at_sync {
+            "timeflow-checkpoint"
+        } else {
+            "timeflow"
+        },
         &json!({"machine": machine(), "results": results}),
     );
 }

@@ -2,7 +2,8 @@
 //! default) and the subscription's table synchronisation
 //! (`initial_copy: table_sync`), each under a write load holding exactly
 //! the source's rows as of the origin LSN its snapshots record; and pgvirt
-//! killed while pg_dump runs, repaired by the next command; a publication
+//! killed while pg_dump runs, and while pg_restore runs, repaired by the
+//! next command; a publication
 //! with row filters refused for a dump; partitions of a table published as
 //! its root dumped.
 
@@ -161,19 +162,29 @@ fn logical_initial_copy_by_dump_or_table_sync_holds_the_source_as_of_the_origin_
         dir.path(),
         json!({"logical_replication": {"database": "shop", "tables": tables}}),
     );
+    // Killed while pg_dump runs, then while pg_restore loads staging.
+    for (name, program) in [("dk", "pg_dump"), ("dr", "pg_restore")] {
+        killed_copy_is_repaired(&s, &p, name, program);
+    }
+}
+
+/// pgvirt killed while `program` works on link `name`'s dump: the next
+/// command stops it (and the replication session), and leaves no slot,
+/// publication, dump or dSource behind.
+fn killed_copy_is_repaired(s: &Stack, p: &str, name: &str, program: &str) {
     let port = free_port().to_string();
     let mut child = s
         .pgvirt
         .command(&[
             "dsource",
             "link",
-            "dk",
+            name,
             "--source",
             &s.source_id,
             "--method",
             "logical_replication",
             "--params",
-            &p,
+            p,
             "--staging-port",
             &port,
         ])
@@ -181,31 +192,36 @@ fn logical_initial_copy_by_dump_or_table_sync_holds_the_source_as_of_the_origin_
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn");
+    let dir = format!("dsource-{name}/logical-dump");
+    let working = || {
+        processes().into_iter().any(|(_, args, _)| {
+            args.first().is_some_and(|a| a.ends_with(program))
+                && args.iter().any(|a| a.contains(&dir))
+        })
+    };
     let start = std::time::Instant::now();
-    while dumping("dk").is_empty() {
-        assert!(start.elapsed().as_secs() < 120, "pg_dump did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    while !working() {
+        assert!(start.elapsed().as_secs() < 120, "{program} did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(ours_on_source(&s).contains("pgvirt_dk"));
+    assert!(ours_on_source(s).contains(&format!("pgvirt_{name}")));
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     s.pgvirt.run(&["dsource", "list"]);
-    assert_eq!(dumping("dk"), Vec::<i32>::new(), "pg_dump left running");
+    assert_eq!(dumping(name), Vec::<i32>::new(), "{program} left running");
     assert_eq!(
-        ours_on_source(&s),
+        ours_on_source(s),
         "|",
-        "left on the source after the repair"
+        "left on the source after the repair of a kill during {program}"
     );
-    let left = crate::support::run_ok(
-        std::process::Command::new("bash")
-            .arg("-c")
-            .arg("ls -d ~postgres/.pgvirt/*/dsource-dk/logical-dump 2>/dev/null | wc -l"),
-    );
+    let left = crate::support::run_ok(std::process::Command::new("bash").arg("-c").arg(format!(
+        "ls -d ~postgres/.pgvirt/*/dsource-{name}/logical-dump 2>/dev/null | wc -l"
+    )));
     assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "0");
     assert!(s
         .pgvirt
         .json(&["dsource", "list"])
         .to_string()
-        .find("\"dk\"")
+        .find(&format!("\"{name}\""))
         .is_none());
 }

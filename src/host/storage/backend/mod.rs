@@ -122,9 +122,16 @@ impl Backend {
     /// Creates an empty dataset at `path`.
     pub fn create(self, path: &Path) -> Result<()> {
         match self {
-            Self::Btrfs => run(Command::new("btrfs")
-                .args(["subvolume", "create"])
-                .arg(path)),
+            Self::Btrfs => {
+                run(Command::new("btrfs")
+                    .args(["subvolume", "create"])
+                    .arg(path))?;
+                // No copy-on-write for every write (what databases on
+                // btrfs are advised): files made inside inherit it, and
+                // snapshots and their clones keep it; the first write to an
+                // extent a snapshot shares is still copied.
+                run(Command::new("chattr").arg("+C").arg(path))
+            }
             Self::Zfs => zfs::create(path),
             _ => std::fs::create_dir(path).map_err(|e| Error::io("cannot create dataset", path, e)),
         }
