@@ -17,8 +17,12 @@ const FILL: &str = "CREATE TABLE fill AS SELECT g, md5(g::text) || md5((g + 1)::
                     || md5((g + 2)::text) || md5((g + 3)::text) AS pad \
                     FROM generate_series(1, 250000) g";
 
+/// PostgreSQL's words for a full disk: the errno's text, or (a short write,
+/// as btrfs's NOCOW files give at a quota group's limit) its hint.
 fn disk_full(err: &str) -> bool {
-    err.contains("Disk quota exceeded") || err.contains("No space left on device")
+    err.contains("Disk quota exceeded")
+        || err.contains("No space left on device")
+        || err.contains("HINT:  Check free disk space.")
 }
 
 /// The client saw a full disk, or the crash of the server process that hit
