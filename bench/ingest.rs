@@ -489,10 +489,16 @@ fn under_load(p: &Pgvirt, source: &Source, kind: &str) -> (Vec<String>, Value) {
                 .unwrap_or_else(|| panic!("no dataset {dataset} in {pool}")),
         );
         let copy = mount.with_file_name(format!("bench-cp-{}", cps.len()));
+        // The copy's directory made first, NOCOW on btrfs as pgvirt's
+        // datasets are (btrfs refuses a reflink between NOCOW and COW files).
+        std::fs::create_dir(&copy).expect("copy directory");
+        if kind == "btrfs" {
+            ok(std::process::Command::new("chattr").arg("+C").arg(&copy));
+        }
         let (out, took) = timed(|| {
             std::process::Command::new("cp")
                 .args(["-a", "--reflink=always"])
-                .arg(&mount)
+                .arg(mount.join("."))
                 .arg(&copy)
                 .output()
                 .expect("cp")
