@@ -99,6 +99,15 @@ fn a_vdb_at_any_moment_between_two_snapshots_holds_exactly_what_was_committed_by
             "{name} at {at}: rows committed by then ({v})"
         );
         assert_eq!(s.vdb_sql(&name, "SELECT max(id) FROM w"), want);
+        if n == 0 {
+            // Paused at the target and promoted: an end-of-recovery record,
+            // no whole checkpoint waited for before the VDB is ready.
+            let log = own_log(&s, &name);
+            assert!(
+                log.contains("received promote request") && !log.contains("end-of-recovery"),
+                "{name} promoted at its target without an end-of-recovery checkpoint:\n{log}"
+            );
+        }
         s.pgvirt.ok(&["vdb", "delete", &name]);
     }
     // By LSN, and past the second snapshot.
@@ -357,14 +366,10 @@ fn a_snapshot_far_from_its_redo_point_is_prepared_once_and_its_vdbs_replay_nothi
     let data = shown["source_config"]["data_directory"]
         .as_str()
         .expect("data");
-    let log = std::path::Path::new(data)
-        .parent()
-        .expect("mount")
-        .join("pgvirt/postgres.log");
-    let log = std::fs::read_to_string(&log).expect("VDB log");
+    let log = whole_log(&s, "quick");
     // The log came with the image (its preparation recovered); the VDB's
     // own start is the last.
-    let own = log.rsplit("starting PostgreSQL").next().expect("a start");
+    let own = own_log(&s, "quick");
     assert!(
         log.contains("redo starts at"),
         "the preparation recovered:\n{log}"
@@ -397,6 +402,28 @@ fn a_snapshot_far_from_its_redo_point_is_prepared_once_and_its_vdbs_replay_nothi
 }
 
 /// Links `name` with linked-source parameters `params`; the CLI's output.
+/// The server log in a VDB's dataset (a clone's starts with its parent's).
+fn whole_log(s: &Stack, vdb: &str) -> String {
+    let shown = s.pgvirt.json(&["vdb", "show", vdb]);
+    let data = shown["source_config"]["data_directory"]
+        .as_str()
+        .expect("data");
+    let log = std::path::Path::new(data)
+        .parent()
+        .expect("mount")
+        .join("pgvirt/postgres.log");
+    std::fs::read_to_string(&log).expect("VDB log")
+}
+
+/// The log of the VDB's own (last) start.
+fn own_log(s: &Stack, vdb: &str) -> String {
+    let log = whole_log(s, vdb);
+    log.rsplit("starting PostgreSQL")
+        .next()
+        .expect("a start")
+        .to_owned()
+}
+
 fn link_with(s: &Stack, name: &str, params: Value) -> std::process::Output {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("params.json");

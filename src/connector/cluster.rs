@@ -85,8 +85,11 @@ impl Cluster {
     }
 
     /// Waits until the server has left recovery (it promoted), for at most
-    /// `limit_secs`; fails at once, with the log's last lines, when the
-    /// server stopped. Each look is a query of its own: a query held open
+    /// `limit_secs`, promoting it once replay has paused at its recovery
+    /// target (`recovery_target_action = pause`: a promotion then ends
+    /// recovery with a record, where reaching the target with `promote`
+    /// would wait for a whole end-of-recovery checkpoint); fails at once,
+    /// with the log's last lines, when the server stopped. Each look is a query of its own: a query held open
     /// across replay would be cancelled by recovery conflicts.
     pub fn wait_out_of_recovery(
         &self,
@@ -96,9 +99,13 @@ impl Cluster {
         let script = r#"
 set -u
 end=$(( $(date +%s) + LIMIT ))
+q() { "$BIN/psql" -X -A -t -q -h "$SOCKET_DIR" -p "$PORT" -U "${PGVIRT_DBUSER:-postgres}" -d postgres -c "$1" 2>/dev/null; }
 while :; do
-  r=$("$BIN/psql" -X -A -t -q -h "$SOCKET_DIR" -p "$PORT" -U "${PGVIRT_DBUSER:-postgres}" -d postgres -c "SELECT pg_is_in_recovery()" 2>/dev/null)
+  r=$(q "SELECT CASE WHEN NOT pg_is_in_recovery() THEN 'f' WHEN pg_get_wal_replay_pause_state() = 'paused' THEN 'p' ELSE 't' END")
   [ "$r" = f ] && exit 0
+  # Paused at its recovery target: promote (an end-of-recovery record,
+  # its checkpoint then spread in the background, not waited for).
+  [ "$r" = p ] && q "SELECT pg_promote(false)" >/dev/null
   if [ ! -f "$PGDATA_DIR/postmaster.pid" ]; then
     echo "the server stopped while it recovered; the last lines of $LOG_FILE:" >&2
     tail -n 20 -- "$LOG_FILE" >&2; exit 4

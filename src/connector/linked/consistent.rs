@@ -206,7 +206,11 @@ umask 077
 printf '%s' "$LABEL" > "$FILES/backup_label"
 if [ -n "$SPCMAP" ]; then printf '%s' "$SPCMAP" > "$FILES/tablespace_map"; else rm -f -- "$FILES/tablespace_map"; fi
 printf '%s' "$FACTS" > "$FILES/snapshot.json"
-sync -f "$FILES/snapshot.json" 2>/dev/null || sync
+# These files and their directory only: a sync of the whole filesystem
+# would write out everything staging (and every clone beside it) has
+# dirtied, inside the snapshot's time (the clone writes out what it copies).
+sync -- "$FILES/backup_label" "$FILES/snapshot.json" "$FILES"
+if [ -f "$FILES/tablespace_map" ]; then sync -- "$FILES/tablespace_map"; fi
 "#;
     platform.run_ok(
         "writing the backup label",

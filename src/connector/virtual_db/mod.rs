@@ -171,8 +171,14 @@ impl Vdb {
         } else {
             Some("recovery.signal")
         };
+        let recovers = !recovery.is_empty();
         settings.extend(recovery);
         let comment_out = user_overlay(&mut settings, self.params.get("config"));
+        if recovers {
+            // Replay pauses at its target only in hot standby (else it shuts
+            // down there); the setting means nothing once promoted.
+            settings.push(("hot_standby".into(), "on".into()));
+        }
         self.cluster.write_config(
             platform,
             &ClusterConfig {

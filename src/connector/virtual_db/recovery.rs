@@ -74,7 +74,8 @@ impl Target {
                 "recovery_target_inclusive".into(),
                 if self.inclusive { "on" } else { "off" }.into(),
             ),
-            ("recovery_target_action".into(), "promote".into()),
+            // Paused at the target, then promoted by `wait_promoted`.
+            ("recovery_target_action".into(), "pause".into()),
             ("recovery_target_timeline".into(), conf_quote("current")),
         ]
     }
@@ -160,10 +161,10 @@ fi
             // No archive: WAL comes only from the clone's own pg_wal.
             let mut r = vec![
                 ("restore_command".into(), conf_quote("false")),
-                ("recovery_target_action".into(), "promote".into()),
                 ("recovery_target_timeline".into(), conf_quote("current")),
             ];
             if how == "target" {
+                r.push(("recovery_target_action".into(), "pause".into()));
                 r.push(("recovery_target_lsn".into(), conf_quote(&target)));
                 // Stop before the first record past the LSN: exactly the
                 // records staging had replayed when the snapshot was taken.
@@ -236,7 +237,8 @@ fn segment_file(snapshot: &Value, lsn: &str) -> String {
 }
 
 /// Waits until the VDB has left recovery (however much WAL it replays: a
-/// moment far past its snapshot may take minutes).
+/// moment far past its snapshot may take minutes), promoting it when it
+/// has paused at its target.
 pub(super) fn wait_promoted(platform: &Platform, vdb: &Vdb) -> Result<(), OperationError> {
     vdb.cluster
         .wait_out_of_recovery(platform, 6 * 3600)
