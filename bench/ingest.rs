@@ -449,7 +449,7 @@ fn main() {
 /// took, and how far staging was behind right after.
 fn under_load(p: &Pgvirt, source: &Source, kind: &str) -> (Vec<String>, Value) {
     let mut load = as_postgres(format!("{PG_BIN}/pgbench"));
-    load.args(["-c", "2", "-j", "2", "-T", "60", "-h"])
+    load.args(["-c", "2", "-j", "2", "-T", "3600", "-h"])
         .arg(&source.dir)
         .args(["-p", &source.port.to_string(), "postgres"])
         .stdout(std::process::Stdio::null())

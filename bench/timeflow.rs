@@ -7,7 +7,8 @@
 //!   three each (medians): what a VDB replays at start must not grow with
 //!   the write load (snapshots are prepared once);
 //! - a point-in-time provision at 60 s after the loaded snapshot, with the
-//!   WAL replay part read from the VDB's own log (`redo done ... elapsed`).
+//!   WAL replay part read from the VDB's own log (`redo starts` to
+//!   `recovery stopping`).
 //!
 //! Run as root: `cargo bench --bench timeflow`. `PGVIRT_BENCH_SCALE=20`,
 //! `PGVIRT_BENCH_LOAD_SECONDS=60` and `PGVIRT_BENCH_POOLS=xfs` shrink it.
@@ -30,15 +31,26 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The `elapsed` of the `redo done` line of the VDB's own start (after the
-/// last `starting PostgreSQL`: a prepared image's log comes with it): the
-/// seconds it spent replaying WAL (0 when it did not recover).
+/// The seconds the VDB's own start (after the last `starting PostgreSQL`:
+/// a prepared image's log comes with it) spent replaying WAL: from `redo
+/// starts` to its recovery target (`recovery stopping`; paused there, it is
+/// then promoted), else the `elapsed` of `redo done`; 0 when it did not
+/// recover.
 fn replay_seconds(log: &str) -> f64 {
     let log = std::fs::read_to_string(log).unwrap_or_default();
-    log.rsplit("starting PostgreSQL")
-        .next()
-        .unwrap_or_default()
-        .lines()
+    let own = log.rsplit("starting PostgreSQL").next().unwrap_or_default();
+    let at = |what: &str| {
+        own.lines().find(|l| l.contains(what)).and_then(|l| {
+            l.get(..23)?
+                .replacen(' ', "T", 1)
+                .parse::<jiff::civil::DateTime>()
+                .ok()
+        })
+    };
+    if let (Some(start), Some(stop)) = (at("redo starts at"), at("recovery stopping")) {
+        return (stop - start).total(jiff::Unit::Second).unwrap_or(0.0);
+    }
+    own.lines()
         .filter(|l| l.contains("redo done at"))
         .filter_map(|l| l.split("elapsed: ").nth(1))
         .find_map(|e| e.trim_end_matches(" s").trim().parse::<f64>().ok())

@@ -85,8 +85,8 @@ impl Cluster {
     }
 
     /// Waits until the server has left recovery (it promoted), for at most
-    /// `limit_secs`, promoting it once replay has paused at its recovery
-    /// target (`recovery_target_action = pause`: a promotion then ends
+    /// `limit_secs`, promoting it at its recovery target when it pauses
+    /// there (`recovery_target_action = pause`: a promotion then ends
     /// recovery with a record, where reaching the target with `promote`
     /// would wait for a whole end-of-recovery checkpoint); fails at once,
     /// with the log's last lines, when the server stopped. Each look is a query of its own: a query held open
@@ -100,12 +100,21 @@ impl Cluster {
 set -u
 end=$(( $(date +%s) + LIMIT ))
 q() { "$BIN/psql" -X -A -t -q -h "$SOCKET_DIR" -p "$PORT" -U "${PGVIRT_DBUSER:-postgres}" -d postgres -c "$1" 2>/dev/null; }
+promoted=
 while :; do
-  r=$(q "SELECT CASE WHEN NOT pg_is_in_recovery() THEN 'f' WHEN pg_get_wal_replay_pause_state() = 'paused' THEN 'p' ELSE 't' END")
+  r=$(q "SELECT CASE WHEN NOT pg_is_in_recovery() THEN 'f'
+    WHEN current_setting('recovery_target_action') = 'pause'
+     AND (current_setting('recovery_target_lsn') <> '' OR current_setting('recovery_target_time') <> '') THEN 'p'
+    ELSE 't' END")
   [ "$r" = f ] && exit 0
-  # Paused at its recovery target: promote (an end-of-recovery record,
-  # its checkpoint then spread in the background, not waited for).
-  [ "$r" = p ] && q "SELECT pg_promote(false)" >/dev/null
+  # Recovering to a target where it pauses: ask for the promotion now. Out
+  # of standby mode nothing looks at the request before the target; there
+  # replay finds it at once and promotes (an end-of-recovery record, its
+  # checkpoint then spread in the background, not waited for). Asked only
+  # once paused, it would wait out the pause's one-second sleep.
+  if [ "$r" = p ] && [ -z "$promoted" ]; then
+    q "SELECT pg_promote(false)" >/dev/null && promoted=1
+  fi
   if [ ! -f "$PGDATA_DIR/postmaster.pid" ]; then
     echo "the server stopped while it recovered; the last lines of $LOG_FILE:" >&2
     tail -n 20 -- "$LOG_FILE" >&2; exit 4

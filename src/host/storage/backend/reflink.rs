@@ -8,7 +8,6 @@
 //! tree is read (a running cluster removes WAL segments and temporary
 //! files) is passed over, as a backup does: the WAL replayed from the
 //! backup label repairs what a fuzzy copy misses. Sockets are not copied.
-//! The clone is synced before it is reported made.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -87,33 +86,14 @@ pub fn clone_tree(from: &Path, to: &Path) -> Result<()> {
     for f in &files {
         clone_file(f)?;
     }
-    // Durable once all are cloned: the first sync commits the journal with
-    // every clone in it, the others find theirs written (no data to write:
-    // cloning wrote out the originals' first).
-    for f in &files {
-        sync(&f.to)?;
-    }
     // Directories last (adding entries changed their times), deepest first.
     for d in dirs.iter().rev() {
         fs::set_permissions(&d.to, fs::Permissions::from_mode(d.meta.mode() & 0o7777))
             .map_err(|e| Error::io("cannot set the mode of", &d.to, e))?;
         keep_owner(d)?;
         keep_time(d)?;
-        sync(&d.to)?;
     }
     Ok(())
-}
-
-/// fsync of a cloned file or directory (one that vanished under a running
-/// cluster was never made).
-fn sync(path: &Path) -> Result<()> {
-    match fs::File::open(path) {
-        Ok(f) => f
-            .sync_all()
-            .map_err(|e| Error::io("cannot sync the clone", path, e)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("cannot open the clone", path, e)),
-    }
 }
 
 fn clone_file(f: &Entry) -> Result<()> {
