@@ -212,7 +212,9 @@ fn main() {
         .map(|k| if k == "btrfs" { "btrfs" } else { "xfs" })
         .collect();
     let new_pool = |kind: &'static str| {
-        let pool = BenchPool::new(kind, bytes * 5 / 1024 / 1024 + 4096);
+        // Room for the kept WAL of minutes of `pgbench -c 2` (some 15 MB/s)
+        // beside the snapshots (a sparse file: only what is written).
+        let pool = BenchPool::new(kind, bytes * 8 / 1024 / 1024 + 12288);
         let state = scratch("pgvirt-bench-store-");
         let p = Pgvirt::setup(state.path(), &pool.root.join("pool"));
         let id = p.source_id(&source.data_dir());

@@ -139,6 +139,17 @@ impl Backend {
 
     /// Makes `to` a copy of `from`: read-only (`snapshot`) or writable.
     pub fn copy(self, from: &Path, to: &Path, read_only: bool) -> Result<()> {
+        let began = std::time::Instant::now();
+        let made = self.copy_now(from, to, read_only);
+        log::debug!(
+            "{self:?} copy of {} took {:.3} s",
+            from.display(),
+            began.elapsed().as_secs_f64()
+        );
+        made
+    }
+
+    fn copy_now(self, from: &Path, to: &Path, read_only: bool) -> Result<()> {
         match self {
             Self::Btrfs => {
                 let mut cmd = Command::new("btrfs");
