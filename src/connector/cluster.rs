@@ -89,8 +89,9 @@ impl Cluster {
     /// there (`recovery_target_action = pause`: a promotion then ends
     /// recovery with a record, where reaching the target with `promote`
     /// would wait for a whole end-of-recovery checkpoint); fails at once,
-    /// with the log's last lines, when the server stopped. Each look is a query of its own: a query held open
-    /// across replay would be cancelled by recovery conflicts.
+    /// with the log's last lines, when the server stopped. Each look is a
+    /// query of its own: a query held open across replay would be cancelled
+    /// by recovery conflicts.
     pub fn wait_out_of_recovery(
         &self,
         platform: &Platform,
