@@ -5,7 +5,9 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{checksum_sql, lsn, Stack, Writer};
+use std::io::Write;
+
+use crate::support::{as_pg_user, checksum_sql, free_port, lsn, run_ok, Stack, Writer, PG_BIN};
 
 /// Checks a VDB made from `snapshot` holds exactly the rows committed up to
 /// its LSN: every row whose commit is surely at or before it, none surely after.
@@ -119,4 +121,119 @@ fn under_write_load(s: Stack) {
     assert_eq!(shown["status"], json!("ACTIVE"));
     assert_eq!(shown["replication"]["connected"], json!(true), "{shown}");
     assert!(shown["replication"]["lag_bytes"].is_u64(), "{shown}");
+}
+
+/// psql on staging's socket; returns trimmed output.
+fn staging_sql(socket: &std::path::Path, port: u16, sql: &str) -> String {
+    let out = run_ok(
+        as_pg_user(std::path::Path::new(PG_BIN).join("psql"))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(socket)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ]),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// A snapshot taken while replay is held inside a record (a query on
+/// staging conflicts with the source's ACCESS EXCLUSIVE lock, and staging
+/// waits for it without limit): the backup ends at that record's end (the
+/// control file's minimum recovery point, moved there by the pages the
+/// backup's restartpoint wrote), past what replay has finished. The
+/// snapshot's point must be that end, or no clone of it can start
+/// ("requested recovery stop point is before consistent recovery point").
+#[test]
+fn a_snapshot_taken_while_replay_waits_inside_a_record_is_provisionable() {
+    let s = Stack::new();
+    s.source.psql(
+        "postgres",
+        "CREATE TABLE held (id int PRIMARY KEY, n int); INSERT INTO held SELECT g, 0 FROM generate_series(1, 20000) g",
+    );
+    let port = free_port();
+    s.pgvirt.ok(&[
+        "dsource",
+        "link",
+        "held",
+        "--source",
+        &s.source_id,
+        "--staging-port",
+        &port.to_string(),
+    ]);
+    let socket = s.pool_root().join("mounts/dsource-held/pgvirt");
+    wait_until("staging has the table", || {
+        staging_sql(
+            &socket,
+            port,
+            "SELECT count(*) FROM pg_class WHERE relname = 'held'",
+        ) == "1"
+    });
+    // A reader on staging holds the table, in a transaction kept open.
+    let mut reader = as_pg_user(std::path::Path::new(PG_BIN).join("psql"))
+        .args(["-X", "-q", "-h"])
+        .arg(&socket)
+        .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    let mut stdin = reader.stdin.take().expect("stdin");
+    writeln!(stdin, "BEGIN; SELECT count(*) FROM held;").expect("write");
+    stdin.flush().expect("flush");
+    wait_until("the reader holds the table", || {
+        staging_sql(
+            &socket,
+            port,
+            "SELECT count(*) FROM pg_locks WHERE relation = 'held'::regclass AND granted AND pid <> pg_backend_pid()",
+        ) == "1"
+    });
+    // Pages to write at the next restartpoint, its checkpoint, then a lock
+    // replay must wait on.
+    s.source
+        .psql("postgres", "UPDATE held SET n = 1; CHECKPOINT;");
+    s.source.psql(
+        "postgres",
+        "BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE; COMMIT;",
+    );
+    wait_until("replay waits on the reader's lock", || {
+        staging_sql(
+            &socket,
+            port,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'startup' AND wait_event_type = 'Lock'",
+        ) == "1"
+    });
+    let snap = s.pgvirt.json(&["dsource", "sync", "held"]);
+    drop(stdin);
+    reader.wait().expect("reader ends");
+    let meta = &snap["metadata"];
+    let at = |k: &str| lsn(meta[k].as_str().unwrap_or_else(|| panic!("{k}: {snap}")));
+    assert!(
+        at("replayed_lsn") >= at("stop_lsn"),
+        "the snapshot's point is not before the backup's end: {snap}"
+    );
+    s.pgvirt
+        .ok(&["vdb", "provision", "afterwait", "--from", "held"]);
+    assert_eq!(
+        s.vdb_sql("afterwait", "SELECT sum(n) FROM held"),
+        "20000",
+        "the update committed before the snapshot's point"
+    );
+    s.assert_whole("after a snapshot taken while replay waited");
 }

@@ -7,9 +7,10 @@
 //!   `full_page_writes`): the backup is started and ended at once and replay
 //!   goes on while the engine clones the files, a fuzzy copy made consistent
 //!   by the label. `post_snapshot` then reads how far replay has got (no
-//!   page in the copy is newer) and keeps the WAL from the label's redo
-//!   point to there: that is the snapshot's LSN, which a clone reaches with
-//!   the kept WAL (`needs_kept_wal`). Staging is never held back.
+//!   page in the copy is newer; never before the backup's end) and keeps
+//!   the WAL from the label's redo point to there: that is the snapshot's
+//!   LSN, which a clone reaches with the kept WAL (`needs_kept_wal`).
+//!   Staging is never held back.
 //! - **replay paused** (log shipping, or no kept WAL): replay is paused
 //!   before the backup ends; no page is newer than the replay position,
 //!   which is the snapshot's LSN, and no restartpoint can recycle the WAL
@@ -21,7 +22,7 @@ use serde_json::{json, Value};
 
 use super::{wal, Staging};
 use crate::abi::{ErrorKind, OperationError};
-use crate::connector::conf::parse_size;
+use crate::connector::conf::{parse_lsn, parse_size};
 use crate::connector::platform::{request, Platform};
 
 /// Starts the backup. Times come from PostgreSQL in UTC, never from text in
@@ -256,7 +257,18 @@ pub fn after_live_clone(
             )
             .with_cause(out.clone())
         })?;
-    meta["replayed_lsn"] = now["replayed_lsn"].clone();
+    // Never before the backup's end: on a standby that is the control
+    // file's minimum recovery point, which may already name the end of the
+    // record replay is applying (a clone made in milliseconds, as btrfs
+    // makes them, can be that fast); a clone recovered to a point before it
+    // is refused ("requested recovery stop point is before consistent
+    // recovery point"). Staging has that record: it is replaying it.
+    let replayed = now["replayed_lsn"].as_str().and_then(parse_lsn);
+    let stop = meta["stop_lsn"].as_str().and_then(parse_lsn);
+    meta["replayed_lsn"] = match (replayed, stop) {
+        (Some(r), Some(s)) if s > r => json!(wal::lsn_text(s)),
+        _ => now["replayed_lsn"].clone(),
+    };
     meta["taken_at"] = now["taken_at"].clone();
     if !now["replayed_at"].is_null() {
         meta["replayed_at"] = now["replayed_at"].clone();
