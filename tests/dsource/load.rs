@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 
 use std::io::Write;
 
-use crate::support::{as_pg_user, checksum_sql, free_port, lsn, run_ok, Stack, Writer, PG_BIN};
+use crate::support::{
+    as_pg_user, checksum_sql, free_port, lsn, try_psql_at, Stack, Writer, PG_BIN,
+};
 
 /// Checks a VDB made from `snapshot` holds exactly the rows committed up to
 /// its LSN: every row whose commit is surely at or before it, none surely after.
@@ -125,22 +127,8 @@ fn under_write_load(s: Stack) {
 
 /// psql on staging's socket; returns trimmed output.
 fn staging_sql(socket: &std::path::Path, port: u16, sql: &str) -> String {
-    let out = run_ok(
-        as_pg_user(std::path::Path::new(PG_BIN).join("psql"))
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(socket)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ]),
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    try_psql_at(socket, port, "postgres", sql)
+        .unwrap_or_else(|e| panic!("SQL on staging failed: {sql}\n{e}"))
 }
 
 fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {

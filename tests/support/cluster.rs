@@ -130,22 +130,8 @@ impl Cluster {
 
     /// Runs SQL through psql on the cluster's socket; returns trimmed output.
     pub fn psql(&self, database: &str, sql: &str) -> String {
-        let out = run_ok(
-            as_pg_user(Path::new(PG_BIN).join("psql"))
-                .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-                .arg(self.socket_dir())
-                .args([
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    database,
-                    "-c",
-                    sql,
-                ]),
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        try_psql_at(self.socket_dir(), self.port, database, sql)
+            .unwrap_or_else(|e| panic!("psql on {database} failed: {sql}\n{e}"))
     }
 }
 
@@ -156,6 +142,31 @@ impl Drop for Cluster {
             .arg(self.data_dir())
             .args(["-m", "immediate", "-w", "stop"])
             .output();
+    }
+}
+
+/// SQL through psql on the server at `host` (a socket directory) and
+/// `port`, as postgres: its trimmed output, or what it printed on stderr.
+pub fn try_psql_at(host: &Path, port: u16, database: &str, sql: &str) -> Result<String, String> {
+    let out = as_pg_user(Path::new(PG_BIN).join("psql"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(host)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
 

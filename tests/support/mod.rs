@@ -25,7 +25,7 @@ mod cluster;
 pub mod fixture;
 #[path = "netns.rs"]
 pub mod netns;
-pub use cluster::{free_port, run_ok, stop_clusters_under, Cluster, PgDir};
+pub use cluster::{free_port, run_ok, stop_clusters_under, try_psql_at, Cluster, PgDir};
 #[path = "runner.rs"]
 mod runner;
 pub use runner::{connector_copy, edit_json, Pgvirt, PoolDir};

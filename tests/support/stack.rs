@@ -119,32 +119,8 @@ impl Stack {
             .as_str()
             .expect("socket")
             .to_owned();
-        let port = v["port"].to_string();
-        let out = as_pg_user(Path::new(PG_BIN).join("psql"))
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                &host,
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ])
-            .output()
-            .expect("psql runs");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        let port = v["port"].as_u64().expect("port") as u16;
+        try_psql_at(Path::new(&host), port, "postgres", sql)
     }
 }
 
