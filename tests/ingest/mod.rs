@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::support::{as_pg_user, run_ok, PG_BIN};
+use crate::support::{as_pg_user, run_ok, try_psql_at, PG_BIN};
 
 /// Runs a PostgreSQL program as the postgres user; returns its stdout.
 pub fn pg(program: &str, args: &[&str]) -> String {
@@ -21,26 +21,8 @@ pub fn pg(program: &str, args: &[&str]) -> String {
 
 /// psql on 127.0.0.1:`port` as postgres; returns trimmed output.
 pub fn sql(port: u16, database: &str, query: &str) -> String {
-    pg(
-        "psql",
-        &[
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            database,
-            "-c",
-            query,
-        ],
-    )
+    try_psql_at(Path::new("127.0.0.1"), port, database, query)
+        .unwrap_or_else(|e| panic!("psql on 127.0.0.1:{port} failed: {query}\n{e}"))
 }
 
 /// The mount path of a dSource.

@@ -368,22 +368,8 @@ impl NsCluster {
 
     /// Runs SQL through psql on the cluster's socket; returns trimmed output.
     pub fn psql(&self, database: &str, sql: &str) -> String {
-        let out = run_ok(
-            super::as_pg_user(Path::new(PG_BIN).join("psql"))
-                .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-                .arg(self.home.path())
-                .args([
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    database,
-                    "-c",
-                    sql,
-                ]),
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        super::try_psql_at(self.home.path(), self.port, database, sql)
+            .unwrap_or_else(|e| panic!("psql on {database} failed: {sql}\n{e}"))
     }
 }
 
